@@ -1,0 +1,34 @@
+"""fastism_torch: fast, exact in-silico saturation mutagenesis (ISM) for sequence models.
+
+Public API::
+
+    ism = fastism_torch.FastISM(model, seq_len=1000)     # nn.Module taking (N, 4, L)
+    out = ism(seqs, replace_with=0)                      # (N, n_ranges, *output_shape)
+    sat = ism.saturation_mutagenesis(seqs)               # (N, 4, L, *output_shape)
+    ref = fastism_torch.NaiveISM(model, seq_len=1000)    # same call API, the oracle
+
+    ism = fastism_torch.from_keras("model.h5")           # Keras 2/3 files, SavedModel, keras.Model
+    ism = fastism_torch.from_onnx("model.onnx")
+"""
+from .ism import NaiveISM
+try:  # the fast engine lands in ism.py
+    from .ism import FastISM
+except ImportError:  # pragma: no cover
+    FastISM = None
+
+__version__ = "0.1.0"
+
+
+def from_keras(*args, **kwargs):
+    """Build a :class:`FastISM` from a Keras model; see :func:`fastism_torch.importers.keras.from_keras`."""
+    from .importers.keras import from_keras as _from_keras
+    return _from_keras(*args, **kwargs)
+
+
+def from_onnx(*args, **kwargs):
+    """Build a :class:`FastISM` from an ONNX file; see :func:`fastism_torch.importers.onnx.from_onnx`."""
+    from .importers.onnx import from_onnx as _from_onnx
+    return _from_onnx(*args, **kwargs)
+
+
+__all__ = ["FastISM", "NaiveISM", "from_keras", "from_onnx", "__version__"]

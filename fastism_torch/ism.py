@@ -1,0 +1,266 @@
+"""The public API: :class:`FastISM` and its oracle :class:`NaiveISM`.
+
+Both share one front end (:class:`ISMBase`): argument validation, the choice of
+edits (which (sequence, window, replacement) triples must be computed), the
+identity-edit shortcut, output layout and type conversion.  A subclass only
+says how to compute the model's outputs for a batch of edits
+(:meth:`ISMBase._run_edits`).
+
+An *edit* is ``(seq_idx, range_idx, value)``: sequence ``seq_idx`` with window
+``ranges[range_idx]`` replaced by ``value`` (``(width, num_chars)``).
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .validate import (as_tensor, check_change_ranges, check_layout, check_replace_with,
+                       check_seqs)
+
+
+class Inputs(NamedTuple):
+    """One call's model inputs, validated and on the engine's device."""
+    seq: torch.Tensor             # (N, C, L) or (N, L, C), float32
+    args: list                    # every positional model input (seq at seq_input_idx); None allowed
+    was_numpy: bool               # return numpy arrays
+    out_device: torch.device      # where torch results go
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def as_output_list(out) -> list[torch.Tensor]:
+    """A model's output as a flat list of tensors (one per head)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in as_output_list(o)]
+    if isinstance(out, dict):
+        return [t for k in out for t in as_output_list(out[k])]
+    raise TypeError(f"model output of type {type(out).__name__} is not supported; return tensors, "
+                    "tuples/lists or dicts of tensors")
+
+
+class ISMBase:
+    """Shared front end; see :class:`FastISM` for the parameters."""
+
+    default_batch_size = 128
+
+    def __init__(self, model: nn.Module, seq_len: int, num_chars: int = 4, layout: str = "NCL",
+                 seq_input_idx: int = 0, change_ranges=None, device=None, batch_size: int | None = None,
+                 dtype: torch.dtype | None = None, verbose: bool = False):
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+        if int(seq_len) <= 0:
+            raise ValueError(f"seq_len must be positive; got {seq_len}")
+        if int(num_chars) <= 0:
+            raise ValueError(f"num_chars must be positive; got {num_chars}")
+        if batch_size is not None and int(batch_size) <= 0:
+            raise ValueError(f"batch_size must be a positive int or None; got {batch_size}")
+        self.seq_len = int(seq_len)
+        self.num_chars = int(num_chars)
+        self.layout = check_layout(layout)
+        self.seq_input_idx = int(seq_input_idx)
+        self.change_ranges = check_change_ranges(change_ranges, self.seq_len)
+        self.device = torch.device(device) if device is not None else _model_device(model)
+        self.batch_size = None if batch_size is None else int(batch_size)
+        self.dtype = dtype
+        self.verbose = verbose
+        # A private eval-mode copy on our device: the caller's model keeps its mode, device and weights.
+        self.model = copy.deepcopy(model).to(self.device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    # ------------------------------------------------------------------ inputs
+    @property
+    def length_axis(self) -> int:
+        return 2 if self.layout == "NCL" else 1
+
+    def rows(self, seq: torch.Tensor) -> torch.Tensor:
+        """``(N, L, C)`` view of a sequence batch in this engine's layout."""
+        return seq.transpose(1, 2) if self.layout == "NCL" else seq
+
+    def _inputs(self, seqs) -> Inputs:
+        multi = isinstance(seqs, (list, tuple))
+        args = list(seqs) if multi else [seqs]
+        if not (0 <= self.seq_input_idx < len(args)):
+            raise ValueError(f"seq_input_idx={self.seq_input_idx} but {len(args)} model input(s) were given")
+        raw = args[self.seq_input_idx]
+        if raw is None:
+            raise ValueError(f"the sequence input (index {self.seq_input_idx}) is None")
+        was_numpy = not isinstance(raw, torch.Tensor)
+        out_device = raw.device if isinstance(raw, torch.Tensor) else torch.device("cpu")
+        seq = check_seqs(as_tensor(raw), self.seq_len, self.num_chars, self.layout).to(self.device)
+        n = seq.shape[0]
+        for i, a in enumerate(args):
+            if i == self.seq_input_idx or a is None:
+                continue
+            t = as_tensor(a, f"input {i}").to(self.device)
+            if t.dim() == 0 or t.shape[0] != n:
+                raise ValueError(f"model input {i} must have a leading batch dimension of size N={n} "
+                                 f"like the sequences; got shape {tuple(t.shape)}")
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                raise ValueError(f"model input {i} contains non-finite values")
+            args[i] = t.float() if t.is_floating_point() else t
+        args[self.seq_input_idx] = seq
+        return Inputs(seq, args, was_numpy, out_device)
+
+    def _finish(self, outs: Sequence[torch.Tensor], inp: Inputs):
+        res = [o.numpy() if inp.was_numpy else o.to(inp.out_device) for o in (t.detach().cpu() for t in outs)]
+        return res[0] if len(res) == 1 else tuple(res)
+
+    def _chunks(self, inp: Inputs):
+        """Split the inputs into chunks of sequences (bounded reference caches)."""
+        n = inp.seq.shape[0]
+        step = max(1, self._seq_chunk())
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
+            args = [a[lo:hi] if isinstance(a, torch.Tensor) else a for a in inp.args]
+            yield lo, hi, Inputs(args[self.seq_input_idx], args, inp.was_numpy, inp.out_device)
+
+    # ------------------------------------------------------------- public API
+    @torch.no_grad()
+    def predict(self, seqs):
+        """Reference outputs ``(N, *out)`` per model output (a tuple for several outputs)."""
+        inp = self._inputs(seqs)
+        parts = [self._reference(chunk) for _, _, chunk in self._chunks(inp)]
+        return self._finish([torch.cat(p) for p in zip(*parts)], inp)
+
+    @torch.no_grad()
+    def __call__(self, seqs, replace_with=0):
+        """Outputs with every window of ``change_ranges`` replaced by ``replace_with``.
+
+        Parameters
+        ----------
+        seqs : array or tensor, shape=(N, num_chars, seq_len) for layout NCL, (N, seq_len, num_chars) for NLC;
+            or a list/tuple of the model's inputs with the sequences at ``seq_input_idx``.
+        replace_with : 0, a length-``num_chars`` vector, or a ``(width, num_chars)`` array. Default 0 (zeros).
+
+        Returns
+        -------
+        ``(N, n_ranges, *output_shape)`` per model output; a tuple for multi-output models.
+        """
+        inp = self._inputs(seqs)
+        ranges = self.change_ranges
+        width = ranges[0][1] - ranges[0][0]
+        rep = check_replace_with(replace_with, width, self.num_chars).to(self.device)
+        starts = torch.tensor([s for s, _ in ranges], device=self.device)
+        pos = starts[:, None] + torch.arange(width, device=self.device)          # (R, w)
+        results = None
+        with self._progress(inp.seq.shape[0] * len(ranges)) as bar:
+            for lo, hi, chunk in self._chunks(inp):
+                ref = self._reference(chunk)
+                win = self.rows(chunk.seq)[:, pos]                                 # (n, R, w, C)
+                todo = ~(win == rep).all(-1).all(-1)                               # identity edits skipped
+                s_idx, r_idx = todo.nonzero(as_tuple=True)
+                values = rep.expand(len(s_idx), width, self.num_chars)
+                outs = self._run_edits(chunk, ranges, s_idx, r_idx, values, bar)
+                if results is None:
+                    n = inp.seq.shape[0]
+                    results = [torch.empty((n, len(ranges), *o.shape[1:]), dtype=o.dtype) for o in ref]
+                for res, o, r in zip(results, outs, ref):
+                    part = r.cpu()[:, None].expand(hi - lo, *res.shape[1:]).clone()
+                    part[s_idx.cpu(), r_idx.cpu()] = o.cpu().to(part.dtype)
+                    res[lo:hi] = part
+                bar.update(int((~todo).sum()))
+        return self._finish(results, inp)
+
+    @torch.no_grad()
+    def saturation_mutagenesis(self, seqs):
+        """Outputs for every position and every base, laid out like the input.
+
+        Returns ``(N, num_chars, L, *out)`` for layout NCL and ``(N, L, num_chars, *out)`` for NLC (a tuple for
+        multi-output models). Entries where the base equals the sequence's own are the reference output.
+        """
+        inp = self._inputs(seqs)
+        ranges = tuple((i, i + 1) for i in range(self.seq_len))
+        eye = torch.eye(self.num_chars, device=self.device)
+        n, L, C = inp.seq.shape[0], self.seq_len, self.num_chars
+        results = None
+        with self._progress(n * L * C) as bar:
+            for lo, hi, chunk in self._chunks(inp):
+                ref = self._reference(chunk)
+                rows = self.rows(chunk.seq)                                        # (n, L, C)
+                same = (rows[:, :, None, :] == eye).all(-1)                        # (n, L, C): edit == sequence
+                s_idx, p_idx, b_idx = (~same).nonzero(as_tuple=True)
+                values = eye[b_idx][:, None, :]                                    # (E, 1, C)
+                outs = self._run_edits(chunk, ranges, s_idx, p_idx, values, bar)
+                if results is None:
+                    results = [torch.empty((n, L, C, *o.shape[1:]), dtype=o.dtype) for o in ref]
+                for res, o, r in zip(results, outs, ref):
+                    part = r.cpu()[:, None, None].expand(hi - lo, L, C, *r.shape[1:]).clone()
+                    part[s_idx.cpu(), p_idx.cpu(), b_idx.cpu()] = o.cpu().to(part.dtype)
+                    res[lo:hi] = part
+                bar.update(int(same.sum()))
+        if self.layout == "NCL":
+            results = [r.transpose(1, 2) for r in results]
+        return self._finish(results, inp)
+
+    # ----------------------------------------------------------- for engines
+    def _progress(self, total: int):
+        from tqdm.auto import tqdm
+        return tqdm(total=total, disable=not self.verbose, unit="edit", desc=type(self).__name__,
+                    dynamic_ncols=True, leave=False)
+
+    def _seq_chunk(self) -> int:
+        return 1 << 30
+
+    def _autocast(self):
+        if self.dtype is None or self.dtype == torch.float32:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def _forward(self, args) -> list[torch.Tensor]:
+        with self._autocast():
+            return [o.float() for o in as_output_list(self.model(*args))]
+
+    def _reference(self, inp: Inputs) -> list[torch.Tensor]:
+        return self._forward(inp.args)
+
+    def _run_edits(self, inp: Inputs, ranges, s_idx, r_idx, values, bar) -> list[torch.Tensor]:
+        """Model outputs ``(E, *out)`` for edits ``(s_idx[e], ranges[r_idx[e]], values[e])``."""
+        raise NotImplementedError
+
+
+class NaiveISM(ISMBase):
+    """Naive ISM: one full forward pass per edit, batched. The oracle for :class:`FastISM`.
+
+    Same parameters and call API as :class:`FastISM` (``early_stop_layers`` and ``test_correctness`` do not
+    apply).
+    """
+
+    def _run_edits(self, inp, ranges, s_idx, r_idx, values, bar):
+        E = len(s_idx)
+        bs = self.batch_size or self.default_batch_size
+        width = ranges[0][1] - ranges[0][0]
+        starts = torch.tensor([s for s, _ in ranges], device=self.device)
+        buf = torch.empty((min(bs, max(E, 1)), *inp.seq.shape[1:]), device=self.device)   # reused per batch
+        results = None
+        for lo in range(0, E, bs):
+            hi = min(E, lo + bs)
+            n = hi - lo
+            x = torch.index_select(inp.seq, 0, s_idx[lo:hi], out=buf[:n])
+            pos = starts[r_idx[lo:hi]][:, None] + torch.arange(width, device=self.device)
+            self.rows(x)[torch.arange(n, device=self.device)[:, None], pos] = values[lo:hi]
+            args = [x if i == self.seq_input_idx else (a[s_idx[lo:hi]] if isinstance(a, torch.Tensor) else a)
+                    for i, a in enumerate(inp.args)]
+            outs = self._forward(args)
+            if results is None:
+                results = [torch.empty((E, *o.shape[1:]), dtype=o.dtype, device=o.device) for o in outs]
+            for r, o in zip(results, outs):
+                r[lo:hi] = o
+            bar.update(n)
+        if results is None:
+            results = [torch.empty((0, *o.shape[1:]), device=self.device) for o in self._reference(inp)]
+        return results
+
