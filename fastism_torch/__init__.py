@@ -10,11 +10,7 @@ Public API::
     ism = fastism_torch.from_keras("model.h5")           # Keras 2/3 files, SavedModel, keras.Model
     ism = fastism_torch.from_onnx("model.onnx")
 """
-from .ism import NaiveISM
-try:  # the fast engine lands in ism.py
-    from .ism import FastISM
-except ImportError:  # pragma: no cover
-    FastISM = None
+from .ism import FastISM, NaiveISM
 
 __version__ = "0.1.0"
 

@@ -12,6 +12,7 @@ An *edit* is ``(seq_idx, range_idx, value)``: sequence ``seq_idx`` with window
 from __future__ import annotations
 
 import copy
+import inspect
 import warnings
 from typing import NamedTuple, Sequence
 
@@ -264,3 +265,196 @@ class NaiveISM(ISMBase):
             results = [torch.empty((0, *o.shape[1:]), device=self.device) for o in self._reference(inp)]
         return results
 
+
+
+class FastISM(ISMBase):
+    """Fast, exact ISM: recompute only the positions each mutation can reach.
+
+    The model is captured as a ``torch.fx`` graph (:mod:`fastism_torch.capture`), every op is classified by
+    a per-op change-range rule (:mod:`fastism_torch.analysis`), and for each set of mutation windows a frozen
+    :class:`~fastism_torch.plan.Plan` says which window of each intermediate output is recomputed, from
+    which gathered inputs.  The rewritten *edit graph* (:mod:`fastism_torch.rewrite`) runs batches of
+    (sequence, window, replacement) edits at once; everything after a stop point (flatten, dense across the
+    length axis, global pooling, attention, unknown ops, ``early_stop_layers``) runs in full.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Takes the sequences as ``(N, num_chars, seq_len)`` (layout ``"NCL"``) or ``(N, seq_len, num_chars)``
+        (``"NLC"``); may take further inputs (see ``seq_input_idx``). A private eval-mode copy is used: the
+        caller's model keeps its mode, device and weights.
+    seq_len : int
+        Sequence length L.
+    num_chars : int, default 4
+        Alphabet size.
+    layout : {"NCL", "NLC"}, default "NCL"
+    seq_input_idx : int, default 0
+        Which model input is the sequence when ``seqs`` is a list/tuple of inputs.
+    change_ranges : list of (start, end), optional
+        Equal-width half-open windows to mutate. Default: every single position.
+    early_stop_layers : list of str, optional
+        Module or fx node names; they and everything after them run in full.
+    test_correctness : bool, default True
+        Compare with :class:`NaiveISM` on random one-hot input once the graph is built; raise if they differ.
+    device : str or torch.device, optional
+        Default: the model's device.
+    batch_size : int, optional
+        Edits per batch (the memory knob). Default: chosen from the plan's per-edit memory.
+    strict : bool, default False
+        Raise instead of warning when an op cannot be analysed.
+    dtype : torch.dtype, optional
+        Run under autocast in this dtype (e.g. ``torch.bfloat16``); default float32.
+    verbose : bool, default False
+        Show a progress bar.
+    """
+
+    memory_budget = 256 * 2 ** 20       # bytes of activations per batch on CPU (auto batch size)
+
+    def __init__(self, model: nn.Module, seq_len: int, num_chars: int = 4, layout: str = "NCL",
+                 seq_input_idx: int = 0, change_ranges=None, early_stop_layers=None, test_correctness=True,
+                 device=None, batch_size: int | None = None, strict: bool = False, compile: bool = False,
+                 dtype: torch.dtype | None = None, verbose: bool = False):
+        super().__init__(model, seq_len, num_chars, layout, seq_input_idx, change_ranges, device, batch_size,
+                         dtype, verbose)
+        self.early_stop_layers = list(early_stop_layers or [])
+        self.strict = strict
+        self.compile = compile
+        self._test_correctness = test_correctness
+        self._engines: dict = {}
+        self.gm = None
+        n_required = sum(p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                         for p in inspect.signature(self.model.forward).parameters.values())
+        if n_required <= 1 and self.seq_input_idx == 0:
+            self._build(self._inputs(self._random_seqs(2)))
+
+    # --------------------------------------------------------------- building
+    def _random_seqs(self, n: int, generator=None) -> torch.Tensor:
+        g = generator or torch.Generator().manual_seed(0)
+        idx = torch.randint(0, self.num_chars, (n, self.seq_len), generator=g)
+        x = torch.nn.functional.one_hot(idx, self.num_chars).float()
+        return x.transpose(1, 2).contiguous() if self.layout == "NCL" else x
+
+    def _build(self, inp: Inputs) -> None:
+        from .analysis import analyse
+        from .capture import capture
+        example = [a[:2] if isinstance(a, torch.Tensor) else a for a in inp.args]
+        self.gm = capture(self.model, example)
+        placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
+        non_none = [i for i, a in enumerate(example) if a is not None]
+        self.seq_node = placeholders[non_none.index(self.seq_input_idx)]
+        self.infos = analyse(self.gm, self.seq_node, self.length_axis, self.seq_len, self.early_stop_layers,
+                             self.strict)
+        if self._test_correctness:
+            self.check_correctness(inp)
+
+    def _engine(self, ranges):
+        from .execute import Executor
+        from .plan import build_plan
+        from .rewrite import build_edit_module
+        if ranges not in self._engines:
+            plan = build_plan(self.gm, self.infos, self.seq_node, ranges)
+            edit = build_edit_module(self.gm, self.infos, plan, self.seq_node)
+            if self.compile:
+                edit.module = torch.compile(edit.module, dynamic=True)
+            self._engines[ranges] = Executor(self.gm, plan, edit, self.device)
+        return self._engines[ranges]
+
+    @property
+    def plan(self):
+        """The plan for ``change_ranges`` (printable)."""
+        return self._engine(self.change_ranges).plan
+
+    # --------------------------------------------------------------- engine
+    def _inputs(self, seqs) -> Inputs:
+        inp = super()._inputs(seqs)
+        if self.gm is None:
+            self._build(inp)
+        return inp
+
+    def _seq_chunk(self) -> int:
+        return 64
+
+    def _reference(self, inp: Inputs) -> list[torch.Tensor]:
+        return self._forward(inp.args)
+
+    def _auto_batch(self, plan) -> int:
+        if self.batch_size:
+            return self.batch_size
+        per_edit = 0
+        for r in plan.nodes.values():
+            shape = self._shape(r.name)
+            feat = int(np.prod([s for i, s in enumerate(shape) if i not in (0, r.laxis)]))
+            per_edit += feat * max(1.0, float((r.hi - r.lo).mean()) + 1)
+        for n in self.gm.graph.nodes:
+            if self.infos[n].state == "full" and n.meta.get("tensor_meta") is not None \
+                    and hasattr(n.meta["tensor_meta"], "shape"):
+                per_edit += int(np.prod(n.meta["tensor_meta"].shape[1:]))
+        return int(np.clip(self.memory_budget // (8 * per_edit + 1), 16, 4096))
+
+    def _shape(self, name):
+        node = next(n for n in self.gm.graph.nodes if n.name == name)
+        return tuple(node.meta["tensor_meta"].shape)
+
+    def _run_edits(self, inp, ranges, s_idx, r_idx, values, bar):
+        ex = self._engine(ranges)
+        with self._autocast():
+            ref_state = ex.reference(inp.args)
+            if len(s_idx) == 0:
+                return [o[:0] for o in as_output_list(ref_state[0])]
+            return ex.run(inp.args, ref_state, s_idx, r_idx, values, self._auto_batch(ex.plan),
+                          self.length_axis, bar)
+
+    # --------------------------------------------------------------- checks
+    @torch.no_grad()
+    def check_correctness(self, inp: Inputs | None = None, n_seqs: int = 2, n_ranges: int = 24,
+                          rtol: float = 1e-5, seed: int = 0) -> float:
+        """Compare with :class:`NaiveISM` on random one-hot sequences at edge and random windows.
+
+        Returns the largest absolute difference; raises ``RuntimeError`` if it exceeds ``rtol`` times the
+        output scale.
+        """
+        g = torch.Generator().manual_seed(seed)
+        seqs = self._random_seqs(n_seqs, g).to(self.device)
+        if inp is not None:
+            args = [a[:n_seqs] if isinstance(a, torch.Tensor) else a for a in inp.args]
+            n_seqs = min(n_seqs, args[self.seq_input_idx].shape[0])
+            args[self.seq_input_idx] = seqs[:n_seqs]
+        else:
+            args = [seqs]
+        chk = Inputs(args[self.seq_input_idx], args, False, self.device)
+        R = len(self.change_ranges)
+        pick = sorted(set(range(min(4, R))) | set(range(max(0, R - 4), R))
+                      | set(torch.randint(0, R, (n_ranges,), generator=g).tolist()))
+        s_idx = torch.arange(n_seqs).repeat_interleave(len(pick))
+        r_idx = torch.tensor(pick).repeat(n_seqs)
+        width = self.change_ranges[0][1] - self.change_ranges[0][0]
+        values = torch.nn.functional.one_hot(torch.randint(0, self.num_chars, (len(s_idx), width), generator=g),
+                                             self.num_chars).float().to(self.device)
+        naive = NaiveISM.__new__(NaiveISM)
+        naive.__dict__.update({k: getattr(self, k) for k in
+                               ("seq_len", "num_chars", "layout", "seq_input_idx", "change_ranges", "device",
+                                "dtype", "verbose", "model")})
+        naive.batch_size = 256
+        fast_out = self._run_edits(chk, self.change_ranges, s_idx, r_idx, values, None)
+        slow_out = naive._run_edits(chk, self.change_ranges, s_idx, r_idx, values, _NoBar())
+        worst = 0.0
+        for f, s in zip(fast_out, slow_out):
+            scale = float(s.abs().max()) or 1.0
+            diff = float((f - s).abs().max())
+            worst = max(worst, diff)
+            if not diff <= rtol * scale + 1e-7:
+                raise RuntimeError(
+                    f"FastISM differs from NaiveISM: max |difference| = {diff:.3g} at output scale {scale:.3g} "
+                    f"(tolerance {rtol:g} relative). Please report this model; pass early_stop_layers to "
+                    f"run the suspicious part in full.\n{self.plan}")
+        return worst
+
+    def mac_summary(self) -> dict:
+        """MACs of one full forward pass vs the MACs the plan recomputes per mutation (averaged)."""
+        from .macs import mac_summary
+        return mac_summary(self)
+
+
+class _NoBar:
+    def update(self, n):
+        pass

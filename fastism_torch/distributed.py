@@ -1,0 +1,126 @@
+"""Scale-out under ``torchrun``: shard sequences across ranks, merge the ranks' files on rank 0.
+
+Each rank computes a contiguous block of the sequences (``shard``) and writes it to its own resumable part
+file ``PREFIX.part{rank}of{world}.h5``; after a barrier, rank 0 concatenates the parts in rank order (which
+is input order) into ``PREFIX.h5``, byte-for-byte the same datasets as a single-process run, and removes
+the parts.  The process group uses NCCL when the run is on CUDA and Gloo otherwise.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Context:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def context() -> Context:
+    """The rank layout torchrun put in the environment (a single process without it)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Context()
+    return Context(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init(ctx: Context, device: str) -> None:
+    """Start the process group: NCCL for CUDA devices, Gloo otherwise.  Long timeout: ranks finish unevenly."""
+    import torch.distributed as dist
+    if not ctx.active or dist.is_initialized():
+        return
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(days=7))
+
+
+def barrier(ctx: Context) -> None:
+    import torch.distributed as dist
+    if ctx.active and dist.is_initialized():
+        if dist.get_backend() == "nccl":
+            import torch
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
+
+
+def all_ok(ctx: Context, ok: bool) -> bool:
+    """True when every rank reports ``ok`` (so that one rank's failure stops the others at the merge)."""
+    import torch
+    import torch.distributed as dist
+    if not (ctx.active and dist.is_initialized()):
+        return ok
+    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([0 if ok else 1], device=dev)
+    dist.all_reduce(t)
+    return int(t.item()) == 0
+
+
+def shutdown(ctx: Context) -> None:
+    import torch.distributed as dist
+    if ctx.active and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shard(n: int, ctx: Context) -> tuple[int, int]:
+    """This rank's contiguous block ``[lo, hi)`` of ``n`` sequences; the blocks cover ``range(n)`` once."""
+    bounds = np.linspace(0, n, ctx.world + 1).round().astype(int)
+    return int(bounds[ctx.rank]), int(bounds[ctx.rank + 1])
+
+
+def part_path(prefix: str, ctx: Context) -> str:
+    return f"{prefix}.part{ctx.rank}of{ctx.world}.h5"
+
+
+def merge_parts(parts: list, out_path: str) -> None:
+    """Concatenate complete part files (in order) into ``out_path`` via ``out_path.partial`` and a rename.
+
+    Datasets with a leading sequence axis (every one but ``target_names``) are concatenated, copied one
+    part at a time; attributes come from the first part.
+    """
+    import h5py
+    partial = out_path + ".partial"
+    srcs = [h5py.File(p, "r") for p in parts]
+    try:
+        for p, s in zip(parts, srcs):
+            if not bool(s.attrs.get("complete", False)):
+                raise RuntimeError(f"part file {p} is not complete")
+        first = srcs[0]
+        with h5py.File(partial, "w") as out:
+            for name, d in first.items():
+                if name == "target_names":
+                    out.create_dataset(name, data=d[...], dtype=d.dtype)
+                    continue
+                total = sum(s[name].shape[0] for s in srcs)
+                shape = (total,) + d.shape[1:]
+                chunks = d.chunks if d.chunks is not None else None
+                if chunks is not None and name in ("index", "done"):
+                    chunks = (min(max(total, 1), 65536),)
+                o = out.create_dataset(name, shape=shape, dtype=d.dtype, chunks=chunks)
+                at = 0
+                for s in srcs:
+                    src = s[name]
+                    step = max(1, (64 << 20) // max(1, src.dtype.itemsize * int(np.prod(src.shape[1:]))))
+                    for lo in range(0, src.shape[0], step):
+                        blk = src[lo:lo + step]
+                        o[at + lo:at + lo + len(blk)] = blk
+                    at += src.shape[0]
+            for k, v in first.attrs.items():
+                out.attrs[k] = v
+            out.attrs["complete"] = True
+        os.replace(partial, out_path)
+    finally:
+        for s in srcs:
+            s.close()

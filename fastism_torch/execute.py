@@ -1,0 +1,132 @@
+"""Execution of a plan: the reference pass (caches), then batches of edits through the edit graph.
+
+Edits are sorted by mutation window and cut into groups of neighbouring windows; within a group every node
+has one window width (:meth:`Plan.widths`), so each batch has static shapes.  Index tensors for every gather
+are built here, with numpy, from the plan; the edit graph does the rest.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import fx
+
+from .kernels import rows_cache
+from .plan import Plan
+from .rewrite import EditModule
+
+
+class _Recorder(fx.Interpreter):
+    def __init__(self, gm, keep):
+        super().__init__(gm)
+        self.keep = keep
+        self.saved = {}
+
+    def run_node(self, n):
+        v = super().run_node(n)
+        if n.name in self.keep:
+            self.saved[n.name] = v
+        return v
+
+
+class Executor:
+    def __init__(self, gm: fx.GraphModule, plan: Plan, edit: EditModule, device: torch.device):
+        self.gm, self.plan, self.edit, self.device = gm, plan, edit, device
+        self.keep = {ga.source for ga in plan.gathers if ga.source_state == "window"} | set(edit.ref_nodes)
+        self.placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+
+    # ------------------------------------------------------------------ reference
+    def reference(self, args: list):
+        """Run the model once on the reference inputs; keep what the gathers and incremental ops read."""
+        rec = _Recorder(self.gm, self.keep)
+        out = rec.run(*[a for a in args if a is not None])
+        caches = {}
+        for ga in self.plan.gathers:
+            if ga.source_state != "window":
+                continue
+            key = self._cache_key(ga)
+            if key not in caches:
+                caches[key] = rows_cache(rec.saved[ga.source], ga.laxis, ga.pad[0], ga.pad[1],
+                                         ga.window.pad_value)
+        refs = {n: rec.saved[n] for n in self.edit.ref_nodes}
+        return out, caches, refs
+
+    @staticmethod
+    def _cache_key(ga):
+        return ga.source, ga.pad[0], ga.pad[1], ga.window.pad_value
+
+    # ------------------------------------------------------------------ edits
+    def run(self, args, ref_state, s_idx, r_idx, values, batch_size: int, seq_laxis: int, bar=None):
+        """Outputs ``(E, *out)`` for edits (numpy/torch index arrays, values ``(E, w, C)``)."""
+        _, caches, refs = ref_state
+        s_idx = np.asarray(s_idx.cpu() if isinstance(s_idx, torch.Tensor) else s_idx, dtype=np.int64)
+        r_idx = np.asarray(r_idx.cpu() if isinstance(r_idx, torch.Tensor) else r_idx, dtype=np.int64)
+        E = len(s_idx)
+        order = np.argsort(r_idx, kind="stable")
+        r_sorted = r_idx[order]
+        uniq = np.unique(r_sorted)
+        per_range = max(1, E // max(1, len(uniq)))
+        group = max(1, batch_size // per_range)
+        statics = {name: a for name, a in zip(self.placeholders, [a for a in args if a is not None])}
+        results = None
+        for g0 in range(0, len(uniq), group):
+            blk = uniq[g0:g0 + group]
+            widths = self.plan.widths(blk)
+            starts = {n: self.plan.starts(n, blk, w) for n, w in widths.items()}
+            lo = np.searchsorted(r_sorted, blk[0], "left")
+            hi = np.searchsorted(r_sorted, blk[-1], "right")
+            for b0 in range(lo, hi, batch_size):
+                e = order[b0:min(hi, b0 + batch_size)]
+                pos = np.searchsorted(blk, r_idx[e])
+                feed = self._feed(e, s_idx[e], pos, widths, starts, caches, refs, statics, values, seq_laxis)
+                outs = self.edit.module(**feed)
+                outs = _as_list(outs)
+                if results is None:
+                    results = [torch.empty((E, *o.shape[1:]), dtype=torch.float32, device=o.device) for o in outs]
+                et = torch.from_numpy(e).to(self.device)
+                for r, o in zip(results, outs):
+                    r.index_copy_(0, et, o.float())
+                if bar is not None:
+                    bar.update(len(e))
+        return results
+
+    def _feed(self, e, s, pos, widths, starts, caches, refs, statics, values, seq_laxis):
+        dev = self.device
+        B = len(e)
+        t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev)  # noqa: E731
+        st = torch.from_numpy(s).to(dev)
+        v = values[torch.from_numpy(e).to(values.device)].to(dev)          # (B, w, C)
+        feed = {"B": B, "values": v if seq_laxis == 1 else v.transpose(1, 2)}
+        for name in self.edit.static_inputs:
+            feed[f"in_{name}"] = statics[name].index_select(0, st)
+        for name in self.edit.ref_nodes:
+            feed[f"ref_{name}"] = refs[name].index_select(0, st)
+        for name, x in self.edit.start_nodes.items():
+            feed[f"start_{name}"] = t(starts[x][pos])
+        b = np.arange(B)
+        for k, ga in enumerate(self.plan.gathers):
+            if ga.kind == "window":
+                r, wreq = ga.window.backward(starts[ga.consumer][pos], widths[ga.consumer])
+            elif ga.kind == "full":
+                r, wreq = np.zeros(B, dtype=np.int64), ga.length
+            else:
+                r, wreq = starts[ga.source][pos], widths[ga.source]
+            if ga.source_state == "window":
+                cache = caches[self._cache_key(ga)]
+                base = s * (ga.length + ga.pad[0] + ga.pad[1]) + ga.pad[0]
+                feed[f"g{k}_src"] = cache
+            else:
+                base = b * ga.length
+            si = (base + r)[:, None] + np.arange(wreq)
+            feed[f"g{k}_si"] = t(np.append(si.reshape(-1), 0))
+            if ga.kind != "ref" and ga.source_state == "window":
+                wx = widths[ga.source]
+                tt = (starts[ga.source][pos] - r)[:, None] + np.arange(wx)
+                ok = (tt >= 0) & (tt < wreq)
+                feed[f"g{k}_di"] = t(np.where(ok, b[:, None] * wreq + tt, B * wreq).reshape(-1))
+                feed[f"g{k}_ni"] = t((b[:, None] * wx + np.arange(wx)).reshape(-1))
+        return feed
+
+
+def _as_list(out):
+    from .ism import as_output_list
+    return as_output_list(out)

@@ -1,0 +1,135 @@
+"""The plan: pure data between analysis and execution.
+
+For one set of mutation windows (``ranges``) the plan holds, for every windowed node, the changed range of
+its output for each mutation (``lo``, ``hi``), and one :class:`Gather` for every place where an op needs an
+input window that is not simply that input's own recomputed window: the gathered window is read from the
+reference (padded as the op pads) and the recomputed positions are slice-assigned into it.  Each gather
+starts a *segment*; the ops up to the next gathers recompute only their window.
+
+Execution groups mutations; within a group every node's window has one width (the group's widest changed
+range) and windows are shifted inward at the edges (:func:`~fastism_torch.ranges.window_starts`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from torch import fx
+
+from .ranges import IDENTITY, Window, hull, window_starts
+
+
+@dataclass(frozen=True)
+class Gather:
+    """How ``consumer`` reads ``source``: a window of ``source`` (or all of it) with recomputed parts."""
+    consumer: str
+    source: str
+    kind: str                 # window: op input | full: materialise for a stop | ref: reference only (inc ops)
+    window: Window            # sliding window of the consumer over the source (IDENTITY for full/ref)
+    laxis: int                # source's length axis
+    length: int               # source's full length
+    pad: tuple                # (left, right) padding the reference cache needs
+    source_state: str         # window | static
+
+
+@dataclass(frozen=True)
+class NodeRanges:
+    name: str
+    laxis: int
+    length: int
+    lo: np.ndarray = field(repr=False)
+    hi: np.ndarray = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Plan:
+    ranges: tuple
+    nodes: dict               # name -> NodeRanges, for every windowed node
+    gathers: tuple            # Gather, in graph order
+    stops: tuple              # (node name, reason) of the stop points reached from the sequence
+    outputs: tuple            # state of each model output
+
+    def widths(self, idx: np.ndarray) -> dict:
+        """Window width of every windowed node for a group of mutations ``idx``."""
+        return {n: int(min(max(1, (r.hi[idx] - r.lo[idx]).max()), r.length)) for n, r in self.nodes.items()}
+
+    def starts(self, name: str, idx: np.ndarray, width: int) -> np.ndarray:
+        r = self.nodes[name]
+        return window_starts(r.lo[idx], r.hi[idx], width, r.length)
+
+    def __str__(self) -> str:
+        rows = [f"Plan for {len(self.ranges)} mutation window(s) of width {self.ranges[0][1] - self.ranges[0][0]}"]
+        rows.append(f"  {'node':<28}{'axis':>5}{'length':>8}{'changed width min/mean/max':>30}")
+        for r in self.nodes.values():
+            w = r.hi - r.lo
+            rows.append(f"  {r.name:<28}{r.laxis:>5}{r.length:>8}{f'{w.min()}/{w.mean():.1f}/{w.max()}':>30}")
+        rows.append(f"  segments (gathers): {len(self.gathers)}")
+        for g in self.gathers:
+            win = "" if g.window == IDENTITY else f" extent={g.window.extent} stride={g.window.stride} " \
+                                                  f"pad_left={g.window.pad_left} pad_value={g.window.pad_value}"
+            rows.append(f"    {g.kind:<7} {g.source} -> {g.consumer}{win} cache_pad={g.pad}")
+        for name, reason in self.stops:
+            rows.append(f"  stop at {name}: {reason}")
+        return "\n".join(rows)
+
+
+def build_plan(gm: fx.GraphModule, infos: dict, seq_node: fx.Node, ranges) -> Plan:
+    starts = np.array([s for s, _ in ranges], dtype=np.int64)
+    ends = np.array([e for _, e in ranges], dtype=np.int64)
+    nodes, gathers, stops = {}, [], []
+    si = infos[seq_node]
+    nodes[seq_node.name] = NodeRanges(seq_node.name, si.laxis, si.length, starts, ends)
+
+    def cache_pad(src: NodeRanges, consumer: NodeRanges | None, window: Window):
+        if consumer is None:
+            return (0, 0)
+        last = (consumer.length - 1) * window.stride - window.pad_left + window.extent
+        return (max(0, window.pad_left), max(0, last - src.length))
+
+    for node in gm.graph.nodes:
+        info = infos[node]
+        dec = info.decision
+        if info.state == "window" and node is not seq_node:
+            changed = []
+            for x, read in dec.reads.items():
+                if infos[x].state == "window":
+                    r = nodes[x.name]
+                    changed.append(read.window.forward(r.lo, r.hi, info.length))
+            lo, hi = hull(changed)
+            me = NodeRanges(node.name, info.laxis, info.length, lo, hi)
+            nodes[node.name] = me
+            for x, read in dec.reads.items():
+                xs = infos[x].state
+                if xs == "window":
+                    r = nodes[x.name]
+                    if read.window == IDENTITY and np.array_equal(r.lo, lo) and np.array_equal(r.hi, hi):
+                        continue                                   # reads its input's own window
+                    gathers.append(Gather(node.name, x.name, "window", read.window, r.laxis, r.length,
+                                          cache_pad(r, me, read.window), "window"))
+                else:                                              # a static input that has the length axis
+                    length = tuple(x.meta["tensor_meta"].shape)[read.laxis]
+                    gathers.append(Gather(node.name, x.name, "window", read.window, read.laxis, length, (0, 0),
+                                          "static"))
+        elif info.state == "full":
+            for x in node.all_input_nodes:
+                if infos[x].state != "window":
+                    continue
+                r = nodes[x.name]
+                if dec is not None and dec.kind in ("inc_mean", "inc_linear") and x in dec.reads:
+                    gathers.append(Gather(node.name, x.name, "ref", IDENTITY, r.laxis, r.length, (0, 0), "window"))
+                else:
+                    gathers.append(Gather(node.name, x.name, "full", IDENTITY, r.laxis, r.length, (0, 0), "window"))
+            if dec is not None and dec.kind == "stop" and all(infos[x].state != "full" for x in node.all_input_nodes):
+                stops.append((node.name, dec.reason))
+            if dec is not None and dec.kind == "inc_linear":
+                x = next(iter(dec.reads))
+                r = nodes[x.name]
+                gathers.append(Gather(node.name, x.name, "ref", IDENTITY, r.laxis, r.length, (0, 0), "window"))
+        elif node.op == "output":
+            for x in node.all_input_nodes:
+                if infos[x].state == "window":
+                    r = nodes[x.name]
+                    gathers.append(Gather("output", x.name, "full", IDENTITY, r.laxis, r.length, (0, 0), "window"))
+    outputs = tuple(infos[x].state for x in next(n for n in gm.graph.nodes if n.op == "output").all_input_nodes)
+    return Plan(tuple(ranges), nodes, tuple(gathers), tuple(stops), outputs)
+

@@ -1,0 +1,124 @@
+"""Rewrite: from the original graph and a :class:`~fastism_torch.plan.Plan`, build the *edit graph*, one
+``GraphModule`` that computes the model's outputs for a batch of edits.
+
+- windowed nodes are copied (or re-emitted padding-free by their rule) and run on windows;
+- every plan :class:`~fastism_torch.plan.Gather` becomes a :func:`~fastism_torch.kernels.gather_window` call
+  whose reference cache and index tensors are inputs (placeholders ``g{k}_*``);
+- ``inc_mean`` / ``inc_linear`` nodes become incremental updates of the reference output (``ref_{node}``);
+- static nodes (other model inputs) are replayed on the edits' rows; full nodes are copied.
+
+The edit graph reads only the plan and the analysis; the executor feeds its placeholders.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import fx
+
+from . import kernels
+from .plan import Plan
+
+
+@dataclass
+class EditModule:
+    module: fx.GraphModule
+    gathers: list              # index in plan.gathers -> placeholder prefix
+    static_inputs: list        # original placeholder names fed as rows of the edits' sequences
+    ref_nodes: list            # names of nodes whose reference output is an input (inc ops)
+    start_nodes: dict          # inc_linear node name -> window node whose starts are an input
+
+
+class _Builder:
+    def __init__(self, root: fx.GraphModule):
+        self.graph = fx.Graph()
+        self.root = root
+        self._n = 0
+
+    def add_module(self, name: str, mod):
+        self._n += 1
+        name = f"_fastism_{name}_{self._n}"
+        self.root.add_submodule(name, mod)
+        return name
+
+
+def build_edit_module(gm: fx.GraphModule, infos: dict, plan: Plan, seq_node: fx.Node) -> EditModule:
+    b = _Builder(gm)
+    g = b.graph
+    env: dict = {}
+    by_key = {(x.consumer, x.source, x.kind): k for k, x in enumerate(plan.gathers)}
+    nodes = {n.name: n for n in gm.graph.nodes}
+    batch = g.placeholder("B")
+    static_inputs, ref_nodes, start_nodes = [], [], {}
+    made = {}
+
+    def gathered(k: int):
+        if k in made:
+            return made[k]
+        ga = plan.gathers[k]
+        src_node = nodes[ga.source]
+        if ga.source_state == "static":
+            src = g.call_function(kernels.to_rows, (env[src_node], ga.laxis))
+        else:
+            src = g.placeholder(f"g{k}_src")
+        si = g.placeholder(f"g{k}_si")
+        new = di = ni = None
+        if ga.kind != "ref" and ga.source_state == "window":
+            new, di, ni = env[src_node], g.placeholder(f"g{k}_di"), g.placeholder(f"g{k}_ni")
+        shape = list(src_node.meta["tensor_meta"].shape)
+        feat = tuple(s for i, s in enumerate(shape) if i not in (0, ga.laxis))
+        made[k] = g.call_function(kernels.gather_window, (src, new, si, di, ni, batch, ga.laxis, feat, ga.laxis))
+        return made[k]
+
+    def mapped(node: fx.Node, kind: str):
+        sub = {}
+        for x in node.all_input_nodes:
+            k = by_key.get((node.name, x.name, kind))
+            sub[x] = gathered(k) if k is not None else env.get(x)
+        args = fx.node.map_arg(node.args, lambda n: sub[n])
+        kwargs = fx.node.map_arg(node.kwargs, lambda n: sub[n])
+        return args, kwargs, sub
+
+    for node in gm.graph.nodes:
+        info = infos[node]
+        dec = info.decision
+        if node.op == "placeholder":
+            if node is seq_node:
+                env[node] = g.placeholder("values")
+            else:
+                env[node] = g.placeholder(f"in_{node.name}")
+                static_inputs.append(node.name)
+        elif node.op == "output":
+            args, _, _ = mapped(node, "full")
+            g.output(args[0])
+        elif info.state == "flat":
+            continue
+        elif dec is not None and dec.kind == "inc_mean":
+            x = next(iter(dec.reads))
+            ref_nodes.append(node.name)
+            env[node] = g.call_function(kernels.inc_mean, (
+                env[x], gathered(by_key[(node.name, x.name, "ref")]), g.placeholder(f"ref_{node.name}"),
+                info_laxis(infos, x), dec.extra["scale"]))
+        elif dec is not None and dec.kind == "inc_linear":
+            x = next(iter(dec.reads))
+            ref_nodes.append(node.name)
+            start_nodes[node.name] = x.name
+            weight = (g.get_attr(node.target + ".weight") if node.op == "call_module"
+                      else env[dec.extra["weight_node"]])
+            in_shape = tuple(x.meta["tensor_meta"].shape)[1:]
+            env[node] = g.call_function(kernels.inc_linear, (
+                env[x], gathered(by_key[(node.name, x.name, "ref")]), g.placeholder(f"ref_{node.name}"),
+                weight, g.placeholder(f"start_{node.name}"), in_shape, infos[x].laxis))
+        else:
+            kind = "window" if info.state == "window" else "full"
+            args, kwargs, sub = mapped(node, kind)
+            if dec is not None and dec.emit is not None and info.state in ("window", "static"):
+                env[node] = dec.emit(b, node, args, kwargs)
+            else:
+                env[node] = g.node_copy(node, lambda n: sub[n])
+    g.lint()
+    module = fx.GraphModule(b.root, g, class_name="FastISMEditGraph")
+    return EditModule(module, list(range(len(plan.gathers))), static_inputs, ref_nodes, start_nodes)
+
+
+def info_laxis(infos, x):
+    return infos[x].laxis

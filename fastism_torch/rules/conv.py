@@ -1,0 +1,112 @@
+"""Convolutions along the length axis: Conv1d, Conv2d with the other spatial kernel 1, ConvTranspose1d
+(stride 1), and their functional forms.  Any dilation, even/odd kernels, 'same'/'valid'/explicit padding,
+groups/depthwise.  Recomputed windows are convolved without padding: the gathered window holds the padding."""
+from __future__ import annotations
+
+import copy
+
+import torch.nn.functional as F
+from torch import nn
+
+from ..ranges import Window
+from .registry import Decision, Read, RuleContext, functions, module_types, register, stop
+
+
+def same_left(kernel: int, dilation: int) -> int:
+    """PyTorch's left padding for ``padding='same'``: ``total // 2`` (the extra one goes right)."""
+    return dilation * (kernel - 1) // 2
+
+
+def _pad_left(padding, kernel, dilation, dim=0):
+    if padding == "same":
+        return same_left(kernel, dilation)
+    if padding == "valid":
+        return 0
+    return padding[dim] if isinstance(padding, (tuple, list)) else int(padding)
+
+
+def sliding(ctx: RuleContext, x, window: Window, emit, out_laxis=None) -> Decision:
+    out = ctx.out_shape
+    lax = ctx.laxis(x) if out_laxis is None else out_laxis
+    return Decision("sliding", laxis=lax, length=out[lax], reads={x: Read(window, ctx.laxis(x))}, emit=emit)
+
+
+def emit_module(new_module):
+    """Emit a call to ``new_module`` (a padding-free copy sharing the original's parameters)."""
+    def emit(builder, node, args, kwargs):
+        name = builder.add_module(node.name + "_valid", new_module)
+        return builder.graph.call_module(name, args, kwargs)
+    return emit
+
+
+def emit_function(fn, **overrides):
+    def emit(builder, node, args, kwargs):
+        return builder.graph.call_function(fn, args, {**kwargs, **overrides})
+    return emit
+
+
+def _conv_nd(ctx: RuleContext, mod) -> Decision:
+    x = ctx.the_window_input()
+    if x is None or ctx.node.args[0] is not x:
+        return stop("convolution weights depend on the sequence")
+    nsp = len(mod.kernel_size)
+    lax = ctx.laxis(x)
+    sp = lax - 2                                  # spatial dim that is the length axis
+    if not 0 <= sp < nsp:
+        return stop(f"the length axis {lax} is not a spatial axis of this convolution")
+    if mod.padding_mode != "zeros":
+        return stop(f"padding_mode={mod.padding_mode!r}")
+    k, d, s = mod.kernel_size[sp], mod.dilation[sp], mod.stride[sp]
+    for o in range(nsp):
+        if o != sp and not (mod.kernel_size[o] == 1 and _pad_left(mod.padding, 1, 1, o) == 0):
+            return stop(f"kernel {mod.kernel_size} also slides along a non-length axis")
+    new = copy.copy(mod)
+    new.padding = (0,) * nsp
+    new._reversed_padding_repeated_twice = [0, 0] * nsp
+    window = Window(d * (k - 1) + 1, s, _pad_left(mod.padding, k, d, sp), 0.0)
+    return sliding(ctx, x, window, emit_module(new))
+
+
+@register(*module_types(nn.Conv1d, nn.Conv2d))
+def conv_module(ctx: RuleContext) -> Decision:
+    return _conv_nd(ctx, ctx.module())
+
+
+@register(*module_types(nn.ConvTranspose1d))
+def conv_transpose_module(ctx: RuleContext) -> Decision:
+    mod = ctx.module()
+    x = ctx.the_window_input()
+    if x is None or ctx.laxis(x) != 2:
+        return stop("transposed convolution input is not (N, C, L)")
+    k, d, s, p = mod.kernel_size[0], mod.dilation[0], mod.stride[0], mod.padding[0]
+    if s != 1 or mod.output_padding[0] != 0 or mod.padding_mode != "zeros":
+        return stop(f"transposed convolution with stride {s} / output_padding {mod.output_padding}")
+    # out[j] = sum_t in[j + p - t*d] w[t]: reads in[j - ((k-1)d - p) ... j + p]
+    window = Window(d * (k - 1) + 1, 1, d * (k - 1) - p, 0.0)
+    new = copy.copy(mod)
+    new.padding = (d * (k - 1),)                 # keep only fully covered outputs of the gathered window
+    return sliding(ctx, x, window, emit_module(new))
+
+
+@register(*functions("conv1d", modules=(F,)))
+def conv1d_function(ctx: RuleContext) -> Decision:
+    x = ctx.the_window_input()
+    if x is None or ctx.node.args[0] is not x or ctx.laxis(x) != 2:
+        return stop("conv1d weights depend on the sequence or input is not (N, C, L)")
+    w = ctx.shape(ctx.arg(1, "weight"))
+    k = w[-1]
+    stride, padding, dilation = (ctx.arg(i, n, dflt) for i, n, dflt in
+                                 ((3, "stride", 1), (4, "padding", 0), (5, "dilation", 1)))
+    one = lambda v: v[0] if isinstance(v, (tuple, list)) else v  # noqa: E731
+    stride, dilation = one(stride), one(dilation)
+    window = Window(dilation * (k - 1) + 1, stride, _pad_left(padding, k, dilation), 0.0)
+
+    def emit(builder, node, args, kwargs):
+        args = list(args)
+        if len(args) > 4:
+            args[4] = 0
+        kw = dict(kwargs)
+        if "padding" in kw or len(args) <= 4:
+            kw["padding"] = 0
+        return builder.graph.call_function(F.conv1d, tuple(args), kw)
+    return sliding(ctx, x, window, emit)

@@ -1,0 +1,164 @@
+"""Pointwise ops: output position j depends on input position j only.
+
+Covers activations, BatchNorm/Dropout in eval, channel-wise Linear/LayerNorm/softmax, scalar arithmetic and
+element-wise ops of several tensors (add, sub, mul, div, max, min, where) and concatenation along channels.
+The output's changed range is the hull of the inputs' (resolved by the plan).
+"""
+from __future__ import annotations
+
+import operator
+
+import torch
+from torch import nn
+
+from .registry import Decision, Read, RuleContext, functions, methods, module_types, register, stop
+
+
+def _norm_dim(d, ndim):
+    return d + ndim if d < 0 else d
+
+
+def elementwise(ctx: RuleContext) -> Decision:
+    """Shared rule for every element-wise op, with broadcasting of the other inputs."""
+    out = ctx.out_shape
+    win = ctx.windowed()
+    if out is None or not win:
+        return stop("output is not a tensor")
+    x = win[0]
+    lax = ctx.laxis(x) + len(out) - len(ctx.shape(x))
+    length = ctx.length(x)
+    if not (0 < lax < len(out)) or out[lax] != length:
+        return stop(f"broadcasting changes the length axis (output shape {out})")
+    reads = {}
+    for n in ctx.input_nodes():
+        s = ctx.shape(n)
+        if s is None:
+            continue
+        info = ctx.infos[n]
+        d = lax - (len(out) - len(s))          # n's dim aligned with the output's length axis
+        if info.state == "window":
+            if d != info.laxis or info.length != length:
+                return stop(f"inputs' length axes differ ({n.name}: axis {info.laxis}, length {info.length})")
+            reads[n] = Read(laxis=d)
+        elif d >= 0 and s[d] != 1:
+            if s[d] != length or info.state != "static":
+                return stop(f"input {n.name} of shape {s} has the length axis but does not depend on the batch")
+            reads[n] = Read(laxis=d)
+    return Decision("pointwise", laxis=lax, length=length, reads=reads)
+
+
+def _dim_safe(dim_getter):
+    """A pointwise rule for ops that act along one dim (softmax, ...): fine unless that dim is the length."""
+    def rule(ctx: RuleContext) -> Decision:
+        dec = elementwise(ctx)
+        if dec.kind != "pointwise":
+            return dec
+        dim = dim_getter(ctx)
+        if dim is None or _norm_dim(dim, len(ctx.out_shape)) == dec.laxis:
+            return stop(f"acts along the length axis (dim={dim})")
+        return dec
+    return rule
+
+
+ACTIVATION_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.GELU, nn.ELU, nn.SELU, nn.CELU, nn.Softplus, nn.SiLU, nn.Sigmoid, nn.Tanh,
+    nn.LeakyReLU, nn.PReLU, nn.Hardtanh, nn.Hardsigmoid, nn.Hardswish, nn.Mish, nn.Softsign, nn.Tanhshrink,
+    nn.LogSigmoid, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Threshold,
+)
+register(*module_types(*ACTIVATION_MODULES))(elementwise)
+
+register(*functions(
+    "relu", "relu6", "gelu", "elu", "selu", "celu", "softplus", "silu", "sigmoid", "tanh", "leaky_relu",
+    "prelu", "hardtanh", "hardsigmoid", "hardswish", "mish", "softsign", "logsigmoid", "dropout", "dropout1d",
+    "dropout2d", "alpha_dropout", "threshold", "exp", "log", "log1p", "expm1", "abs", "neg", "sqrt", "rsqrt",
+    "square", "sin", "cos", "erf", "clamp", "clip", "pow", "add", "sub", "subtract", "mul", "multiply", "div",
+    "divide", "true_divide", "maximum", "minimum", "fmax", "fmin", "where", "sign", "reciprocal", "floor",
+    "ceil", "round", "relu_", "sigmoid_", "tanh_",
+))(elementwise)
+register(*[("function", f) for f in (operator.add, operator.sub, operator.mul, operator.truediv,
+                                      operator.neg, operator.pow, operator.iadd, operator.imul,
+                                      operator.isub, operator.itruediv, operator.floordiv)])(elementwise)
+register(*methods(
+    "relu", "relu_", "sigmoid", "tanh", "exp", "log", "log1p", "abs", "neg", "sqrt", "rsqrt", "square", "clamp",
+    "clip", "pow", "add", "add_", "sub", "mul", "mul_", "div", "div_", "maximum", "minimum", "sign",
+    "reciprocal", "contiguous", "clone", "float", "double", "half", "bfloat16", "to", "type_as", "detach",
+    "sin", "cos", "erf", "masked_fill", "where",
+))(elementwise)
+
+
+def _max_min(ctx: RuleContext) -> Decision:
+    # torch.max(a, b) is element-wise; torch.max(x, dim) / torch.max(x) reduce and are handled as stops.
+    other = ctx.arg(1, "other")
+    if hasattr(other, "op"):
+        return elementwise(ctx)
+    return stop("max/min reduction")
+
+
+register(*functions("max", "min", modules=(torch,)), *methods("max", "min"))(_max_min)
+
+
+@register(*module_types(nn.BatchNorm1d, nn.BatchNorm2d, nn.InstanceNorm1d))
+def batch_norm(ctx: RuleContext) -> Decision:
+    mod = ctx.module()
+    dec = elementwise(ctx)
+    if dec.kind != "pointwise":
+        return dec
+    if isinstance(mod, nn.InstanceNorm1d) or mod.training and not mod.track_running_stats:
+        return stop("normalisation statistics over the length axis")
+    if dec.laxis == 1:
+        return stop("BatchNorm's channel axis is the length axis")
+    return dec
+
+
+@register(*functions("batch_norm", modules=(nn.functional,)))
+def batch_norm_fn(ctx: RuleContext) -> Decision:
+    dec = elementwise(ctx)
+    if dec.kind == "pointwise" and (dec.laxis == 1 or ctx.arg(5, "training", False)):
+        return stop("batch statistics over the length axis")
+    return dec
+
+
+def _last_dims_rule(get_ndims):
+    def rule(ctx: RuleContext) -> Decision:
+        dec = elementwise(ctx)
+        if dec.kind != "pointwise":
+            return dec
+        nd = get_ndims(ctx)
+        if dec.laxis >= len(ctx.out_shape) - nd:
+            return stop(f"normalises over the length axis (last {nd} dims)")
+        return dec
+    return rule
+
+
+def _ln_module_ndims(ctx):
+    return len(ctx.module().normalized_shape)
+
+
+def _ln_fn_ndims(ctx):
+    s = ctx.arg(1, "normalized_shape")
+    return 1 if isinstance(s, int) else len(s)
+
+
+register(*module_types(nn.LayerNorm, nn.RMSNorm) if hasattr(nn, "RMSNorm") else module_types(nn.LayerNorm))(
+    _last_dims_rule(_ln_module_ndims))
+register(*functions("layer_norm", "rms_norm", modules=(nn.functional,)))(_last_dims_rule(_ln_fn_ndims))
+
+
+@register(*module_types(nn.Softmax, nn.LogSoftmax))
+def softmax_module(ctx: RuleContext) -> Decision:
+    return _dim_safe(lambda c: c.module().dim)(ctx)
+
+
+register(*functions("softmax", "log_softmax"), *methods("softmax", "log_softmax"))(
+    _dim_safe(lambda c: c.arg(1, "dim")))
+
+
+@register(*functions("cat", "concat", "concatenate", modules=(torch,)))
+def cat(ctx: RuleContext) -> Decision:
+    dec = elementwise(ctx)
+    if dec.kind != "pointwise":
+        return dec
+    dim = ctx.arg(1, "dim", 0)
+    if _norm_dim(dim, len(ctx.out_shape)) == dec.laxis:
+        return stop("concatenation along the length axis")
+    return dec

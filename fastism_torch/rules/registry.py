@@ -1,0 +1,153 @@
+"""Registry of per-op change-range rules.
+
+A rule is a small function ``rule(ctx: RuleContext) -> Decision`` registered for fx targets: module classes
+(``call_module``), functions (``call_function``) or method names (``call_method``).  It is called only for
+nodes with at least one input that depends on the sequence *and is windowed* (see :mod:`..analysis`), and says
+what the op is:
+
+- ``pointwise``: output position ``j`` depends on input position ``j`` only (activations, BatchNorm in eval,
+  channel-wise Linear/LayerNorm, element-wise arithmetic of several tensors, concatenation along channels);
+- ``sliding``: a local op along the length axis (convolution, pooling, padding, cropping), described by a
+  :class:`~fastism_torch.ranges.Window`, plus how to compute it without padding on a gathered window;
+- ``layout``: moves the length axis (permute, transpose, (un)squeeze, reshapes that keep it);
+- ``meta``: reads a shape (``x.size(2)``, ``x.shape``) and is rewritten to report the full length;
+- ``inc_linear`` / ``inc_mean``: linear in the changed positions, updated from them only;
+- ``stop``: everything else; from here on the model runs in full.
+
+Registering a key twice raises. An op without a rule becomes a stop (with a warning naming it).
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import fx, nn
+
+from ..ranges import IDENTITY, Window
+
+
+@dataclass(frozen=True)
+class Read:
+    """How an op reads one of its length-bearing inputs: through ``window`` along that input's ``laxis``."""
+    window: Window = IDENTITY
+    laxis: int | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    kind: str                                    # pointwise | sliding | layout | meta | inc_linear | inc_mean | stop
+    laxis: int | None = None                     # length axis of the output (windowed kinds)
+    length: int | None = None                    # full length of the output along laxis
+    reads: dict = field(default_factory=dict)    # input Node -> Read (inputs that carry the length axis)
+    emit: Callable | None = None                 # (graph, node, args, kwargs) -> new node, for ops rewritten
+    reason: str = ""                             # why a stop is a stop
+    extra: dict = field(default_factory=dict)    # rule-specific data (e.g. the weight of an inc_linear)
+
+
+def stop(reason: str, quiet: bool = False) -> Decision:
+    """A stop point. ``quiet`` for the expected ones (flatten, dense, global pooling, attention)."""
+    return Decision("stop", reason=reason, extra={"quiet": quiet})
+
+
+class RuleContext:
+    """What a rule may look at: the node, its owning module, shapes, and which inputs are windowed."""
+
+    def __init__(self, node: fx.Node, gm: fx.GraphModule, infos: dict):
+        self.node = node
+        self.gm = gm
+        self.infos = infos          # Node -> NodeInfo for every earlier node
+
+    # shapes -----------------------------------------------------------------
+    @staticmethod
+    def shape(n) -> tuple | None:
+        tm = n.meta.get("tensor_meta") if isinstance(n, fx.Node) else None
+        return tuple(tm.shape) if tm is not None and hasattr(tm, "shape") else None
+
+    @property
+    def out_shape(self):
+        return self.shape(self.node)
+
+    def module(self) -> nn.Module:
+        return self.gm.get_submodule(self.node.target)
+
+    # inputs -----------------------------------------------------------------
+    def input_nodes(self) -> list[fx.Node]:
+        return list(self.node.all_input_nodes)
+
+    def windowed(self) -> list[fx.Node]:
+        return [n for n in self.input_nodes() if self.infos[n].state == "window"]
+
+    def arg(self, i: int, name: str, default=None):
+        """Positional-or-keyword argument of a call_function / call_method node."""
+        if i < len(self.node.args):
+            return self.node.args[i]
+        return self.node.kwargs.get(name, default)
+
+    def laxis(self, n: fx.Node) -> int:
+        return self.infos[n].laxis
+
+    def length(self, n: fx.Node) -> int:
+        return self.infos[n].length
+
+    def the_window_input(self) -> fx.Node | None:
+        w = self.windowed()
+        return w[0] if len(w) == 1 else None
+
+
+Rule = Callable[[RuleContext], Decision]
+_RULES: dict[tuple[str, Any], Rule] = {}
+
+
+def register(*keys):
+    """Register a rule for ``("module", cls)``, ``("function", fn)`` or ``("method", name)`` keys."""
+    def deco(fn: Rule) -> Rule:
+        for key in keys:
+            if key in _RULES:
+                raise KeyError(f"a change-range rule for {key} is already registered ({_RULES[key].__name__})")
+            _RULES[key] = fn
+        return fn
+    return deco
+
+
+def lookup(node: fx.Node, gm: fx.GraphModule) -> Rule | None:
+    if node.op == "call_module":
+        mod = gm.get_submodule(node.target)
+        for cls in inspect.getmro(type(mod)):
+            if ("module", cls) in _RULES:
+                return _RULES[("module", cls)]
+        return None
+    if node.op == "call_function":
+        return _RULES.get(("function", node.target))
+    if node.op == "call_method":
+        return _RULES.get(("method", node.target))
+    return None
+
+
+def describe(node: fx.Node, gm: fx.GraphModule) -> str:
+    """Human name of a node's op for warnings: ``conv1 (Conv1d)``, ``add (operator.add)``."""
+    if node.op == "call_module":
+        return f"{node.target} ({type(gm.get_submodule(node.target)).__name__})"
+    if node.op == "call_function":
+        return f"{node.name} ({getattr(node.target, '__module__', '')}.{getattr(node.target, '__name__', node.target)})"
+    return f"{node.name} ({node.op} {node.target})"
+
+
+def functions(*names, modules=(torch, torch.nn.functional)):
+    """``("function", f)`` keys for every existing ``module.name`` (skips names a torch version lacks)."""
+    keys = []
+    for mod in modules:
+        for n in names:
+            f = getattr(mod, n, None)
+            if f is not None and ("function", f) not in keys:
+                keys.append(("function", f))
+    return keys
+
+
+def methods(*names):
+    return [("method", n) for n in names]
+
+
+def module_types(*classes):
+    return [("module", c) for c in classes]
