@@ -603,7 +603,8 @@ def cmd_plot(args) -> int:
         ism = ism[..., t]
     heat = ism.mean(-1)[:, s - ws:e - ws]
     seq = onehot[:, s - ws:e - ws]
-    title = args.title or f"{names[i]}" + (f"  ({chrom}:{offset + s}-{offset + e})" if chrom else "")
+    region = f"{chrom}:{offset + s}-{offset + e}" if chrom else None
+    title = args.title or (names[i] if region in (None, names[i]) else f"{names[i]}  ({region})")
     try:
         plot.plot_ism(heat, seq, args.output, start=s, title=title, dpi=args.dpi)
     except OSError as e:

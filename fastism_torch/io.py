@@ -343,6 +343,12 @@ def load_sequences(path: str, seq_len: int | None = None, n_policy: str = "zero"
 
 
 # --------------------------------------------------------------------------------------------- writing
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str, write_fn, suffix: str = "") -> None:
     """Call ``write_fn(tmp_path)`` then rename onto ``path``: a crash never leaves a half-written file."""
     d = os.path.dirname(os.path.abspath(path))
@@ -350,6 +356,7 @@ def atomic_write(path: str, write_fn, suffix: str = "") -> None:
     os.close(fd)
     try:
         write_fn(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
