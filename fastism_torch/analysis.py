@@ -51,13 +51,13 @@ def _early_stop_nodes(gm: fx.GraphModule, names) -> set:
     return found
 
 
-def _inc_linear_user(node: fx.Node, gm: fx.GraphModule):
+def _inc_linear_user(node: fx.Node, gm: fx.GraphModule, early: set):
     """The Linear that consumes ``node`` (a flatten) as its only user, if any."""
     users = list(node.users)
     if len(users) != 1:
         return None
     u = users[0]
-    if not u.args or u.args[0] is not node:
+    if not u.args or u.args[0] is not node or u in early:
         return None
     if u.op == "call_module" and isinstance(gm.get_submodule(u.target), nn.Linear):
         return u
@@ -112,7 +112,7 @@ def _classify(node, gm, infos, early, strict) -> NodeInfo:
         except Exception as e:  # a rule that cannot read its op's settings must not give a wrong answer
             dec = stop(f"rule failed ({type(e).__name__}: {e})")
     if dec.kind == "stop":
-        if dec.extra.get("flatten") and _inc_linear_user(node, gm) is not None:
+        if dec.extra.get("flatten") and _inc_linear_user(node, gm, early) is not None:
             return NodeInfo("flat", decision=dec)
         if not dec.extra.get("quiet"):
             msg = (f"fastism_torch: {describe(node, gm)}: {dec.reason}; it becomes a stop point "

@@ -30,10 +30,9 @@ def capture(model: nn.Module, example_args: list) -> fx.GraphModule:
             f"could not capture {type(model).__name__} with torch.fx symbolic tracing ({type(e).__name__}: {e}). "
             "Models with data-dependent Python control flow are not supported; wrap such parts in a leaf "
             "module (they then become stop points).") from e
-    args = [a for a in example_args if a is not None]
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    if len(placeholders) != len(args):
-        raise ValueError(f"the traced model takes {len(placeholders)} input(s) but {len(args)} were given")
+    if len(placeholders) != len(example_args):     # None inputs keep a placeholder (asserted to be None)
+        raise ValueError(f"the traced model takes {len(placeholders)} input(s) but {len(example_args)} were given")
     with torch.no_grad():
-        ShapeProp(gm).propagate(*args)
+        ShapeProp(gm).propagate(*example_args)
     return gm

@@ -38,7 +38,7 @@ class Executor:
     def reference(self, args: list):
         """Run the model once on the reference inputs; keep what the gathers and incremental ops read."""
         rec = _Recorder(self.gm, self.keep)
-        out = rec.run(*[a for a in args if a is not None])
+        out = rec.run(*args)
         caches = {}
         for ga in self.plan.gathers:
             if ga.source_state != "window":
@@ -66,7 +66,7 @@ class Executor:
         uniq = np.unique(r_sorted)
         per_range = max(1, E // max(1, len(uniq)))
         group = max(1, batch_size // per_range)
-        statics = {name: a for name, a in zip(self.placeholders, [a for a in args if a is not None])}
+        statics = dict(zip(self.placeholders, args))
         results = None
         for g0 in range(0, len(uniq), group):
             blk = uniq[g0:g0 + group]
@@ -97,7 +97,8 @@ class Executor:
         v = values[torch.from_numpy(e).to(values.device)].to(dev)          # (B, w, C)
         feed = {"B": B, "values": v if seq_laxis == 1 else v.transpose(1, 2)}
         for name in self.edit.static_inputs:
-            feed[f"in_{name}"] = statics[name].index_select(0, st)
+            a = statics[name]
+            feed[f"in_{name}"] = a.index_select(0, st) if isinstance(a, torch.Tensor) else a
         for name in self.edit.ref_nodes:
             feed[f"ref_{name}"] = refs[name].index_select(0, st)
         for name, x in self.edit.start_nodes.items():

@@ -340,8 +340,7 @@ class FastISM(ISMBase):
         example = [a[:2] if isinstance(a, torch.Tensor) else a for a in inp.args]
         self.gm = capture(self.model, example)
         placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
-        non_none = [i for i, a in enumerate(example) if a is not None]
-        self.seq_node = placeholders[non_none.index(self.seq_input_idx)]
+        self.seq_node = placeholders[self.seq_input_idx]
         self.infos = analyse(self.gm, self.seq_node, self.length_axis, self.seq_len, self.early_stop_layers,
                              self.strict)
         if self._test_correctness:
