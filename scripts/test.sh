@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The README's test command: installs what the tests need into ./.venv (first run) and runs the default
+# test suite (CPU; GPU tests skip without CUDA; `-m slow` tests are documented in the README).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+if ! .venv/bin/python -c "import fastism_torch, pytest, onnx2torch, tensorflow" >/dev/null 2>&1; then
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -e ".[test,keras,onnx]"
+fi
+exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
