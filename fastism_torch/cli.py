@@ -639,8 +639,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--center-crop", action="store_true", help="centre-crop longer sequences to the model length")
     g.add_argument("--pad", action="store_true", help="pad shorter sequences with N on both sides")
     g = s.add_argument_group("mutagenesis and scores")
-    g.add_argument("--start", type=int, help="first position to mutate (0-based)")
-    g.add_argument("--end", type=int, help="position after the last one to mutate")
+    g.add_argument("--start", "--window-start", dest="start", type=int,
+                   help="first position to mutate (0-based); under torchrun spell it --window-start")
+    g.add_argument("--end", "--window-end", dest="end", type=int, help="position after the last one to mutate")
     g.add_argument("--replace-with", help="replace each position with 0/N, uniform or 'a,c,g,t' instead of "
                                           "full saturation (scores: mutant - reference)")
     g.add_argument("--target", help="output(s) to score: index or name, comma-separated (default: mean of all)")
