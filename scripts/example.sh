@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The README's main job, end to end on the bundled example (no download):
+#   a virtual environment .venv in the repository, the package installed with `pip install -e .`,
+#   ISM maps for examples/example.fa with the small model in examples/example_model.py,
+#   and pictures of one sequence.  Outputs go to example_out/.
+# Re-running reuses .venv and finds the outputs already complete.
+# Environment: PYTHON (interpreter for the venv, default python3), VENV (default .venv).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+
+if [ ! -x "$VENV/bin/fastism-torch" ]; then
+    [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install --quiet -e .
+fi
+FT="$VENV/bin/fastism-torch"
+
+"$FT" ism -m examples/example_model.py:make_model -s examples/example.fa -o example_out/example -v
+"$FT" plot example_out/example.h5 --seq chr1:10000-10300 -o example_out/example.png
+"$FT" plot example_out/example.h5 --seq chr1:10000-10300 --start 160 --end 220 -o example_out/example_zoom.png
+
+echo "outputs:"
+ls -l example_out
