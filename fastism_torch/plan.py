@@ -102,7 +102,8 @@ def build_plan(gm: fx.GraphModule, infos: dict, seq_node: fx.Node, ranges) -> Pl
                 xs = infos[x].state
                 if xs == "window":
                     r = nodes[x.name]
-                    if read.window == IDENTITY and np.array_equal(r.lo, lo) and np.array_equal(r.hi, hi):
+                    if (read.window == IDENTITY and r.length == info.length and np.array_equal(r.lo, lo)
+                            and np.array_equal(r.hi, hi)):
                         continue                                   # reads its input's own window
                     gathers.append(Gather(node.name, x.name, "window", read.window, r.laxis, r.length,
                                           cache_pad(r, me, read.window), "window"))

@@ -80,7 +80,7 @@ class RandomNet(nn.Module):
         return self.head(x)
 
 
-@pytest.mark.parametrize("seed", range(30))
+@pytest.mark.parametrize("seed", range(60))
 def test_random_architecture(seed):
     length = random.Random(seed).choice([24, 31, 40])
     model = scale_weights(RandomNet(seed, length), seed)
