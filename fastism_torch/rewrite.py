@@ -13,9 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from torch import fx
 
 from . import kernels
+from .kernels import ops  # noqa: F401  (registers torch.ops.fastism.*)
 from .plan import Plan
 
 
@@ -66,7 +69,8 @@ def build_edit_module(gm: fx.GraphModule, infos: dict, plan: Plan, seq_node: fx.
             new, di, ni = env[src_node], g.placeholder(f"g{k}_di"), g.placeholder(f"g{k}_ni")
         shape = list(src_node.meta["tensor_meta"].shape)
         feat = tuple(s for i, s in enumerate(shape) if i not in (0, ga.laxis))
-        made[k] = g.call_function(kernels.gather_window, (src, new, si, di, ni, batch, ga.laxis, feat, ga.laxis))
+        made[k] = g.call_function(torch.ops.fastism.gather_window,
+                                  (src, new, si, di, ni, batch, ga.laxis, list(feat), ga.laxis))
         return made[k]
 
     def mapped(node: fx.Node, kind: str):
@@ -105,9 +109,9 @@ def build_edit_module(gm: fx.GraphModule, infos: dict, plan: Plan, seq_node: fx.
             weight = (g.get_attr(node.target + ".weight") if node.op == "call_module"
                       else env[dec.extra["weight_node"]])
             in_shape = tuple(x.meta["tensor_meta"].shape)[1:]
-            env[node] = g.call_function(kernels.inc_linear, (
+            env[node] = g.call_function(torch.ops.fastism.inc_linear, (
                 env[x], gathered(by_key[(node.name, x.name, "ref")]), g.placeholder(f"ref_{node.name}"),
-                weight, g.placeholder(f"start_{node.name}"), in_shape, infos[x].laxis))
+                weight, g.placeholder(f"start_{node.name}"), list(in_shape), infos[x].laxis))
         else:
             kind = "window" if info.state == "window" else "full"
             args, kwargs, sub = mapped(node, kind)
