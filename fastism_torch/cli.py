@@ -716,6 +716,10 @@ def main(argv=None) -> int:
         return 130
     except BrokenPipeError:
         return 1
+    except OSError as e:   # full disk, permissions, ... while writing outputs
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"{PROG}: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
