@@ -121,7 +121,27 @@ def build_edit_module(gm: fx.GraphModule, infos: dict, plan: Plan, seq_node: fx.
                 env[node] = g.node_copy(node, lambda n: sub[n])
     g.lint()
     module = fx.GraphModule(b.root, g, class_name="FastISMEditGraph")
-    return EditModule(module, list(range(len(plan.gathers))), static_inputs, ref_nodes, start_nodes)
+    return EditModule(split_segments(module), list(range(len(plan.gathers))), static_inputs, ref_nodes,
+                      start_nodes)
+
+
+def split_segments(module: fx.GraphModule) -> fx.GraphModule:
+    """One submodule per segment: each gather starts a segment, every other op joins its latest input's.
+
+    Segment ids grow along the graph, so the segments form a chain/DAG that ``split_module`` can cut.
+    """
+    seg: dict = {}
+    next_id = 0
+    for n in module.graph.nodes:
+        if n.op in ("placeholder", "output"):
+            continue
+        if n.target is torch.ops.fastism.gather_window:
+            next_id += 1
+            seg[n] = next_id
+        else:
+            seg[n] = max((seg.get(x, 0) for x in n.all_input_nodes), default=0)
+    from torch.fx.passes.split_module import split_module
+    return split_module(module, module, lambda n: seg[n], keep_original_order=True)
 
 
 def info_laxis(infos, x):
