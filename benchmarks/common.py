@@ -1,0 +1,262 @@
+"""Shared pieces of the speed benchmarks: models, sequences, timing, the peers, and RESULTS.md.
+
+Three ways to get a full saturation mutagenesis ``(N, 4, L, *out)`` of the same model on the same sequences:
+
+- :func:`run_fastism`: ``fastism_torch.FastISM`` (build, first call and a second, steady-state call timed apart);
+- :func:`run_naive`: ``fastism_torch.NaiveISM`` (one full forward pass per edit, batched);
+- :func:`run_tangermeme`: tangermeme 1.6's ``saturation_mutagenesis(model, X, fast=True, raw_outputs=True)``.
+  Its set-up (``_fast_path``: a first batch through the slow path, ``torch.export`` capture and a verification
+  against the slow path on one batch; done on every call) is timed by wrapping that function; the rest of the
+  call is its steady state.  Its rule "not worth capturing below 30 s of slow-path work"
+  (``_FAST_MIN_SECONDS``) is set to 0 so that small benchmark runs measure its fast path; a fallback to the
+  slow path (a ``TangermemeWarning``, e.g. when its check finds the fast path slower) is reported, never
+  hidden; ``force_fast=True`` keeps the fast path even then.
+
+Each returns a :class:`Timing` and the saturation outputs, so the caller can check all three agree.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import shlex
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+
+MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_RESULTS = os.path.join(HERE, "RESULTS.md")
+
+
+# ------------------------------------------------------------------ environment
+def reexec_with_malloc_env(module: str) -> None:
+    """Re-run this process with glibc's allocator told to keep large blocks (see NOTES-performance).
+
+    glibc maps and unmaps every tensor over 32 MB on each allocation; naive ISM at large batches then spends as
+    long in the kernel as in compute.  ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000`` keeps freed
+    memory in the heap, so naive ISM (and every other method in the run) is measured at its best.
+    """
+    if all(os.environ.get(k) == v for k, v in MALLOC_ENV.items()):
+        return
+    env = {**os.environ, **MALLOC_ENV}
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]], env)
+
+
+def machine(device: torch.device) -> str:
+    """The accelerator's name (GPU) or the CPU model, cores and SIMD level (CPU)."""
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        return f"{p.name} ({p.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}"
+    name, flags = platform.processor() or platform.machine(), ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name") and name in ("", platform.machine(), platform.processor()):
+                    name = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    f = line.split(":", 1)[1].split()
+                    flags = "AVX-512" if "avx512f" in f else "AVX2" if "avx2" in f else ""
+    except OSError:
+        pass
+    load = ", load average %.2f (other processes compete for the cores above 0)" % os.getloadavg()[0] \
+        if hasattr(os, "getloadavg") else ""
+    return (f"{name} CPU, {os.cpu_count()} cores{', ' + flags if flags else ''}, {torch.get_num_threads()} torch "
+            f"threads{load}")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device):
+    """``(fn(), seconds)`` with the device synchronised on both sides."""
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    return out, time.perf_counter() - t0
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_gib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+# ------------------------------------------------------------------ models and data
+def make_model(name: str, seq_len: int, seed: int = 0, bpnet_head: str = "conv") -> torch.nn.Module:
+    """A reference model from :mod:`fastism_torch.models` (Kaiming init, calibrated BatchNorm statistics)."""
+    from fastism_torch import models
+    if name == "bpnet":
+        return models.bpnet(seq_len=seq_len, seed=seed, profile_head=bpnet_head)
+    return models.MODELS[name](seq_len=seq_len, seed=seed)
+
+
+def random_seqs(n: int, seq_len: int, seed: int = 123) -> torch.Tensor:
+    from fastism_torch.models import random_onehot
+    return random_onehot(n, seq_len, seed=seed)
+
+
+def as_list(y) -> list[torch.Tensor]:
+    return [y] if isinstance(y, torch.Tensor) else list(y)
+
+
+def max_rel_diff(a, b) -> float:
+    """Largest ``|a - b|`` over all outputs, relative to each output's largest ``|b|``."""
+    worst = 0.0
+    for x, y in zip(as_list(a), as_list(b)):
+        x, y = x.detach().float().cpu(), y.detach().float().cpu()
+        worst = max(worst, float((x - y).abs().max()) / (float(y.abs().max()) or 1.0))
+    return worst
+
+
+# ------------------------------------------------------------------ the three methods
+@dataclass
+class Timing:
+    """Seconds for one method on ``n_seqs`` sequences; ``setup_s`` is paid once per call (or per object)."""
+    method: str
+    n_seqs: int
+    setup_s: float = 0.0          # build / capture / verification, not per sequence
+    steady_s: float = 0.0         # the per-call work on all n_seqs sequences, set-up excluded
+    peak_gib: float | None = None
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def per_seq(self) -> float:
+        return self.steady_s / self.n_seqs
+
+    @property
+    def per_seq_with_setup(self) -> float:
+        return (self.setup_s + self.steady_s) / self.n_seqs
+
+
+def run_fastism(model, seqs, device, batch_size=None, compile=False, label="FastISM"):
+    """Build FastISM (with its correctness self-test), then two full calls: first (plan + compile) and steady."""
+    from fastism_torch import FastISM
+    seqs = seqs.to(device)
+    reset_peak(device)
+    ism, t_build = timed(lambda: FastISM(model, seqs.shape[-1], device=device, batch_size=batch_size,
+                                         compile=compile), device)
+    sat, t_first = timed(lambda: ism.saturation_mutagenesis(seqs), device)
+    sat, t_steady = timed(lambda: ism.saturation_mutagenesis(seqs), device)
+    t = Timing(label, seqs.shape[0], setup_s=t_build + max(0.0, t_first - t_steady), steady_s=t_steady,
+               peak_gib=peak_gib(device))
+    t.extra["macs"] = ism.mac_summary()
+    t.extra["build_s"], t.extra["first_call_s"] = t_build, t_first
+    return t, sat
+
+
+def run_naive(model, seqs, device, batch_size=None, compile=False, label="NaiveISM"):
+    """NaiveISM, batched; ``compile=True`` wraps its model copy in ``torch.compile`` (first call = warm-up)."""
+    from fastism_torch import NaiveISM
+    seqs = seqs.to(device)
+    reset_peak(device)
+    ism = NaiveISM(model, seqs.shape[-1], device=device, batch_size=batch_size)
+    setup = 0.0
+    if compile:
+        ism.model = torch.compile(ism.model)
+        _, setup = timed(lambda: ism.saturation_mutagenesis(seqs[:1]), device)   # compiles both batch shapes
+    sat, t = timed(lambda: ism.saturation_mutagenesis(seqs), device)
+    return Timing(label, seqs.shape[0], setup_s=setup, steady_s=t, peak_gib=peak_gib(device)), sat
+
+
+def run_tangermeme(model, seqs, device, batch_size=32, force_fast=False, label="tangermeme fast=True"):
+    """tangermeme 1.6 ``saturation_mutagenesis(fast=True, raw_outputs=True)``; set-up timed inside the call.
+
+    Returns ``(Timing, y_hat)`` with ``y_hat`` shaped ``(N, 4, L, *out)`` per output like FastISM's.
+    """
+    from tangermeme import saturation_mutagenesis as tsm
+    model = model.to(device).eval()
+    setup = {"s": 0.0, "used_fast": None}
+    original_fast_path, original_min = tsm._fast_path, tsm._FAST_MIN_SECONDS
+
+    def fast_path_timed(*args, **kwargs):
+        out, s = timed(lambda: original_fast_path(*args, **kwargs), device)
+        setup["s"] += s
+        setup["used_fast"] = out[0] is not None
+        return out
+
+    original_rel = tsm._FAST_MAX_RELATIVE_TIME
+    tsm._fast_path, tsm._FAST_MIN_SECONDS = fast_path_timed, 0.0
+    if force_fast:              # keep the fast path even where its own check finds it slower than fast=False
+        tsm._FAST_MAX_RELATIVE_TIME = float("inf")
+    reset_peak(device)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res, total = timed(lambda: tsm.saturation_mutagenesis(
+                model, seqs, batch_size=batch_size, device=device, raw_outputs=True, fast=True), device)
+    finally:
+        tsm._fast_path, tsm._FAST_MIN_SECONDS = original_fast_path, original_min
+        tsm._FAST_MAX_RELATIVE_TIME = original_rel
+    note = "" if setup["used_fast"] else "FELL BACK to fast=False"
+    msgs = [str(w.message).split(". ")[0] for w in caught if "fast" in str(w.message)]
+    if msgs:
+        note = (note + ": " if note else "") + msgs[0][:160]
+    t = Timing(label, seqs.shape[0], setup_s=setup["s"], steady_s=total - setup["s"], peak_gib=peak_gib(device),
+               note=note)
+    return t, res.y_hat
+
+
+# ------------------------------------------------------------------ RESULTS.md
+def fmt(x, digits=3) -> str:
+    if x is None:
+        return "n/a"
+    if isinstance(x, str):
+        return x
+    if x == 0:
+        return "0"
+    if abs(x) >= 100:
+        return f"{x:.0f}"
+    return f"{x:.{digits}g}"
+
+
+def markdown_table(headers: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def append_results(path: str, title: str, device: torch.device, body: str) -> str:
+    """Append a dated section (machine, torch version, command, then ``body``) to ``path``; returns it."""
+    cmd = " ".join(shlex.quote(a) for a in [os.path.basename(sys.executable), "-m",
+                                             _module_name(), *sys.argv[1:]])
+    env = " ".join(f"{k}={os.environ[k]}" for k in MALLOC_ENV if k in os.environ)
+    section = (f"\n## {title}: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}\n\n"
+               f"- machine: {machine(device)}\n- torch {torch.__version__}, Python {platform.python_version()}"
+               f"{_versions()}\n- command: `{(env + ' ') if env else ''}{cmd}`\n\n{body.rstrip()}\n")
+    new = not os.path.exists(path)
+    with open(path, "a") as fh:
+        if new:
+            fh.write("# Benchmark results\n\nAppended by `benchmarks/bench_cpu.py` and `benchmarks/bench_gpu.py`; "
+                     "each section records the machine, versions and the exact command.\n")
+        fh.write(section)
+    return section
+
+
+def _module_name() -> str:
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    return spec.name if spec is not None and spec.name else os.path.relpath(sys.argv[0])
+
+
+def _versions() -> str:
+    out = []
+    for mod in ("fastism_torch", "tangermeme"):
+        try:
+            m = __import__(mod)
+            out.append(f"{mod} {getattr(m, '__version__', '?')}")
+        except ImportError:
+            pass
+    return (", " + ", ".join(out)) if out else ""
