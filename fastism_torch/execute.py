@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import fx
 
-from .kernels import rows_cache
+from .kernels import to_cache
 from .plan import Plan
 from .rewrite import EditModule
 
@@ -31,7 +31,8 @@ class _Recorder(fx.Interpreter):
 class Executor:
     def __init__(self, gm: fx.GraphModule, plan: Plan, edit: EditModule, device: torch.device):
         self.gm, self.plan, self.edit, self.device = gm, plan, edit, device
-        self.keep = {ga.source for ga in plan.gathers if ga.source_state == "window"} | set(edit.ref_nodes)
+        self.keep = {ga.source for ga in plan.gathers if ga.source_state == "window" and ga.reuse is None} \
+            | set(edit.ref_nodes)
         self.placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
 
     # ------------------------------------------------------------------ reference
@@ -41,12 +42,12 @@ class Executor:
         out = rec.run(*args)
         caches = {}
         for ga in self.plan.gathers:
-            if ga.source_state != "window":
+            if ga.source_state != "window" or ga.reuse is not None:
                 continue
             key = self._cache_key(ga)
             if key not in caches:
-                caches[key] = rows_cache(rec.saved[ga.source], ga.laxis, ga.pad[0], ga.pad[1],
-                                         ga.window.pad_value)
+                caches[key] = to_cache(rec.saved[ga.source], ga.laxis, ga.pad[0], ga.pad[1],
+                                       ga.window.pad_value)
         refs = {n: rec.saved[n] for n in self.edit.ref_nodes}
         return out, caches, refs
 
@@ -95,7 +96,7 @@ class Executor:
         t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev)  # noqa: E731
         st = torch.from_numpy(s).to(dev)
         v = values[torch.from_numpy(e).to(values.device)].to(dev)          # (B, w, C)
-        feed = {"B": B, "values": v if seq_laxis == 1 else v.transpose(1, 2)}
+        feed = {"values": v if seq_laxis == 1 else v.transpose(1, 2)}
         for name in self.edit.static_inputs:
             a = statics[name]
             feed[f"in_{name}"] = a.index_select(0, st) if isinstance(a, torch.Tensor) else a
@@ -103,8 +104,9 @@ class Executor:
             feed[f"ref_{name}"] = refs[name].index_select(0, st)
         for name, x in self.edit.start_nodes.items():
             feed[f"start_{name}"] = t(starts[x][pos])
-        b = np.arange(B)
         for k, ga in enumerate(self.plan.gathers):
+            if ga.reuse is not None:
+                continue
             if ga.kind == "window":
                 r, wreq = ga.window.backward(starts[ga.consumer][pos], widths[ga.consumer])
             elif ga.kind == "full":
@@ -112,19 +114,15 @@ class Executor:
             else:
                 r, wreq = starts[ga.source][pos], widths[ga.source]
             if ga.source_state == "window":
-                cache = caches[self._cache_key(ga)]
-                base = s * (ga.length + ga.pad[0] + ga.pad[1]) + ga.pad[0]
-                feed[f"g{k}_src"] = cache
-            else:
-                base = b * ga.length
-            si = (base + r)[:, None] + np.arange(wreq)
-            feed[f"g{k}_si"] = t(np.append(si.reshape(-1), 0))
+                feed[f"g{k}_cache"] = caches[self._cache_key(ga)]
+                feed[f"g{k}_seq"] = st
+                feed[f"g{k}_start"] = t(r + ga.pad[0])
+            else:                                       # static source: the edits' own rows, unpadded
+                feed[f"g{k}_seq"] = torch.arange(B, device=dev)
+                feed[f"g{k}_start"] = t(r)
+            feed[f"g{k}_width"] = int(wreq)
             if ga.kind != "ref" and ga.source_state == "window":
-                wx = widths[ga.source]
-                tt = (starts[ga.source][pos] - r)[:, None] + np.arange(wx)
-                ok = (tt >= 0) & (tt < wreq)
-                feed[f"g{k}_di"] = t(np.where(ok, b[:, None] * wreq + tt, B * wreq).reshape(-1))
-                feed[f"g{k}_ni"] = t((b[:, None] * wx + np.arange(wx)).reshape(-1))
+                feed[f"g{k}_shift"] = t(starts[ga.source][pos] - r)
         return feed
 
 

@@ -11,7 +11,7 @@ range) and windows are shifted inward at the edges (:func:`~fastism_torch.ranges
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from torch import fx
@@ -30,6 +30,7 @@ class Gather:
     length: int               # source's full length
     pad: tuple                # (left, right) padding the reference cache needs
     source_state: str         # window | static
+    reuse: tuple | None = None  # (k, offset, shrink): a slice of gather k's window instead of a new gather
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,8 @@ class Plan:
         for g in self.gathers:
             win = "" if g.window == IDENTITY else f" extent={g.window.extent} stride={g.window.stride} " \
                                                   f"pad_left={g.window.pad_left} pad_value={g.window.pad_value}"
-            rows.append(f"    {g.kind:<7} {g.source} -> {g.consumer}{win} cache_pad={g.pad}")
+            share = "" if g.reuse is None else f" (slice of gather {g.reuse[0]} at offset {g.reuse[1]})"
+            rows.append(f"    {g.kind:<7} {g.source} -> {g.consumer}{win} cache_pad={g.pad}{share}")
         for name, reason in self.stops:
             rows.append(f"  stop at {name}: {reason}")
         return "\n".join(rows)
@@ -132,5 +134,32 @@ def build_plan(gm: fx.GraphModule, infos: dict, seq_node: fx.Node, ranges) -> Pl
                     r = nodes[x.name]
                     gathers.append(Gather("output", x.name, "full", IDENTITY, r.laxis, r.length, (0, 0), "window"))
     outputs = tuple(infos[x].state for x in next(n for n in gm.graph.nodes if n.op == "output").all_input_nodes)
-    return Plan(tuple(ranges), nodes, tuple(gathers), tuple(stops), outputs)
+    return Plan(tuple(ranges), nodes, tuple(_share_gathers(gathers, nodes)), tuple(stops), outputs)
+
+
+def _same_windows(a: NodeRanges, b: NodeRanges) -> bool:
+    return a.length == b.length and np.array_equal(a.lo, b.lo) and np.array_equal(a.hi, b.hi)
+
+
+def _share_gathers(gathers: list, nodes: dict) -> list:
+    """Let a gather reuse a slice of another gather of the same source when that one covers it.
+
+    Two consumers whose windows always coincide (e.g. a 'same' convolution and the residual add after it)
+    read windows of one source at a constant offset from each other: the narrower read is a slice of the
+    wider one (``offset = pad_left_A - pad_left_B``), so it needs no gather of its own.
+    """
+    out = list(gathers)
+    for kb, b in enumerate(gathers):
+        if b.kind != "window" or b.source_state != "window" or b.window.stride != 1:
+            continue
+        for ka, a in enumerate(gathers):
+            if (ka == kb or a.reuse is not None or out[ka].reuse is not None or a.kind != "window"
+                    or a.source != b.source or a.window.stride != 1 or a.source_state != "window"
+                    or not _same_windows(nodes[a.consumer], nodes[b.consumer])):
+                continue
+            off = a.window.pad_left - b.window.pad_left
+            if off >= 0 and off + b.window.extent <= a.window.extent:
+                out[kb] = replace(b, reuse=(ka, off, a.window.extent - b.window.extent))
+                break
+    return out
 

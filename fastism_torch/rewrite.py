@@ -50,7 +50,6 @@ def build_edit_module(gm: fx.GraphModule, infos: dict, plan: Plan, seq_node: fx.
     env: dict = {}
     by_key = {(x.consumer, x.source, x.kind): k for k, x in enumerate(plan.gathers)}
     nodes = {n.name: n for n in gm.graph.nodes}
-    batch = g.placeholder("B")
     static_inputs, ref_nodes, start_nodes = [], [], {}
     made = {}
 
@@ -59,18 +58,22 @@ def build_edit_module(gm: fx.GraphModule, infos: dict, plan: Plan, seq_node: fx.
             return made[k]
         ga = plan.gathers[k]
         src_node = nodes[ga.source]
-        if ga.source_state == "static":
-            src = g.call_function(kernels.to_rows, (env[src_node], ga.laxis))
+        if ga.reuse is not None:
+            base, off, shrink = ga.reuse
+            made[k] = g.call_function(kernels.narrow_window, (gathered(base), ga.laxis, off, shrink))
+            return made[k]
+        if ga.source_state == "static":          # rows of the edits themselves (replayed static input)
+            src = g.call_function(kernels.to_cache, (env[src_node], ga.laxis))
         else:
-            src = g.placeholder(f"g{k}_src")
-        si = g.placeholder(f"g{k}_si")
-        new = di = ni = None
+            src = g.placeholder(f"g{k}_cache")
+        new = shift = None
         if ga.kind != "ref" and ga.source_state == "window":
-            new, di, ni = env[src_node], g.placeholder(f"g{k}_di"), g.placeholder(f"g{k}_ni")
+            new, shift = env[src_node], g.placeholder(f"g{k}_shift")
         shape = list(src_node.meta["tensor_meta"].shape)
-        feat = tuple(s for i, s in enumerate(shape) if i not in (0, ga.laxis))
-        made[k] = g.call_function(torch.ops.fastism.gather_window,
-                                  (src, new, si, di, ni, batch, ga.laxis, list(feat), ga.laxis))
+        feat = [s for i, s in enumerate(shape) if i not in (0, ga.laxis)]
+        made[k] = g.call_function(torch.ops.fastism.gather_window, (
+            src, new, g.placeholder(f"g{k}_seq"), g.placeholder(f"g{k}_start"), shift,
+            g.placeholder(f"g{k}_width"), ga.laxis, feat, ga.laxis))
         return made[k]
 
     def mapped(node: fx.Node, kind: str):

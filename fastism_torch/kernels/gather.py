@@ -1,45 +1,64 @@
 """Gather-and-slice-assign: the one data-movement kernel of the fast path.
 
-A windowed op needs, for each edit ``b``, the positions ``[r_b, r_b + W)`` of an input: the reference
-values (read from a padded cache of the reference pass, laid out as rows = positions) with the positions the
-edit recomputed written over them (``index_copy``).  Materialising a full tensor before a stop point is the
-same with ``r_b = 0, W = L``.  Index tensors are built by the executor from the plan; the kernel itself is
-plain torch (CPU and CUDA), with no Python loops, so ``torch.compile`` traces through it.
+A windowed op needs, for each edit ``b``, positions ``[r_b, r_b + W)`` of an input: the reference values
+(from a cache of the reference pass, padded as the consuming op pads, laid out ``(N, F, L_padded)`` with the
+length axis last) with the positions that the edit recomputed written over them.  Materialising a full tensor
+before a stop point is the same with ``r_b = 0, W = L``.
+
+The gather reads whole runs of ``W`` positions per (edit, feature) from an ``unfold`` view, so the result is
+already laid out for the next convolution (no transposing copy).  The slice-assign groups edits by where their
+recomputed window lands (one offset for all interior positions, a few more at the edges) and copies each group
+with one ``index_copy_`` along the batch axis.
 """
 from __future__ import annotations
 
 import torch
 
 
-def to_rows(x: torch.Tensor, laxis: int) -> torch.Tensor:
-    """``(N, ..., L, ...)`` -> ``(N*L, F)``: one row per (item, position)."""
-    x = x.movedim(laxis, 1)
-    return x.reshape(x.shape[0] * x.shape[1], -1)
-
-
-def rows_cache(ref: torch.Tensor, laxis: int, pad_left: int, pad_right: int, value: float) -> torch.Tensor:
-    """Reference tensor padded along its length axis (as the consuming op pads) and laid out as rows."""
-    x = ref.movedim(laxis, -1)
+def to_cache(x: torch.Tensor, laxis: int, pad_left: int = 0, pad_right: int = 0, value: float = 0.0):
+    """``(N, ..., L, ...)`` -> ``(N, F, pad_left + L + pad_right)``, contiguous."""
+    x = x.movedim(laxis, -1)
+    x = x.reshape(x.shape[0], -1, x.shape[-1])
     if pad_left or pad_right:
         x = torch.nn.functional.pad(x, (pad_left, pad_right), value=value)
-    x = x.movedim(-1, 1).contiguous()
-    return x.reshape(x.shape[0] * x.shape[1], -1)
+    return x.contiguous()
 
 
-def gather_window(src_rows: torch.Tensor, new: torch.Tensor | None, src_idx: torch.Tensor,
-                  dst_idx: torch.Tensor | None, new_idx: torch.Tensor | None, batch: int, laxis: int,
-                  feat_shape: tuple, new_laxis: int) -> torch.Tensor:
-    """Rows ``src_idx`` of the reference, with rows ``new_idx`` of ``new`` written at ``dst_idx``.
+def gather_window(cache: torch.Tensor, new: torch.Tensor | None, seq_idx: torch.Tensor, start: torch.Tensor,
+                  shift: torch.Tensor | None, width: int, laxis: int, feat_shape: tuple,
+                  new_laxis: int) -> torch.Tensor:
+    """For each edit b: ``cache[seq_idx[b], :, start[b] : start[b] + width]``, with ``new[b]`` (the edit's
+    recomputed window, laid out like the source) written at offset ``shift[b]`` (clipped to the window).
 
-    ``src_idx`` has ``batch * width + 1`` entries: the last row is scratch space where the recomputed
-    positions that fall outside a window are written (so every index tensor has a static shape).
-    Returns ``(batch, ..., width, ...)`` with the window along ``laxis``.
+    Returns ``(B, *feat_shape)`` with the window inserted along ``laxis``.
     """
-    out = src_rows.index_select(0, src_idx)
+    out = cache.unfold(2, width, 1)[seq_idx, :, start]                       # (B, F, width), contiguous
     if new is not None:
-        out.index_copy_(0, dst_idx, to_rows(new, new_laxis).index_select(0, new_idx).to(out.dtype))
-    width = (src_idx.shape[0] - 1) // batch
-    return out[: batch * width].view(batch, width, *feat_shape).movedim(1, laxis)
+        nv = new.movedim(new_laxis, -1)
+        nv = nv.reshape(nv.shape[0], -1, nv.shape[-1])                      # (B, F, Win)
+        assign_shifted(out, nv, shift)
+    out = out.view(out.shape[0], *feat_shape, width)
+    return out.movedim(-1, laxis)
+
+
+def assign_shifted(out: torch.Tensor, new: torch.Tensor, shift: torch.Tensor) -> None:
+    """``out[b, :, shift[b] + j] = new[b, :, j]`` wherever that lands inside ``out`` (in place)."""
+    width, win = out.shape[-1], new.shape[-1]
+    shifts, inverse = torch.unique(shift, return_inverse=True)
+    for k, t in enumerate(shifts.tolist()):
+        a, b = max(t, 0), min(t + win, width)
+        if a >= b:
+            continue
+        if len(shifts) == 1:
+            out[:, :, a:b] = new[:, :, a - t:b - t]
+        else:
+            sel = (inverse == k).nonzero().flatten()
+            out[:, :, a:b].index_copy_(0, sel, new[:, :, a - t:b - t].index_select(0, sel))
+
+
+def narrow_window(x: torch.Tensor, laxis: int, offset: int, shrink: int) -> torch.Tensor:
+    """The part of a gathered window that a narrower reader of the same source needs (a view)."""
+    return x.narrow(laxis, offset, x.shape[laxis] - shrink)
 
 
 def inc_mean(new: torch.Tensor, ref_window: torch.Tensor, ref_out: torch.Tensor, laxis: int,

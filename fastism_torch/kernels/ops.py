@@ -11,19 +11,16 @@ from . import gather as _k
 
 
 @torch.library.custom_op("fastism::gather_window", mutates_args=())
-def gather_window(src_rows: torch.Tensor, new: torch.Tensor | None, src_idx: torch.Tensor,
-                  dst_idx: torch.Tensor | None, new_idx: torch.Tensor | None, batch: int, laxis: int,
-                  feat_shape: list[int], new_laxis: int) -> torch.Tensor:
-    return _k.gather_window(src_rows, new, src_idx, dst_idx, new_idx, batch, laxis, tuple(feat_shape),
-                            new_laxis).contiguous()
+def gather_window(cache: torch.Tensor, new: torch.Tensor | None, seq_idx: torch.Tensor, start: torch.Tensor,
+                  shift: torch.Tensor | None, width: int, laxis: int, feat_shape: list[int],
+                  new_laxis: int) -> torch.Tensor:
+    return _k.gather_window(cache, new, seq_idx, start, shift, width, laxis, tuple(feat_shape), new_laxis)
 
 
 @gather_window.register_fake
-def _(src_rows, new, src_idx, dst_idx, new_idx, batch, laxis, feat_shape, new_laxis):
-    width = (src_idx.shape[0] - 1) // batch
-    shape = [batch, width, *feat_shape]
-    out = src_rows.new_empty(shape)
-    return out.movedim(1, laxis).contiguous()
+def _(cache, new, seq_idx, start, shift, width, laxis, feat_shape, new_laxis):
+    out = cache.new_empty([seq_idx.shape[0], *feat_shape, width])
+    return out.movedim(-1, laxis)
 
 
 @torch.library.custom_op("fastism::inc_linear", mutates_args=())
