@@ -44,7 +44,7 @@ def make_basset(seq_len: int = 1000) -> nn.Module:
     torch.manual_seed(0)
     try:
         from fastism_torch.models import basset
-        model = basset(seq_len)
+        model = basset(seq_len, num_outputs=164)
     except ImportError:
         model = _local_basset(seq_len)
     return model.eval()

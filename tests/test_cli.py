@@ -212,3 +212,27 @@ def test_python_dash_m_help():
     assert r.returncode == 0 and "ism" in r.stdout and "plot" in r.stdout
     r = run_cli("ism", "--help")
     assert "--n-policy" in r.stdout and "--rc-average" in r.stdout
+
+
+def test_onnx_model_matches_pytorch_factory(tmp_path):
+    """The same model as an .onnx file (via fastism_torch.from_onnx) gives the same scores."""
+    pytest.importorskip("fastism_torch.importers.onnx")
+    pytest.importorskip("onnx")
+    import importlib.util
+    import torch
+    spec = importlib.util.spec_from_file_location("example_model_onnx", EXAMPLE_MODEL)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    onnx_path = str(tmp_path / "example.onnx")
+    try:
+        torch.onnx.export(mod.make_model(), torch.zeros(1, 4, 300), onnx_path, dynamo=False,
+                          input_names=["x"], dynamic_axes={"x": {0: "n"}})
+    except Exception as e:  # pragma: no cover - exporter unavailable
+        pytest.skip(f"torch.onnx.export failed: {e}")
+    assert main(["ism", "-m", onnx_path, "-s", EXAMPLE_FA, "-o", str(tmp_path / "onnx"), "--device", "cpu",
+                 "--window-start", "100", "--window-end", "160"]) == 0
+    assert main(["ism", "-m", f"{EXAMPLE_MODEL}:make_model", "-s", EXAMPLE_FA, "-o", str(tmp_path / "pt"),
+                 "--device", "cpu", "--window-start", "100", "--window-end", "160"]) == 0
+    a = np.load(tmp_path / "onnx.attr.npz")["arr_0"]
+    b = np.load(tmp_path / "pt.attr.npz")["arr_0"]
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
