@@ -160,7 +160,7 @@ def test_user_error_in_subprocess_has_no_traceback(tmp_path):
 
 def test_killed_run_resumes_to_identical_result(tmp_path):
     """SIGKILL a run after some chunks are written; the same command finishes it; same result as one run."""
-    model = write_model(tmp_path, sleep=0.03)
+    model = write_model(tmp_path, sleep=0.05)
     fa = write_fasta(tmp_path / "s.fa", random_seqs(16, 20, seed=5))
     cmd = ["ism", "-m", f"{model}:make_model", "-s", fa, "-o", tmp_path / "killed", "--chunk-size", "2",
            "--batch-size", "32", "--engine", "naive", "-v"]
