@@ -60,9 +60,12 @@ def _conv_nd(ctx: RuleContext, mod) -> Decision:
     for o in range(nsp):
         if o != sp and not (mod.kernel_size[o] == 1 and _pad_left(mod.padding, 1, 1, o) == 0):
             return stop(f"kernel {mod.kernel_size} also slides along a non-length axis")
-    new = copy.copy(mod)
-    new.padding = (0,) * nsp
-    new._reversed_padding_repeated_twice = [0, 0] * nsp
+    if isinstance(mod, nn.Conv1d):
+        new = ValidConv1d(mod)
+    else:
+        new = copy.copy(mod)
+        new.padding = (0,) * nsp
+        new._reversed_padding_repeated_twice = [0, 0] * nsp
     window = Window(d * (k - 1) + 1, s, _pad_left(mod.padding, k, d, sp), 0.0)
     return sliding(ctx, x, window, emit_module(new))
 
@@ -83,9 +86,51 @@ def conv_transpose_module(ctx: RuleContext) -> Decision:
         return stop(f"transposed convolution with stride {s} / output_padding {mod.output_padding}")
     # out[j] = sum_t in[j + p - t*d] w[t]: reads in[j - ((k-1)d - p) ... j + p]
     window = Window(d * (k - 1) + 1, 1, d * (k - 1) - p, 0.0)
-    new = copy.copy(mod)
-    new.padding = (d * (k - 1),)                 # keep only fully covered outputs of the gathered window
-    return sliding(ctx, x, window, emit_module(new))
+    return sliding(ctx, x, window, emit_module(TransposedAsConv(mod)))
+
+
+class TransposedAsConv(nn.Module):
+    """A stride-1 ``ConvTranspose1d`` on a gathered window, as the equivalent padding-free ``conv1d`` with the
+    kernel flipped (much faster on CPU than a transposed convolution that crops its own output)."""
+
+    def __init__(self, mod: nn.ConvTranspose1d):
+        super().__init__()
+        self.mod = mod
+        self.dilation, self.groups = mod.dilation[0], mod.groups
+
+    def forward(self, x):
+        w = self.mod.weight                                   # (in, out/groups, k)
+        g = self.groups
+        w = w.view(g, w.shape[0] // g, *w.shape[1:]).transpose(1, 2).reshape(-1, w.shape[0] // g, w.shape[2])
+        return conv1d_valid(x, w.flip(-1), self.mod.bias, self.dilation, g)
+
+
+class ValidConv1d(nn.Module):
+    """A ``Conv1d`` run padding-free on a gathered window (through :func:`conv1d_valid`)."""
+
+    def __init__(self, mod: nn.Conv1d):
+        super().__init__()
+        self.mod = mod
+
+    def forward(self, x):
+        m = self.mod
+        return conv1d_valid(x, m.weight, m.bias, m.dilation[0], m.groups, m.stride[0])
+
+
+def conv1d_valid(x, weight, bias, dilation: int = 1, groups: int = 1, stride: int = 1):
+    """Padding-free ``conv1d``.  Convolutions with few output channels and long kernels (profile heads,
+    e.g. 64 -> 1 x 25) run slowly as such on CPU; there, one 1x1 convolution to ``C_out * k`` channels
+    followed by ``k`` shifted adds does the same multiply-adds at matrix-multiply speed."""
+    c_out, _, k = weight.shape
+    if groups != 1 or stride != 1 or c_out > 8 or k < 5 or x.device.type != "cpu":
+        return F.conv1d(x, weight, bias, stride=stride, dilation=dilation, groups=groups)
+    w_out = x.shape[-1] - dilation * (k - 1)
+    z = F.conv1d(x, weight.permute(0, 2, 1).reshape(c_out * k, -1, 1))            # (B, C_out*k, W_in)
+    z = z.view(z.shape[0], c_out, k, z.shape[-1])
+    y = z[:, :, 0, :w_out].clone()
+    for t in range(1, k):
+        y += z[:, :, t, t * dilation:t * dilation + w_out]
+    return y if bias is None else y + bias[:, None]
 
 
 @register(*functions("conv1d", modules=(F,)))
