@@ -1,0 +1,37 @@
+"""The benchmark scripts run end to end on tiny settings and write their markdown (no timing asserted)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from benchmarks import bench_cpu, bench_gpu  # noqa: E402
+
+HAS_TANGERMEME = importlib.util.find_spec("tangermeme") is not None
+
+
+def test_bench_cpu_tiny(tmp_path):
+    out = tmp_path / "RESULTS.md"
+    methods = "fast,naive,tangermeme" if HAS_TANGERMEME else "fast,naive"
+    res = bench_cpu.main(["--models", "tiny", "--n-seqs", "1", "--length", "40", "--methods", methods,
+                          "--out", str(out)])
+    (r,) = res
+    assert r["diff_fast"] < 1e-4
+    text = out.read_text()
+    assert "| tiny |" in text and "torch " in text and "command:" in text and "machine:" in text
+
+
+@pytest.mark.parametrize("methods", ["fast_eager,naive_eager"])
+def test_bench_gpu_tiny_on_cpu(tmp_path, methods):
+    out = tmp_path / "RESULTS.md"
+    rows = bench_gpu.main(["--device", "cpu", "--models", "tiny", "--lengths", "40", "--batch-sizes", "auto,32",
+                           "--n-seqs", "1", "--methods", methods, "--out", str(out)])
+    assert {r["method"] for r in rows} == set(methods.split(","))
+    assert all("timing" in r for r in rows), [r.get("error") for r in rows]
+    assert all(r["diff"] is not None and r["diff"] < 1e-4 for r in rows)
+    assert "| tiny | 40 | fast_eager | auto |" in out.read_text()
