@@ -22,6 +22,7 @@ keeps freed large blocks instead of mapping and unmapping them every batch, whic
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import torch
@@ -46,6 +47,9 @@ def parse_args(argv=None):
     p.add_argument("--bpnet-head", default="conv", choices=["conv", "conv_transpose"],
                    help="BPNet profile head; tangermeme computes a transposed conv in full for every edit, "
                         "so 'conv' (same size, the default) gives it its best case")
+    p.add_argument("--repeat", type=int, default=2,
+                   help="steady-state calls of FastISM and tangermeme (whole calls, set-up included); the "
+                        "fastest counts (a shared machine's noise)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--out", default=common.DEFAULT_RESULTS, help="markdown file to append to ('' = don't)")
     p.add_argument("--no-malloc-env", action="store_true", help="do not re-exec with the allocator settings")
@@ -59,14 +63,15 @@ def bench_model(name: str, args, device: torch.device) -> dict:
     res: dict = {"model": name}
     sats = {}
     if "fast" in methods:
-        res["fast"], sats["fast"] = common.run_fastism(model, seqs, device, batch_size=args.fast_batch)
+        res["fast"], sats["fast"] = common.run_fastism(model, seqs, device, batch_size=args.fast_batch,
+                                                             repeat=args.repeat)
         print(f"  FastISM    {res['fast'].per_seq:8.3f} s/seq steady, set-up {res['fast'].setup_s:.2f} s", flush=True)
     if "naive" in methods:
         res["naive"], sats["naive"] = common.run_naive(model, seqs, device, batch_size=args.naive_batch)
         print(f"  NaiveISM   {res['naive'].per_seq:8.3f} s/seq", flush=True)
     if "tangermeme" in methods:
         res["tm"], sats["tm"] = common.run_tangermeme(model, seqs, device, batch_size=args.tm_batch,
-                                                    force_fast=args.tm_force_fast)
+                                                    force_fast=args.tm_force_fast, repeat=args.repeat)
         print(f"  tangermeme {res['tm'].per_seq:8.3f} s/seq steady, set-up {res['tm'].setup_s:.2f} s "
               f"{res['tm'].note}", flush=True)
     ref = sats.get("naive")
@@ -117,10 +122,12 @@ def main(argv=None):
     for name in args.models.split(","):
         print(name, flush=True)
         results.append(bench_model(name, args, device))
+    load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     body = (f"Full saturation mutagenesis (3 alternative bases × {args.length} positions), L={args.length}, "
             f"{args.n_seqs} random sequences, seconds per sequence (× = times faster). Batch sizes: FastISM "
             f"{args.fast_batch or 'auto'}, naive {args.naive_batch}, tangermeme {args.tm_batch}; BPNet profile "
-            f"head: {args.bpnet_head}.\n\n" + table(results, args.n_seqs))
+            f"head: {args.bpnet_head}. FastISM and tangermeme: fastest of {args.repeat} steady-state calls; "
+            f"naive: one call. Load average at the end: {load_end:.2f}.\n\n" + table(results, args.n_seqs))
     print(body)
     if args.out:
         common.append_results(args.out, f"CPU, L={args.length}", device, body)

@@ -141,15 +141,19 @@ class Timing:
         return (self.setup_s + self.steady_s) / self.n_seqs
 
 
-def run_fastism(model, seqs, device, batch_size=None, compile=False, label="FastISM"):
-    """Build FastISM (with its correctness self-test), then two full calls: first (plan + compile) and steady."""
+def run_fastism(model, seqs, device, batch_size=None, compile=False, label="FastISM", repeat=1):
+    """Build FastISM (with its correctness self-test), then full calls: the first (plan building, compilation)
+    and ``repeat`` steady ones (the fastest counts)."""
     from fastism_torch import FastISM
     seqs = seqs.to(device)
     reset_peak(device)
     ism, t_build = timed(lambda: FastISM(model, seqs.shape[-1], device=device, batch_size=batch_size,
                                          compile=compile), device)
     sat, t_first = timed(lambda: ism.saturation_mutagenesis(seqs), device)
-    sat, t_steady = timed(lambda: ism.saturation_mutagenesis(seqs), device)
+    t_steady = float("inf")
+    for _ in range(max(1, repeat)):
+        sat, t = timed(lambda: ism.saturation_mutagenesis(seqs), device)
+        t_steady = min(t_steady, t)
     t = Timing(label, seqs.shape[0], setup_s=t_build + max(0.0, t_first - t_steady), steady_s=t_steady,
                peak_gib=peak_gib(device))
     t.extra["macs"] = ism.mac_summary()
@@ -171,11 +175,25 @@ def run_naive(model, seqs, device, batch_size=None, compile=False, label="NaiveI
     return Timing(label, seqs.shape[0], setup_s=setup, steady_s=t, peak_gib=peak_gib(device)), sat
 
 
-def run_tangermeme(model, seqs, device, batch_size=32, force_fast=False, label="tangermeme fast=True"):
+def run_tangermeme(model, seqs, device, batch_size=32, force_fast=False, label="tangermeme fast=True", repeat=1):
     """tangermeme 1.6 ``saturation_mutagenesis(fast=True, raw_outputs=True)``; set-up timed inside the call.
 
-    Returns ``(Timing, y_hat)`` with ``y_hat`` shaped ``(N, 4, L, *out)`` per output like FastISM's.
+    With ``repeat`` > 1 the call is repeated and the fastest set-up and steady part count (each call pays
+    its set-up again).  Returns ``(Timing, y_hat)`` with ``y_hat`` shaped ``(N, 4, L, *out)`` per output like
+    FastISM's.
     """
+    best = None
+    for _ in range(max(1, repeat)):
+        t, y_hat = _tangermeme_once(model, seqs, device, batch_size, force_fast, label)
+        if best is None:
+            best = t
+        else:
+            best.setup_s, best.steady_s = min(best.setup_s, t.setup_s), min(best.steady_s, t.steady_s)
+            best.note = best.note or t.note
+    return best, y_hat
+
+
+def _tangermeme_once(model, seqs, device, batch_size, force_fast, label):
     from tangermeme import saturation_mutagenesis as tsm
     model = model.to(device).eval()
     setup = {"s": 0.0, "used_fast": None}
