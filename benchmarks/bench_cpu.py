@@ -50,7 +50,8 @@ def parse_args(argv=None):
     p.add_argument("--repeat", type=int, default=2,
                    help="steady-state calls of FastISM and tangermeme (whole calls, set-up included); the "
                         "fastest counts (a shared machine's noise)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's). On a small machine shared with other "
+                        "work, 1 avoids thread-pool stalls of up to 100x on small ops")
     p.add_argument("--out", default=common.DEFAULT_RESULTS, help="markdown file to append to ('' = don't)")
     p.add_argument("--no-malloc-env", action="store_true", help="do not re-exec with the allocator settings")
     return p.parse_args(argv)

@@ -46,6 +46,8 @@ def parse_args(argv=None):
     p.add_argument("--max-output-gib", type=float, default=2.0,
                    help="fewer sequences for models whose saturation output would be larger")
     p.add_argument("--bpnet-head", default="conv", choices=["conv", "conv_transpose"])
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads for CPU runs; 1 on a shared small machine (see RESULTS.md)")
     p.add_argument("--out", default=common.DEFAULT_RESULTS, help="markdown file to append to ('' = don't)")
     return p.parse_args(argv)
 
@@ -156,6 +158,8 @@ def table(rows) -> str:
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda but CUDA is not available; use --device cpu for a smoke run")
