@@ -260,7 +260,8 @@ class NaiveISM(ISMBase):
                 results = [torch.empty((E, *o.shape[1:]), dtype=o.dtype, device=o.device) for o in outs]
             for r, o in zip(results, outs):
                 r[lo:hi] = o
-            bar.update(n)
+            if bar is not None:
+                bar.update(n)
         if results is None:
             results = [torch.empty((0, *o.shape[1:]), device=self.device) for o in self._reference(inp)]
         return results
@@ -384,9 +385,6 @@ class FastISM(ISMBase):
     def _output_nodes(self):
         return next(n for n in self.gm.graph.nodes if n.op == "output").all_input_nodes
 
-    def _reference(self, inp: Inputs) -> list[torch.Tensor]:
-        return self._forward(inp.args)
-
     def _per_edit_bytes(self, plan) -> int:
         """Activation bytes one edit needs in the edit graph (windows, gathers, full tensors after stops)."""
         per_edit = 0.0
@@ -467,7 +465,7 @@ class FastISM(ISMBase):
                                 "dtype", "verbose", "model")})
         naive.batch_size = 256
         fast_out = self._run_edits(chk, self.change_ranges, s_idx, r_idx, values, None)
-        slow_out = naive._run_edits(chk, self.change_ranges, s_idx, r_idx, values, _NoBar())
+        slow_out = naive._run_edits(chk, self.change_ranges, s_idx, r_idx, values, None)
         worst = 0.0
         for f, s in zip(fast_out, slow_out):
             scale = float(s.abs().max()) or 1.0
@@ -485,7 +483,3 @@ class FastISM(ISMBase):
         from .macs import mac_summary
         return mac_summary(self)
 
-
-class _NoBar:
-    def update(self, n):
-        pass

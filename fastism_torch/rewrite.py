@@ -25,7 +25,6 @@ from .plan import Plan
 @dataclass
 class EditModule:
     module: fx.GraphModule
-    gathers: list              # index in plan.gathers -> placeholder prefix
     static_inputs: list        # original placeholder names fed as rows of the edits' sequences
     ref_nodes: list            # names of nodes whose reference output is an input (inc ops)
     start_nodes: dict          # inc_linear node name -> window node whose starts are an input
@@ -104,7 +103,7 @@ def build_edit_module(gm: fx.GraphModule, infos: dict, plan: Plan, seq_node: fx.
             ref_nodes.append(node.name)
             env[node] = g.call_function(kernels.inc_mean, (
                 env[x], gathered(by_key[(node.name, x.name, "ref")]), g.placeholder(f"ref_{node.name}"),
-                info_laxis(infos, x), dec.extra["scale"]))
+                infos[x].laxis, dec.extra["scale"]))
         elif dec is not None and dec.kind == "inc_linear":
             x = next(iter(dec.reads))
             ref_nodes.append(node.name)
@@ -124,8 +123,7 @@ def build_edit_module(gm: fx.GraphModule, infos: dict, plan: Plan, seq_node: fx.
                 env[node] = g.node_copy(node, lambda n: sub[n])
     g.lint()
     module = fx.GraphModule(b.root, g, class_name="FastISMEditGraph")
-    return EditModule(split_segments(module), list(range(len(plan.gathers))), static_inputs, ref_nodes,
-                      start_nodes)
+    return EditModule(split_segments(module), static_inputs, ref_nodes, start_nodes)
 
 
 def split_segments(module: fx.GraphModule) -> fx.GraphModule:
@@ -146,6 +144,3 @@ def split_segments(module: fx.GraphModule) -> fx.GraphModule:
     from torch.fx.passes.split_module import split_module
     return split_module(module, module, lambda n: seg[n], keep_original_order=True)
 
-
-def info_laxis(infos, x):
-    return infos[x].laxis
