@@ -253,7 +253,7 @@ def append_results(path: str, title: str, device: torch.device, body: str) -> st
     env = " ".join(f"{k}={os.environ[k]}" for k in MALLOC_ENV if k in os.environ)
     section = (f"\n## {title}: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}\n\n"
                f"- machine: {machine(device)}\n- torch {torch.__version__}, Python {platform.python_version()}"
-               f"{_versions()}\n- command: `{(env + ' ') if env else ''}{cmd}`\n\n{body.rstrip()}\n")
+               f"{_versions()}{_git_state()}\n- command: `{(env + ' ') if env else ''}{cmd}`\n\n{body.rstrip()}\n")
     new = not os.path.exists(path)
     with open(path, "a") as fh:
         if new:
@@ -261,6 +261,20 @@ def append_results(path: str, title: str, device: torch.device, body: str) -> st
                      "each section records the machine, versions and the exact command.\n")
         fh.write(section)
     return section
+
+
+def _git_state() -> str:
+    """``, commit abc1234`` of the working tree (``+ uncommitted changes to fastism_torch`` if any)."""
+    import subprocess
+    root = os.path.dirname(HERE)
+    try:
+        head = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "fastism_torch"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return f", commit {head}{' + uncommitted changes to fastism_torch' if dirty else ''}" if head else ""
 
 
 def _module_name() -> str:
