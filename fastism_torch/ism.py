@@ -354,6 +354,9 @@ class FastISM(ISMBase):
         from .execute import Executor
         from .plan import build_plan
         from .rewrite import build_edit_module
+        if self.gm is None:
+            raise RuntimeError("this model takes inputs besides the sequence: call the FastISM object once "
+                               "(or .predict) with all its inputs before reading its plan")
         if ranges not in self._engines:
             plan = build_plan(self.gm, self.infos, self.seq_node, ranges)
             edit = build_edit_module(self.gm, self.infos, plan, self.seq_node)
