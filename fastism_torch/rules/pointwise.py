@@ -47,17 +47,31 @@ def elementwise(ctx: RuleContext) -> Decision:
     return Decision("pointwise", laxis=lax, length=length, reads=reads)
 
 
-def _dim_safe(dim_getter):
-    """A pointwise rule for ops that act along one dim (softmax, ...): fine unless that dim is the length."""
+def acting_along(dims_of):
+    """A pointwise rule for ops that act along some dims (softmax, LayerNorm): a stop if one is the length.
+
+    ``dims_of(ctx, ndim)`` returns the set of (non-negative) dims the op acts along, or None if unknown.
+    """
     def rule(ctx: RuleContext) -> Decision:
         dec = elementwise(ctx)
         if dec.kind != "pointwise":
             return dec
-        dim = dim_getter(ctx)
-        if dim is None or _norm_dim(dim, len(ctx.out_shape)) == dec.laxis:
-            return stop(f"acts along the length axis (dim={dim})")
+        dims = dims_of(ctx, len(ctx.out_shape))
+        if dims is None or dec.laxis in dims:
+            return stop(f"acts along the length axis (dims {sorted(dims) if dims else dims})")
         return dec
     return rule
+
+
+def _one_dim(get):
+    def dims_of(ctx, nd):
+        d = get(ctx)
+        return None if d is None else {_norm_dim(d, nd)}
+    return dims_of
+
+
+def _last_dims(get_count):
+    return lambda ctx, nd: set(range(nd - get_count(ctx), nd))
 
 
 ACTIVATION_MODULES = (
@@ -118,18 +132,6 @@ def batch_norm_fn(ctx: RuleContext) -> Decision:
     return dec
 
 
-def _last_dims_rule(get_ndims):
-    def rule(ctx: RuleContext) -> Decision:
-        dec = elementwise(ctx)
-        if dec.kind != "pointwise":
-            return dec
-        nd = get_ndims(ctx)
-        if dec.laxis >= len(ctx.out_shape) - nd:
-            return stop(f"normalises over the length axis (last {nd} dims)")
-        return dec
-    return rule
-
-
 def _ln_module_ndims(ctx):
     return len(ctx.module().normalized_shape)
 
@@ -140,17 +142,13 @@ def _ln_fn_ndims(ctx):
 
 
 register(*module_types(nn.LayerNorm, nn.RMSNorm) if hasattr(nn, "RMSNorm") else module_types(nn.LayerNorm))(
-    _last_dims_rule(_ln_module_ndims))
-register(*functions("layer_norm", "rms_norm", modules=(nn.functional,)))(_last_dims_rule(_ln_fn_ndims))
+    acting_along(_last_dims(_ln_module_ndims)))
+register(*functions("layer_norm", "rms_norm", modules=(nn.functional,)))(acting_along(_last_dims(_ln_fn_ndims)))
 
 
-@register(*module_types(nn.Softmax, nn.LogSoftmax))
-def softmax_module(ctx: RuleContext) -> Decision:
-    return _dim_safe(lambda c: c.module().dim)(ctx)
-
-
+register(*module_types(nn.Softmax, nn.LogSoftmax))(acting_along(_one_dim(lambda c: c.module().dim)))
 register(*functions("softmax", "log_softmax"), *methods("softmax", "log_softmax"))(
-    _dim_safe(lambda c: c.arg(1, "dim")))
+    acting_along(_one_dim(lambda c: c.arg(1, "dim"))))
 
 
 @register(*functions("cat", "concat", "concatenate", modules=(torch,)))
