@@ -38,7 +38,8 @@ def parse_args(argv=None):
     p.add_argument("--n-seqs", type=int, default=2)
     p.add_argument("--length", type=int, default=1000)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--methods", default="fast,naive,tangermeme", help="any of fast,naive,tangermeme")
+    p.add_argument("--methods", default="fast,naive,tangermeme",
+                   help="any of fast,fast_compiled,naive,tangermeme (fast_compiled: FastISM(compile=True))")
     p.add_argument("--fast-batch", type=int, default=None, help="FastISM batch_size (default: automatic)")
     p.add_argument("--naive-batch", type=int, default=128, help="NaiveISM batch_size")
     p.add_argument("--tm-batch", type=int, default=128, help="tangermeme batch_size")
@@ -67,6 +68,12 @@ def bench_model(name: str, args, device: torch.device) -> dict:
         res["fast"], sats["fast"] = common.run_fastism(model, seqs, device, batch_size=args.fast_batch,
                                                              repeat=args.repeat)
         print(f"  FastISM    {res['fast'].per_seq:8.3f} s/seq steady, set-up {res['fast'].setup_s:.2f} s", flush=True)
+    if "fast_compiled" in methods:
+        res["fastc"], sats["fastc"] = common.run_fastism(model, seqs, device, batch_size=args.fast_batch,
+                                                         compile=True, label="FastISM compiled",
+                                                         repeat=args.repeat)
+        print(f"  compiled   {res['fastc'].per_seq:8.3f} s/seq steady, set-up {res['fastc'].setup_s:.2f} s",
+              flush=True)
     if "naive" in methods:
         res["naive"], sats["naive"] = common.run_naive(model, seqs, device, batch_size=args.naive_batch)
         print(f"  NaiveISM   {res['naive'].per_seq:8.3f} s/seq", flush=True)
@@ -76,7 +83,7 @@ def bench_model(name: str, args, device: torch.device) -> dict:
         print(f"  tangermeme {res['tm'].per_seq:8.3f} s/seq steady, set-up {res['tm'].setup_s:.2f} s "
               f"{res['tm'].note}", flush=True)
     ref = sats.get("naive")
-    for k in ("fast", "tm"):
+    for k in ("fast", "fastc", "tm"):
         if ref is not None and k in sats:
             res[f"diff_{k}"] = common.max_rel_diff(sats[k], ref)
     return res
@@ -86,7 +93,7 @@ def table(results: list[dict], n_seqs: int) -> str:
     headers = ["model", "naive s/seq", "FastISM s/seq", "FastISM set-up s", "tangermeme s/seq",
                "tangermeme set-up s", "FastISM × naive", "tangermeme × naive", "MAC ratio (bound)",
                "of bound", f"FastISM × tangermeme, {n_seqs} seqs incl. set-up", "FastISM × tangermeme, steady",
-               "max rel diff to naive (fast / tm)"]
+               "max rel diff to naive (fast / tm)", "FastISM compiled s/seq (set-up s)", "compiled × naive"]
     rows = []
     for r in results:
         f, nv, tm = r.get("fast"), r.get("naive"), r.get("tm")
@@ -101,6 +108,8 @@ def table(results: list[dict], n_seqs: int) -> str:
             tm.per_seq_with_setup / f.per_seq_with_setup if f and tm else None,
             tm.per_seq / f.per_seq if f and tm else None,
             " / ".join(common.fmt(r.get(k), 2) for k in ("diff_fast", "diff_tm")),
+            f"{r['fastc'].per_seq:.3g} ({r['fastc'].setup_s:.3g})" if r.get("fastc") else None,
+            nv.per_seq / r["fastc"].per_seq if r.get("fastc") and nv else None,
         ])
     notes = [f"- {r['model']}: tangermeme {r['tm'].note}" for r in results if r.get("tm") and r["tm"].note]
     macs = [f"- {r['model']}: full pass {r['fast'].extra['macs']['full_macs'] / 1e6:.1f} M MACs, "
