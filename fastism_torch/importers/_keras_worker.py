@@ -276,7 +276,30 @@ def _load_file(path):
     return mod
 
 
-def main(argv=None) -> int:
+def batch(args) -> None:
+    """Run several jobs (each a list of command-line arguments) in this one process: TensorFlow is imported
+    once.  Writes ``[{"ok": bool, "code": int, "kind": str, "message": str}, ...]`` to ``args.results``."""
+    with open(args.jobs) as f:
+        jobs = json.load(f)
+    results = []
+    for job in jobs:
+        try:
+            sub = _parser().parse_args(job)
+            _MODES[sub.mode](sub)
+            results.append({"ok": True})
+        except WorkerError as e:
+            results.append({"ok": False, "code": e.code, "kind": e.kind, "message": e.message})
+        except Exception as e:  # noqa: BLE001
+            results.append({"ok": False, "code": EXIT_OTHER, "kind": "error",
+                            "message": f"{type(e).__name__}: {e}"})
+    with open(args.results, "w") as f:
+        json.dump(results, f)
+
+
+_MODES = {"export": export, "naive": naive, "build": build, "batch": batch}
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fastism_torch.importers._keras_worker")
     sub = p.add_subparsers(dest="mode", required=True)
     for name in ("export", "naive"):
@@ -298,9 +321,16 @@ def main(argv=None) -> int:
     b.add_argument("--kwargs", default=None, help="JSON keyword arguments")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--out", required=True)
-    args = p.parse_args(argv)
+    j = sub.add_parser("batch")
+    j.add_argument("--jobs", required=True, help="JSON list of argument lists")
+    j.add_argument("--results", required=True)
+    return p
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
     try:
-        {"export": export, "naive": naive, "build": build}[args.mode](args)
+        _MODES[args.mode](args)
     except WorkerError as e:
         print("FASTISM_WORKER_ERROR " + json.dumps({"kind": e.kind, "message": e.message}), file=sys.stderr)
         return e.code
