@@ -299,3 +299,18 @@ def test_model_left_unchanged():
     before = {k: v.clone() for k, v in m.state_dict().items()}
     ft.FastISM(m, 20)(random_onehot(1, 20))
     assert m.training and all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+def test_positional_term_without_batch_axis_is_a_stop():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv1d(4, 4, 3, padding=1)
+            self.fc = nn.Linear(4 * 30, 2)
+
+        def forward(self, x):
+            h = self.c(x)
+            h = h + torch.arange(h.size(2), dtype=h.dtype) / 30.0      # (L,) broadcast along the length
+            return self.fc(F.relu(h).flatten(1))
+    with pytest.warns(UserWarning, match="length axis"):
+        check_model(scale_weights(M()), 30, saturation=False)

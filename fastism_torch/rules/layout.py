@@ -199,6 +199,8 @@ def shape_query(ctx: RuleContext) -> Decision:
     x = _only_input(ctx)
     if x is None:
         return stop("shape query")
+    if ctx.node.op == "call_function" and ctx.node.args[1] in ("dtype", "device", "ndim", "is_cuda"):
+        return Decision("meta")                         # the same for a window as for the full tensor
     if ctx.node.op == "call_function" and ctx.node.args[1] != "shape":
         return stop(f"attribute {ctx.node.args[1]!r} of a windowed tensor")
     dim = ctx.arg(1, "dim") if ctx.node.op == "call_method" else None

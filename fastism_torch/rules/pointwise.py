@@ -41,7 +41,7 @@ def elementwise(ctx: RuleContext) -> Decision:
                 return stop(f"inputs' length axes differ ({n.name}: axis {info.laxis}, length {info.length})")
             reads[n] = Read(laxis=d)
         elif d >= 0 and s[d] != 1:
-            if s[d] != length or info.state != "static":
+            if s[d] != length or info.state != "static" or len(s) != len(out):   # needs its own batch axis
                 return stop(f"input {n.name} of shape {s} has the length axis but does not depend on the batch")
             reads[n] = Read(laxis=d)
     return Decision("pointwise", laxis=lax, length=length, reads=reads)
