@@ -360,7 +360,8 @@ def keras_naive_ism_many(requests, batch_size: int = 256) -> list:
                 if not out["ok"]:
                     results[i] = ValueError(f"Keras naive ISM failed: {out['message']}")
                     continue
-                os.replace(str(cached) + ".tmp.npz", cached)
+                if os.path.exists(str(cached) + ".tmp.npz"):        # (absent: a duplicate request)
+                    os.replace(str(cached) + ".tmp.npz", cached)
                 results[i] = _read_naive(cached)
     return results
 

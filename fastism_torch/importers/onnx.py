@@ -139,6 +139,8 @@ class Builder:
 
     def emit(self, op: str, target, args=(), kwargs=None, name: str | None = None) -> Sym:
         kwargs = kwargs or {}
+        if name is None and self.onnx_name:
+            name = self.onnx_name                 # readable plans and warnings: named after the ONNX node
         node = self.graph.create_node(op, target, self._unwrap(tuple(args), None), self._unwrap(kwargs, None),
                                       name=self._unique(name) if name else None)
         if self.onnx_name:
@@ -342,6 +344,8 @@ def _slice(b, name, mod, x, starts, ends, axes=None, steps=None):
         a = a + _rank(x) if a < 0 else a
         n = x.shape[a]
         if a == 0:
+            if s == 0 and e >= 2 ** 31 - 1 and st == 1:        # the whole batch
+                continue
             raise _Unsupported("Slice along the batch axis")
         lo, hi, step = slice(s, e, st).indices(n)
         if step < 0:

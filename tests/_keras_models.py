@@ -1,0 +1,114 @@
+"""Keras test models: the original fastISM test matrix.  Imported ONLY by the Keras worker subprocess
+(``python -m fastism_torch.importers._keras_worker build --source tests/_keras_models.py:<fn>``): it imports
+TensorFlow, which must never enter the pytest process.  ``tf.keras`` is Keras 3, or tf-keras under
+``TF_USE_LEGACY_KERAS=1``, so every model can be saved both ways.
+"""
+import tensorflow as tf
+
+K = tf.keras
+L_ = K.layers
+
+
+def conv_seq(L=100):
+    """Sequential: conv, pooling, valid conv, flatten, dense."""
+    return K.Sequential([
+        K.Input((L, 4)),
+        L_.Conv1D(10, 7, padding="same", activation="relu", name="c1"),
+        L_.MaxPooling1D(2, name="mp1"),
+        L_.Conv1D(8, 3, padding="valid", name="c2"),
+        L_.Activation("relu"),
+        L_.Flatten(),
+        L_.Dense(3, name="out"),
+    ])
+
+
+def skip(L=100):
+    """Functional with skip connections, BN, dilation, concatenation, average pooling, global pooling."""
+    x0 = K.Input((L, 4))
+    x = L_.Conv1D(12, 5, padding="same", name="c1")(x0)
+    x = L_.BatchNormalization(name="bn1")(x)
+    x = L_.ReLU()(x)
+    y = L_.Conv1D(12, 3, padding="same", dilation_rate=2, activation="relu", name="c2")(x)
+    x = L_.Add(name="add1")([x, y])
+    z = L_.Conv1D(6, 4, padding="same", activation="elu", name="c3")(x)      # even kernel, 'same'
+    x = L_.Concatenate(name="cat")([x, z])
+    x = L_.AveragePooling1D(2, name="ap")(x)
+    x = L_.Conv1D(8, 3, padding="valid", activation="sigmoid", name="c4")(x)
+    x = L_.GlobalAveragePooling1D()(x)
+    return K.Model(x0, L_.Dense(2, name="out")(x))
+
+
+def multi_output(L=100):
+    """Two outputs: a per-position profile (no flatten) and a max-pooled scalar."""
+    x0 = K.Input((L, 4))
+    x = L_.Conv1D(16, 9, padding="same", activation="relu", name="c1")(x0)
+    x = L_.Conv1D(16, 3, padding="same", activation="relu", dilation_rate=4, name="c2")(x)
+    prof = L_.Conv1D(2, 5, padding="same", name="profile")(x)
+    cnt = L_.Dense(1, name="count")(L_.GlobalMaxPooling1D()(x))
+    return K.Model(x0, [prof, cnt])
+
+
+def nested(L=100):
+    """A Sequential block used twice inside a functional model, plus a nested functional head."""
+    block = K.Sequential([K.Input((L, 8)), L_.Conv1D(8, 3, padding="same", activation="relu", name="bc")],
+                         name="block")
+    hin = K.Input((L // 2, 8))
+    head = K.Model(hin, L_.Dense(1, name="hd")(L_.Flatten()(L_.Conv1D(4, 3, name="hc")(hin))), name="head")
+    x0 = K.Input((L, 4))
+    x = L_.Conv1D(8, 5, padding="same", name="c1")(x0)
+    x = block(x)
+    x = L_.MaxPooling1D(2)(x)
+    return K.Model(x0, head(x))
+
+
+def extra_input(L=100):
+    """Sequence plus a non-sequence input (sequence second, like bias tracks first)."""
+    bias = K.Input((3,), name="bias")
+    x0 = K.Input((L, 4), name="seq")
+    x = L_.Conv1D(8, 7, padding="same", activation="relu", name="c1")(x0)
+    x = L_.MaxPooling1D(4)(x)
+    x = L_.Flatten()(x)
+    x = L_.Concatenate()([x, bias])
+    return K.Model([bias, x0], L_.Dense(2, name="out")(x))
+
+
+def cropping(L=100):
+    """Valid convs whose branches are cropped to match (like bpnet_dense), then a profile and a count."""
+    x0 = K.Input((L, 4))
+    a = L_.Conv1D(8, 5, padding="valid", activation="relu", name="c1")(x0)          # L-4
+    b = L_.Conv1D(8, 3, padding="valid", activation="relu", dilation_rate=2, name="c2")(a)   # L-8
+    a = L_.Cropping1D(2, name="crop1")(a)
+    x = L_.Add()([a, b])
+    x = L_.Cropping1D((3, 5), name="crop2")(x)
+    prof = L_.Conv1D(1, 7, padding="valid", name="profile")(x)
+    return K.Model(x0, [L_.Flatten()(prof), L_.Dense(1)(L_.GlobalAveragePooling1D()(x))])
+
+
+def lambda_model(L=50):
+    x0 = K.Input((L, 4))
+    x = L_.Conv1D(4, 3, padding="same", name="c1")(x0)
+    x = L_.Lambda(lambda t: t * 2.0, name="double")(x)
+    return K.Model(x0, L_.Dense(1)(L_.Flatten()(x)))
+
+
+def no_sequence():
+    x0 = K.Input((10,))
+    return K.Model(x0, L_.Dense(1)(x0))
+
+
+class Scale(L_.Layer):
+    """A custom layer (unknown to the fast engine)."""
+
+    def build(self, input_shape):
+        self.w = self.add_weight(name="w", shape=(input_shape[-1],), initializer="ones")
+
+    def call(self, x):
+        return x * self.w
+
+
+def custom_layer(L=60):
+    x0 = K.Input((L, 4))
+    x = L_.Conv1D(6, 5, padding="same", activation="relu", name="c1")(x0)
+    x = Scale(name="scale")(x)
+    x = L_.Conv1D(4, 3, padding="same", name="c2")(x)
+    return K.Model(x0, L_.Dense(1)(L_.Flatten()(x)))
