@@ -83,7 +83,7 @@ def build_plan(gm: fx.GraphModule, infos: dict, seq_node: fx.Node, ranges) -> Pl
     nodes[seq_node.name] = NodeRanges(seq_node.name, si.laxis, si.length, starts, ends)
 
     def cache_pad(src: NodeRanges, consumer: NodeRanges | None, window: Window):
-        if consumer is None:
+        if consumer is None or window.reversed:
             return (0, 0)
         last = (consumer.length - 1) * window.stride - window.pad_left + window.extent
         return (max(0, window.pad_left), max(0, last - src.length))

@@ -5,6 +5,8 @@ Every local op along the length axis is a *sliding window*: output position ``j`
 'same'/'valid'/explicit/asymmetric padding), pooling (stride = kernel or not), padding and cropping are all
 instances; so is the identity (extent 1, stride 1, pad 0).
 
+A reversal of the length axis (``flip``, as in reverse-complement averaging) is the window of stride -1.
+
 Ranges are half-open ``[lo, hi)``; arrays hold one range per mutation window.
 """
 from __future__ import annotations
@@ -26,6 +28,8 @@ class Window:
         """Output positions whose window overlaps the changed input range ``[lo, hi)`` (clipped)."""
         lo = np.asarray(lo, dtype=np.int64)
         hi = np.asarray(hi, dtype=np.int64)
+        if self.reversed:
+            return out_len - hi, out_len - lo
         s, e, p = self.stride, self.extent, self.pad_left
         # j*s - p < hi  and  j*s - p + e > lo
         out_lo = np.floor_divide(lo + p - e, s) + 1
@@ -37,7 +41,18 @@ class Window:
     def backward(self, start, width: int):
         """Input window ``(start, width)`` needed for outputs ``[start, start + width)`` (may leave [0, L))."""
         start = np.asarray(start, dtype=np.int64)
+        if self.reversed:                     # outputs [c, c+W) read inputs L-c-W .. L-c-1, in reverse
+            return -self.pad_left - start - width + 1, width
         return start * self.stride - self.pad_left, (width - 1) * self.stride + self.extent
+
+    @property
+    def reversed(self) -> bool:
+        """A reversal of the length axis (reverse complement): stride -1, ``pad_left = -(L - 1)``."""
+        return self.stride < 0
+
+    @staticmethod
+    def reversal(length: int) -> "Window":
+        return Window(1, -1, -(length - 1))
 
 
 IDENTITY = Window(1)

@@ -314,3 +314,28 @@ def test_positional_term_without_batch_axis_is_a_stop():
             return self.fc(F.relu(h).flatten(1))
     with pytest.warns(UserWarning, match="length axis"):
         check_model(scale_weights(M()), 30, saturation=False)
+
+
+class RCAverage(nn.Module):
+    """Reverse-complement averaging, as many genomics models wrap their body: a profile and a scalar head."""
+
+    def __init__(self, L=40):
+        super().__init__()
+        self.c1 = nn.Conv1d(4, 8, 5, padding=2)
+        self.c2 = nn.Conv1d(8, 8, 3, padding=2, dilation=2)
+        self.prof = nn.Conv1d(8, 1, 7, padding=3)
+        self.fc = nn.Linear(8 * L, 2)
+
+    def body(self, x):
+        return F.relu(self.c2(F.relu(self.c1(x))))
+
+    def forward(self, x):
+        fwd, rev = self.body(x), self.body(torch.flip(x, dims=(1, 2)))
+        profile = (self.prof(fwd) + self.prof(rev).flip(-1)) / 2
+        scalar = (self.fc(fwd.flatten(1)) + self.fc(rev.flatten(1))) / 2
+        return profile, scalar
+
+
+def test_reverse_complement_averaging():
+    fast = check_model(scale_weights(RCAverage()), 40)
+    assert not fast.plan.stops or all("flip" not in s for s, _ in fast.plan.stops)

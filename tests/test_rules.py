@@ -176,3 +176,21 @@ def test_conv1d_valid_shift_add_path(c_out, k, dil):
     torch.manual_seed(0)
     x, w, b = torch.randn(3, 8, 60), torch.randn(c_out, 8, k), torch.randn(c_out)
     torch.testing.assert_close(conv1d_valid(x, w, b, dil), F.conv1d(x, w, b, dilation=dil), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("length", [9, 10])
+def test_reversal_window(length):
+    x = torch.randn(1, 3, length)
+    dec = decision_of(One(lambda_mod(lambda t: t.flip(1, 2))), x)
+    window = next(iter(dec.reads.values())).window
+    assert window.reversed
+    y = x.flip(1, 2)
+    for p in range(length):
+        xm = x.clone()
+        xm[:, :, p] += 1
+        changed = set(np.flatnonzero(((xm.flip(1, 2) - y).abs() > 0).any(1)[0].numpy()))
+        lo, hi = window.forward(np.array([p]), np.array([p + 1]), length)
+        assert changed == set(range(int(lo[0]), int(hi[0])))
+    for c in range(length - 2):                      # output window [c, c+3) from the reversed input window
+        r, w = window.backward(np.array([c]), 3)
+        torch.testing.assert_close(x[:, :, int(r[0]):int(r[0]) + w].flip(1, 2), y[:, :, c:c + 3])

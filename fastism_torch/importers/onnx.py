@@ -850,11 +850,14 @@ def _load(path):
         raise ValueError(f"{path} is not a readable ONNX model ({type(e).__name__}: {e})") from e
 
 
-def _example_inputs(specs, seq_len, num_chars, batch, seed=0):
+def _example_inputs(specs, seq_len, num_chars, batch, seed=0, layout="NLC"):
     g = torch.Generator().manual_seed(seed + batch)
     xs = []
     for name, dims in specs:
         dims = list(dims)
+        ncl = layout == "NCL" and len(dims) == 3
+        if ncl:
+            dims = [dims[0], dims[2], dims[1]]
         if not dims:
             raise ValueError(f"ONNX input {name!r} is a scalar; only batched inputs are supported")
         dims[0] = batch
@@ -868,13 +871,14 @@ def _example_inputs(specs, seq_len, num_chars, batch, seed=0):
                     raise ValueError(f"ONNX input {name!r} has a symbolic dimension {i} ({dims}); pass seq_len")
         if len(dims) == 3:
             x = F.one_hot(torch.randint(0, dims[2], (batch, dims[1]), generator=g), dims[2]).float()
+            x = x.transpose(1, 2).contiguous() if ncl else x
         else:
             x = torch.randn(dims, generator=g)
         xs.append(x)
     return xs
 
 
-def onnx_to_torch(path, seq_len: int | None = None, num_chars: int = 4) -> fx.GraphModule:
+def onnx_to_torch(path, seq_len: int | None = None, num_chars: int = 4, layout: str = "NLC") -> fx.GraphModule:
     """Convert an ONNX model to a normalised ``torch.fx.GraphModule`` taking the ONNX inputs in order.
 
     Parameters
@@ -883,7 +887,9 @@ def onnx_to_torch(path, seq_len: int | None = None, num_chars: int = 4) -> fx.Gr
     seq_len : int, optional
         Length of a rank-3 input whose length axis is symbolic.
     num_chars : int, default 4
-        Size of a symbolic last axis of a rank-3 input.
+        Size of a symbolic channel axis of a rank-3 input.
+    layout : {"NLC", "NCL"}, default "NLC"
+        Axis order of rank-3 inputs (for the example batches used to fold shapes).
 
     Returns
     -------
@@ -898,7 +904,7 @@ def onnx_to_torch(path, seq_len: int | None = None, num_chars: int = 4) -> fx.Gr
     except NotImplementedError as e:
         raise ValueError(f"the ONNX model uses an operator onnx2torch cannot convert: {e}") from e
     gm.eval()
-    examples = (_example_inputs(specs, seq_len, num_chars, 2), _example_inputs(specs, seq_len, num_chars, 3))
+    examples = tuple(_example_inputs(specs, seq_len, num_chars, b, layout=layout) for b in (2, 3))
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", module=r"onnx2torch.*")
         warnings.filterwarnings("ignore", message=r"Using a non-tuple sequence for multidimensional indexing")
@@ -935,8 +941,17 @@ def from_onnx(path, *, seq_len: int | None = None, num_chars: int = 4, seq_input
     from ..ism import FastISM
     model = _load(path)
     specs = input_specs(model)
-    idx = sequence_input(specs, num_chars) if seq_input_idx is None else int(seq_input_idx)
-    dims = specs[idx][1]
+    layout = fastism_kwargs.pop("layout", "NLC")
+    if layout not in ("NLC", "NCL"):
+        raise ValueError(f"layout must be 'NLC' or 'NCL'; got {layout!r}")
+    if layout == "NCL":       # (N, C, L) input: find it as if it were (N, L, C)
+        specs_lc = [(n, [d[0], d[2], d[1]] if len(d) == 3 else d) for n, d in specs]
+    else:
+        specs_lc = specs
+    idx = sequence_input(specs_lc, num_chars) if seq_input_idx is None else int(seq_input_idx)
+    if not 0 <= idx < len(specs):
+        raise ValueError(f"seq_input_idx={idx} but the model has {len(specs)} input(s)")
+    dims = specs_lc[idx][1]
     if len(dims) != 3:
         raise ValueError(f"input {idx} ({specs[idx][0]}) is not sequence-shaped (batch, length, channels): {dims}")
     L = dims[1] or seq_len
@@ -945,9 +960,8 @@ def from_onnx(path, *, seq_len: int | None = None, num_chars: int = 4, seq_input
     if seq_len is not None and dims[1] and seq_len != dims[1]:
         raise ValueError(f"seq_len={seq_len} but the model's sequence input has length {dims[1]}")
     C = dims[2] or num_chars
-    gm = onnx_to_torch(model, seq_len=L, num_chars=C)
-    fastism_kwargs.setdefault("layout", "NLC")
-    return FastISM(gm, L, num_chars=C, seq_input_idx=idx, **fastism_kwargs)
+    gm = onnx_to_torch(model, seq_len=L, num_chars=C, layout=layout)
+    return FastISM(gm, L, num_chars=C, layout=layout, seq_input_idx=idx, **fastism_kwargs)
 
 
 # --------------------------------------------------------------------------- onnx2torch corrections

@@ -185,6 +185,24 @@ def narrow(ctx: RuleContext) -> Decision:
     return sliding(ctx, x, Window(1, 1, -start), emit)
 
 
+@register(*methods("flip"), *functions("flip", modules=(torch,)))
+def flip(ctx: RuleContext) -> Decision:
+    """Reverse(-complement): a flip of the length axis reverses windows; other flipped axes are pointwise."""
+    x = _only_input(ctx)
+    if x is None:
+        return stop("flip input")
+    nd = len(ctx.shape(x))
+    dims = ctx.node.args[1:] if ctx.node.op == "call_method" else (ctx.arg(1, "dims"),)
+    if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+        dims = dims[0]
+    dims = {d % nd for d in dims}
+    if 0 in dims:
+        return stop("flip of the batch axis")
+    if ctx.laxis(x) not in dims:
+        return _layout(ctx, x, ctx.laxis(x))
+    return sliding(ctx, x, Window.reversal(ctx.length(x)), None)
+
+
 # ---------------------------------------------------------------- shape queries
 def full_size(x, laxis: int, length: int, dim=None):
     """``x.size(dim)`` of the full tensor that the window ``x`` stands for."""

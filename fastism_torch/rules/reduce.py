@@ -99,7 +99,7 @@ QUIET_STOPS = (nn.MultiheadAttention, nn.AdaptiveMaxPool1d, nn.AdaptiveAvgPool2d
 
 @register(*module_types(*QUIET_STOPS), *functions("adaptive_max_pool1d", "scaled_dot_product_attention",
                                                   "logsumexp", "amax", "amin", "stack", "einsum", "bmm",
-                                                  "cumsum", "flip", "roll", "sort", "topk"),
-          *methods("amax", "amin", "logsumexp", "cumsum", "flip", "roll", "sort", "topk", "expand"))
+                                                  "cumsum", "roll", "sort", "topk"),
+          *methods("amax", "amin", "logsumexp", "cumsum", "roll", "sort", "topk", "expand"))
 def known_stop(ctx: RuleContext) -> Decision:
     return stop("global or sequence-wide op", quiet=True)
