@@ -175,7 +175,8 @@ def test_no_sequence_input(tmp_path):
 
 
 def test_unsupported_op_is_an_error(tmp_path):
-    node = helper.make_node("NonMaxSuppression", ["x", "x"], ["y"])
+    node = helper.make_node("Frobnicate", ["x"], ["y"], domain="com.example")
     model = _one_op_model(node, [None, 10, 4], None, {})
-    with pytest.raises(ValueError):
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    with pytest.raises(ValueError, match="Frobnicate"):
         ft.from_onnx(model)
