@@ -345,6 +345,7 @@ class FastISM(ISMBase):
         self.gm = capture(self.model, example)
         placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
         self.seq_node = placeholders[self.seq_input_idx]
+        self._nodes = {n.name: n for n in self.gm.graph.nodes}
         self.infos = analyse(self.gm, self.seq_node, self.length_axis, self.seq_len, self.early_stop_layers,
                              self.strict)
         if self._test_correctness:
@@ -411,8 +412,7 @@ class FastISM(ISMBase):
         return int(np.clip(budget // self._per_edit_bytes(plan), 16, 1 << 16))
 
     def _shape(self, name):
-        node = next(n for n in self.gm.graph.nodes if n.name == name)
-        return tuple(node.meta["tensor_meta"].shape)
+        return tuple(self._nodes[name].meta["tensor_meta"].shape)
 
     def _run_edits(self, inp, ranges, s_idx, r_idx, values, bar):
         ex = self._engine(ranges)
