@@ -112,3 +112,11 @@ def custom_layer(L=60):
     x = Scale(name="scale")(x)
     x = L_.Conv1D(4, 3, padding="same", name="c2")(x)
     return K.Model(x0, L_.Dense(1)(L_.Flatten()(x)))
+
+
+def rnn(L=40):
+    """An LSTM: no PyTorch converter for ONNX's LSTM op."""
+    x0 = K.Input((L, 4))
+    x = L_.Conv1D(4, 3, padding="same", name="c1")(x0)
+    x = L_.LSTM(5, name="lstm")(x)
+    return K.Model(x0, L_.Dense(1)(x))

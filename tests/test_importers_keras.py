@@ -52,6 +52,7 @@ REFERENCE = {
 EXTRA = {  # Keras 3 only
     "lambda_model": (f"{MODELS_PY}:lambda_model", {}),
     "no_sequence": (f"{MODELS_PY}:no_sequence", {}),
+    "rnn": (f"{MODELS_PY}:rnn", {}),
 }
 FLAVOURS = {"keras3": (False, ".keras"), "tf-keras": (True, ".h5")}
 # configurations: (id, model, flavour, from_keras keywords)
@@ -145,6 +146,7 @@ def test_output_shapes_like_fastism(checked):
     assert isinstance(out, tuple) and out[0].shape == (2, 100, 100, 2) and out[1].shape == (2, 100, 1)
     sat = ism.saturation_mutagenesis(x)
     assert sat[0].shape == (2, 100, 4, 100, 2) and sat[1].shape == (2, 100, 4, 1)
+    assert ism.output_names == ["profile", "count"]
     ism, req, _, _ = checked["conv_seq-10bp"]
     assert ism(req[1][0]).shape == (2, 10, 3)
     ism, req, _, _ = checked["extra_input-keras3"]
@@ -248,6 +250,16 @@ def test_lambda_needs_opt_in(env):
 def test_no_sequence_input(env):
     with pytest.raises(ValueError, match="no sequence-shaped input"):
         fk.from_keras(env["paths"]["no_sequence", "keras3"], cache_dir=env["cache"], **OPTS)
+
+
+def test_unconvertible_layer_is_named(env):
+    ex = env["exports"]["rnn", "keras3"]
+    if isinstance(ex, Exception):            # tf2onnx itself refused: still one clear error
+        with pytest.raises(ValueError, match="could not convert"):
+            fk.from_keras(env["paths"]["rnn", "keras3"], cache_dir=env["cache"], **OPTS)
+        return
+    with pytest.raises(ValueError, match="lstm"):
+        fk.from_keras(env["paths"]["rnn", "keras3"], cache_dir=env["cache"], **OPTS)
 
 
 def test_unloadable_model_is_an_error_not_a_crash(env, tmp_path):

@@ -100,6 +100,8 @@ def test_ncl_model(tmp_path):
     ism = ft.from_onnx(path, layout="NCL")
     x = random_onehot(2, 80, "NCL")
     assert_close_to_naive(ism(x), ft.NaiveISM(net, 80, layout="NCL")(x), 1e-5)
+    auto = ft.from_onnx(path)                        # (N, 4, 80): detected as NCL
+    assert auto.layout == "NCL" and auto.seq_len == 80
 
 
 def test_extra_input(tmp_path):

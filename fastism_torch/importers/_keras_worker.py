@@ -155,7 +155,9 @@ def export(args) -> None:
                 object.__delattr__(layer, "call")
             except Exception:  # noqa: BLE001
                 pass
-    outputs = [{"name": f"output_{i}", "shape": _shape(t.shape)} for i, t in enumerate(concrete.outputs)]
+    names = list(getattr(model, "output_names", None) or [])
+    outputs = [{"name": str(names[i]) if i < len(names) else f"output_{i}", "shape": _shape(t.shape)}
+               for i, t in enumerate(concrete.outputs)]
     os.makedirs(args.out_dir, exist_ok=True)
     onnx_path = os.path.join(args.out_dir, "model.onnx")
     try:

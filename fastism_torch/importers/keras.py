@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .onnx import onnx_to_torch, sequence_input
+from .onnx import UnsupportedOnnxOps, onnx_to_torch, sequence_input
 
 __all__ = ["from_keras", "keras_naive_ism", "export_keras", "KerasExport"]
 
 _WORKER = "fastism_torch.importers._keras_worker"
-_FORMAT_VERSION = "1"           # bump when the worker's output changes (invalidates caches)
+_FORMAT_VERSION = "2"           # bump when the worker's output changes (invalidates caches)
 _UNSAFE_LAYERS = {"Lambda"}
 
 # Keras layer classes the fast engine handles after conversion (anything else becomes a stop point).
@@ -385,6 +385,25 @@ def _layer_nodes(gm, meta) -> dict[str, list[str]]:
     return out
 
 
+def _layers_of(meta, onnx_names, tensors=None) -> list[str]:
+    """Keras layers (``name (Class)``) whose name scopes contain these ONNX nodes (innermost layer wins); a
+    node tf2onnx renamed is placed by its tensors' names (``tensors``: node name -> tensor names)."""
+    out = []
+    for name in onnx_names:
+        best = None
+        for cand in [name, *(tensors or {}).get(name, [])]:
+            for layer in meta["layers"]:
+                for sc in layer.get("scopes", []):
+                    if sc and cand.startswith(sc + "/") and (best is None or len(sc) > best[0]):
+                        best = (len(sc), f"{layer['name']} ({layer['class']})")
+            if best:
+                break
+        label = best[1] if best else name
+        if label not in out:
+            out.append(label)
+    return out
+
+
 def _stop_names(gm, meta, early_stop_layers) -> list[str]:
     by_layer = _layer_nodes(gm, meta)
     names = []
@@ -456,7 +475,11 @@ def from_keras(model_or_path, *, custom_objects=None, allow_unsafe: bool = False
         raise ValueError(f"seq_len={seq_len} but the model's sequence input has length {L}")
     if num_chars is not None and C is not None and num_chars != C:
         raise ValueError(f"num_chars={num_chars} but the model's sequence input has {C} channels")
-    gm = onnx_to_torch(ex.onnx_path, seq_len=L, num_chars=C)
+    try:
+        gm = onnx_to_torch(ex.onnx_path, seq_len=L, num_chars=C)
+    except UnsupportedOnnxOps as e:
+        layers = _layers_of(ex.meta, [n for _, n in e.nodes], e.tensors)
+        raise ValueError(f"Keras layer(s) {layers} cannot be converted to PyTorch ({e})") from e
     stops = _stop_names(gm, ex.meta, early_stop_layers)
     for layer in _unsupported(ex.meta):
         hits = _layer_nodes(gm, ex.meta).get(layer["name"], [])
@@ -466,6 +489,7 @@ def from_keras(model_or_path, *, custom_objects=None, allow_unsafe: bool = False
     ism = FastISM(gm, L, num_chars=C, layout="NLC", seq_input_idx=idx, early_stop_layers=stops or None,
                   test_correctness=False, **fastism_kwargs)
     ism.keras_export = ex
+    ism.output_names = [o["name"] for o in ex.meta["outputs"]]
     if test_correctness:
         check_against_keras(ism, ex)
     return ism

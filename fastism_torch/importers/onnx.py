@@ -358,11 +358,6 @@ def _slice(b, name, mod, x, starts, ends, axes=None, steps=None):
     return b.fn(operator.getitem, x, tuple(idx))
 
 
-@handles("OnnxSliceV9")
-def _slice_v9(b, name, mod, x):
-    raise _Unsupported("Slice-9")
-
-
 _REDUCE = {"ReduceMean": torch.mean, "ReduceSum": torch.sum, "ReduceMax": torch.amax, "ReduceMin": torch.amin}
 
 
@@ -614,14 +609,6 @@ def _has_shapeval(a) -> bool:
     return False
 
 
-def _const_value(a):
-    if isinstance(a, Const):
-        return a.value
-    if isinstance(a, (list, tuple)):
-        return type(a)(_const_value(x) for x in a)
-    return a
-
-
 def _ex(a, i):
     if isinstance(a, (Sym, ShapeVal)):
         return a.ex[i]
@@ -783,8 +770,8 @@ def _collapse_layout_chains(graph: fx.Graph) -> None:
             total = mn if total is None else [None if t is None else mn[t] for t in total]
         src = chain[-1].args[0]
         in_shape = src.meta["ex_shape"]
-        if len(chain) == 1 and not _simplifiable(total, in_shape):
-            continue
+        if len(chain) == 1 and total != list(range(len(in_shape))):
+            continue                         # a lone layout op that is not an identity: already canonical
         kept = [d for d in total if d is not None]
         removed = [i for i in range(len(in_shape)) if i not in kept]
         if any(in_shape[i] != 1 for i in removed):
@@ -806,10 +793,6 @@ def _collapse_layout_chains(graph: fx.Graph) -> None:
         for n in chain:
             if not n.users:
                 graph.erase_node(n)
-
-
-def _simplifiable(total, in_shape) -> bool:
-    return total == list(range(len(in_shape)))
 
 
 def _layout_map(node):
@@ -899,6 +882,9 @@ def onnx_to_torch(path, seq_len: int | None = None, num_chars: int = 4, layout: 
     import onnx2torch
     model = _load(path)
     specs = input_specs(model)
+    missing = unconvertible_nodes(model)
+    if missing:
+        raise UnsupportedOnnxOps(missing, _tensor_names(model, [n for _, n in missing]))
     try:
         gm = onnx2torch.convert(model)
     except NotImplementedError as e:
@@ -910,6 +896,36 @@ def onnx_to_torch(path, seq_len: int | None = None, num_chars: int = 4, layout: 
         warnings.filterwarnings("ignore", message=r"Using a non-tuple sequence for multidimensional indexing")
         out = normalise(gm, examples)
     return out.eval()
+
+
+class UnsupportedOnnxOps(ValueError):
+    """The model has ONNX operators no converter handles; ``nodes`` lists ``(op_type, node name)``."""
+
+    def __init__(self, nodes, tensors=None):
+        self.nodes = list(nodes)
+        self.tensors = tensors or {}             # node name -> its input and output tensor names
+        ops = sorted({op for op, _ in self.nodes})
+        names = ", ".join(repr(n) for _, n in self.nodes[:8]) + (" ..." if len(self.nodes) > 8 else "")
+        super().__init__(f"the ONNX model uses operator(s) {ops} that cannot be converted to PyTorch "
+                         f"(onnx2torch has no converter), at node(s) {names}")
+
+
+def unconvertible_nodes(model) -> list[tuple[str, str]]:
+    """``(op_type, node name)`` of every node onnx2torch has no converter for (at the model's opset)."""
+    from onnx2torch.node_converters.registry import get_converter
+    opsets = {o.domain: o.version for o in model.opset_import}
+    out = []
+    for node in model.graph.node:
+        try:
+            get_converter(node.op_type, opsets.get(node.domain, 1), node.domain)
+        except NotImplementedError:
+            out.append((node.op_type, node.name or node.op_type))
+    return out
+
+
+def _tensor_names(model, node_names) -> dict:
+    want = set(node_names)
+    return {n.name: [t for t in (*n.output, *n.input) if t] for n in model.graph.node if n.name in want}
 
 
 def sequence_input(specs, num_chars: int = 4) -> int:
@@ -933,15 +949,20 @@ def from_onnx(path, *, seq_len: int | None = None, num_chars: int = 4, seq_input
         Sequence length; read from the model's sequence input when fixed there.
     num_chars : int, default 4
     seq_input_idx : int, optional
-        Which input is the sequence; default: the rank-3 input (last axis ``num_chars``, longest).
+        Which input is the sequence; default: the rank-3 input (channel axis ``num_chars``, longest).
+    layout : {"NLC", "NCL"}, optional
+        Axis order of the sequence input; default ``"NCL"`` when the inputs' middle axis is ``num_chars`` (and
+        the last is not), else ``"NLC"`` (Keras's ``(N, L, C)``).
     **fastism_kwargs
         Passed to :class:`~fastism_torch.FastISM` (``change_ranges``, ``early_stop_layers``, ``device``, ...).
-        ``layout`` is ``"NLC"``.
     """
     from ..ism import FastISM
     model = _load(path)
     specs = input_specs(model)
-    layout = fastism_kwargs.pop("layout", "NLC")
+    layout = fastism_kwargs.pop("layout", None)
+    if layout is None:                              # (N, C, L) when only the middle axis is num_chars
+        r3 = [d for _, d in specs if len(d) == 3]
+        layout = "NCL" if r3 and all(d[1] == num_chars and d[2] != num_chars for d in r3) else "NLC"
     if layout not in ("NLC", "NCL"):
         raise ValueError(f"layout must be 'NLC' or 'NCL'; got {layout!r}")
     if layout == "NCL":       # (N, C, L) input: find it as if it were (N, L, C)
