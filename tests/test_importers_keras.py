@@ -58,6 +58,7 @@ FLAVOURS = {"keras3": (False, ".keras"), "tf-keras": (True, ".h5")}
 # configurations: (id, model, flavour, from_keras keywords)
 CONFIGS = [(f"{m}-{f}", m, f, {}) for m in MATRIX for f in FLAVOURS]
 CONFIGS += [
+    ("skip-savedmodel", "skip", "savedmodel", {}),
     ("skip-early_stop", "skip", "keras3", {"early_stop_layers": ["c2"]}),
     ("conv_seq-10bp", "conv_seq", "tf-keras", {"change_ranges": [(i, i + 10) for i in range(0, 91, 10)]}),
     ("multi_output-10bp-overlap", "multi_output", "keras3",
@@ -90,6 +91,8 @@ def env(tmp_path_factory):
         p = d / f"{name}.keras"
         paths[name, "keras3"] = p
         jobs[False].append(["build", "--source", src, "--kwargs", json.dumps(kw), "--out", str(p)])
+    paths["skip", "savedmodel"] = d / "skip_savedmodel"          # tf-keras SavedModel folder
+    jobs[True].append(["build", "--source", MATRIX["skip"][0], "--out", str(d / "skip_savedmodel")])
     _build(jobs)
     keys = list(paths)
     exports = fk.export_keras_many([paths[k] for k in keys], cache_dir=cache, **OPTS)
