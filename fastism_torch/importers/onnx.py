@@ -26,6 +26,7 @@ import math
 import operator
 import os
 import re
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -989,10 +990,18 @@ def from_onnx(path, *, seq_len: int | None = None, num_chars: int = 4, seq_input
 _REGISTERED = False
 
 
+def _guard_triton() -> None:
+    """onnx2torch imports torchvision, which imports torch._dynamo and Triton; Triton's import crashes a process
+    that has already imported TensorFlow (a user passing a keras.Model).  There, torch runs without Triton."""
+    if "tensorflow" in sys.modules and "triton" not in sys.modules:
+        sys.modules["triton"] = None          # `import triton` now raises ImportError: torch treats it as absent
+
+
 def _register_converters() -> None:
     """Converters onnx2torch lacks or gets wrong (registered once)."""
     global _REGISTERED
     if _REGISTERED:
         return
+    _guard_triton()
     _REGISTERED = True
     from . import _onnx_converters  # noqa: F401  (registers on import)
