@@ -3,6 +3,8 @@
 TensorFlow, which must never enter the pytest process.  ``tf.keras`` is Keras 3, or tf-keras under
 ``TF_USE_LEGACY_KERAS=1``, so every model can be saved both ways.
 """
+import os
+
 import tensorflow as tf
 
 K = tf.keras
@@ -120,3 +122,28 @@ def rnn(L=40):
     x = L_.Conv1D(4, 3, padding="same", name="c1")(x0)
     x = L_.LSTM(5, name="lstm")(x)
     return K.Model(x0, L_.Dense(1)(x))
+
+
+def zoo(L=96):
+    """Many more layer kinds in one model: causal/strided/separable/depthwise convs, 'same' pooling with even
+    windows, Conv1DTranspose, per-position Dense, LayerNormalization, padding, permute, and activations."""
+    x0 = K.Input((L, 4))
+    x = L_.Conv1D(8, 4, padding="causal", activation="swish", name="causal")(x0)
+    x = L_.ZeroPadding1D((2, 1), name="zpad")(x)
+    x = L_.Conv1D(8, 4, strides=1, padding="valid", name="c_valid")(x)                       # back to L
+    x = L_.LeakyReLU(negative_slope=0.1) if hasattr(L_.LeakyReLU(), "negative_slope") else L_.LeakyReLU(0.1)
+    x = x(L_.SeparableConv1D(8, 5, padding="same", name="sep")(L_.Conv1D(8, 1, name="c1x1")(x0)))
+    y = L_.DepthwiseConv1D(3, padding="same", name="dw")(x)
+    x = L_.Multiply(name="mul")([x, L_.Activation("sigmoid")(y)])
+    x = L_.MaxPooling1D(2, padding="same", name="mp_same")(x)                                 # L/2
+    if os.environ.get("TF_USE_LEGACY_KERAS") != "1":       # tf-keras's folds the batch into a shape: unsupported
+        x = L_.LayerNormalization(name="ln")(x)
+    x = L_.Dense(6, activation="gelu", name="dense_pos")(x)                                   # per position
+    x = L_.Conv1D(6, 3, strides=2, padding="same", name="strided")(x)                        # L/4
+    x = L_.Conv1DTranspose(4, 4, strides=1, padding="same", name="convT")(x)
+    x = L_.AveragePooling1D(2, padding="same", name="ap_same")(x)                             # L/8
+    x = L_.Permute((2, 1), name="perm")(x)
+    x = L_.Permute((2, 1), name="perm_back")(x)
+    x = L_.Softmax(axis=-1, name="softmax")(x)
+    x = L_.Reshape((-1,), name="flat")(x)
+    return K.Model(x0, L_.Dense(2, name="out")(x))

@@ -41,6 +41,7 @@ MATRIX = {
     "extra_input": (f"{MODELS_PY}:extra_input", {}),
     "cropping": (f"{MODELS_PY}:cropping", {}),
     "custom_layer": (f"{MODELS_PY}:custom_layer", {}),
+    "zoo": (f"{MODELS_PY}:zoo", {}),
 }
 REFERENCE = {
     "basset": ("fastism:basset.basset_model", {"seqlen": 200, "num_outputs": 3}),
@@ -278,7 +279,6 @@ def test_torch_input_and_device(checked):
     assert isinstance(out, torch.Tensor) and out.shape == (2, 100, 3)
 
 
-@pytest.mark.slow
 def test_in_memory_keras_model(tmp_path):
     """A keras.Model object (TensorFlow imported by the user): saved to a temporary file and converted."""
     code = f"""

@@ -96,6 +96,7 @@ class Builder:
         self._names: set = set()
         self._buffers: dict = {}
         self.onnx_name: str | None = None       # ONNX node being converted (recorded in node.meta)
+        self.syms: dict = {}                    # emitted node -> its Sym
 
     def _unique(self, base: str) -> str:
         base = re.sub(r"[^0-9a-zA-Z_]", "_", base).strip("_") or "m"
@@ -159,7 +160,9 @@ class Builder:
                 raise ValueError(op)
         if isinstance(ex[0], torch.Tensor):
             node.meta["ex_shape"] = tuple(ex[0].shape)
-        return Sym(node, tuple(ex))
+        sym = Sym(node, tuple(ex))
+        self.syms[node] = sym
+        return sym
 
     def fn(self, f, *args, **kwargs) -> Sym:
         return self.emit("call_function", f, args, kwargs)
@@ -242,10 +245,23 @@ def _reshape_target(x: Sym, shape_c: Const | Sym, y: tuple) -> tuple[int, ...]:
     return tuple(out)
 
 
+def _reshaped_from(b, x: Sym) -> Sym | None:
+    """The input of ``x`` when ``x`` is a reshape used only here (reshapes of reshapes compose)."""
+    n = x.node
+    if n.op == "call_method" and n.target == "reshape" and n.meta.get("old_users") == 1 and not n.users:
+        return b.syms.get(n.args[0])
+    return None
+
+
 @handles("OnnxReshape")
 def _reshape(b, name, mod, x, shape, *rest):
     y = (mod(x.ex[0], _val(shape, 0)), mod(x.ex[1], _val(shape, 1)))
     target = _reshape_target(x, shape, y)
+    src = _reshaped_from(b, x)
+    if src is not None:
+        x = src
+    if tuple(x.shape) == tuple(y[0].shape) and tuple(x.ex[1].shape) == tuple(y[1].shape):
+        return x                                      # a no-op (e.g. undoing tf-keras's Tensordot flatten)
     return b.method("reshape", x, target)
 
 
@@ -305,6 +321,11 @@ def _matmul(b, name, mod, x, w):
         W = w.value.float()
         lin = nn.Linear(W.shape[0], W.shape[1], bias=False)
         lin.weight = nn.Parameter(W.t().contiguous(), requires_grad=False)
+        src = _reshaped_from(b, x)
+        if src is not None and len(src.shape) > 2 and x.shape == (math.prod(src.shape[:-1]), src.shape[-1]):
+            # Dense on (N, L, C) written as flatten -> MatMul (tf-keras's Tensordot): keep the batch axis apart
+            y = b.module(name, lin, src)
+            return b.method("reshape", y, (-1, W.shape[1]))
         return b.module(name, lin, x)
     x = b.tensor_arg(x.value) if isinstance(x, Const) else x
     w = b.tensor_arg(w.value) if isinstance(w, Const) else w
@@ -365,6 +386,8 @@ _REDUCE = {"ReduceMean": torch.mean, "ReduceSum": torch.sum, "ReduceMax": torch.
 @handles("OnnxReduceStaticAxes")
 def _reduce(b, name, mod, x):
     fn = _REDUCE.get(mod.operation_type)
+    if mod.operation_type == "ReduceSumSquare":
+        fn, x = torch.sum, b.fn(operator.mul, x, x)
     if fn is None:
         raise _Unsupported(mod.operation_type)
     axes = list(range(_rank(x))) if mod.axes is None else _axes(mod.axes, _rank(x))
@@ -422,9 +445,29 @@ def _function(b, name, mod, x):
     return b.fn(mod.function, x)
 
 
+@handles("OnnxNeg")
+def _neg(b, name, mod, x):
+    return b.fn(operator.neg, x)
+
+
+@handles("OnnxSqrt")
+def _sqrt(b, name, mod, x):
+    return b.fn(torch.sqrt, x)
+
+
+@handles("OnnxReciprocal")
+def _reciprocal(b, name, mod, x):
+    return b.fn(torch.reciprocal, x)
+
+
 @handles("OnnxErf")
 def _erf(b, name, mod, x):
     return b.fn(torch.erf, x)
+
+
+@handles("OnnxErfc")
+def _erfc(b, name, mod, x):
+    return b.fn(operator.sub, 1.0, b.fn(torch.erf, x))
 
 
 @handles("OnnxClip")
@@ -553,6 +596,18 @@ def _conv_transpose_cropped(b, name, mod, x):
         return y
     idx = (slice(None), slice(None)) + tuple(slice(bg, y.shape[2 + i] - en) for i, (bg, en) in enumerate(extra))
     return b.fn(operator.getitem, y, idx)
+
+
+@handles("OnnxPadded")
+def _padded(b, name, mod, x):
+    pads = tuple(int(p) for p in mod.torch_pads(x.shape[2:]))
+    xp = b.fn(F.pad, x, pads, value=float(mod.value)) if any(pads) else x
+    y = _convert_module(b, name, mod.inner, [xp])
+    if not mod.divide_by_count or not any(pads):
+        return y
+    frac = mod.inner(F.pad(torch.ones((1, 1, *x.shape[2:])), pads))    # share of real inputs in each window
+    frac = frac.reshape(frac.shape[:2] + tuple(y.shape[2:]))
+    return b.fn(operator.truediv, y, b.tensor_arg(frac, y))
 
 
 @handles("MaxPool2d", "AvgPool2d")
