@@ -296,3 +296,14 @@ print("OK")
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert "OK" in r.stdout, r.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_FASTISM, reason="needs the fastism package")
+def test_bench_keras_runs(tmp_path):
+    """benchmarks/bench_keras end to end on tiny settings (from_keras and Keras naive ISM only)."""
+    r = subprocess.run([sys.executable, "-m", "benchmarks.bench_keras", "--models", "basset", "--length", "60",
+                        "--methods", "fast,naive", "--out", str(tmp_path / "r.md")], cwd=str(HERE.parent),
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "| basset | 60 |" in (tmp_path / "r.md").read_text()
