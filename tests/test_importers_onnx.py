@@ -13,7 +13,6 @@ from torch import nn
 if not all(importlib.util.find_spec(m) for m in ("onnx", "onnx2torch")):
     pytest.skip("needs the onnx extra (onnx, onnx2torch)", allow_module_level=True)
 
-import onnx  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import fastism_torch as ft  # noqa: E402

@@ -472,11 +472,12 @@ def _erfc(b, name, mod, x):
 
 @handles("OnnxClip")
 def _clip(b, name, mod, x, lo=None, hi=None):
-    lo = mod.min_val if lo is None else lo
-    hi = mod.max_val if hi is None else hi
-    lo = float(lo.value) if isinstance(lo, Const) else (float(lo) if isinstance(lo, (int, float, torch.Tensor)) else None)
-    hi = float(hi.value) if isinstance(hi, Const) else (float(hi) if isinstance(hi, (int, float, torch.Tensor)) else None)
-    return b.fn(torch.clamp, x, lo, hi)
+    def bound(v):
+        v = v.value if isinstance(v, Const) else v
+        if isinstance(v, (Sym, ShapeVal)):
+            raise _Unsupported("Clip with computed bounds")
+        return None if v is None else float(v)
+    return b.fn(torch.clamp, x, bound(mod.min_val if lo is None else lo), bound(mod.max_val if hi is None else hi))
 
 
 @handles("OnnxHardSigmoid")
@@ -730,8 +731,9 @@ def normalise(gm: fx.GraphModule, examples: tuple[list, list]) -> fx.GraphModule
             continue
         for i in (0, 1):
             if not _close(res.ex[i] if isinstance(res, Sym) else res, want[i]):
-                raise RuntimeError(f"normalising ONNX node {b.onnx_name!r} ({type(mod).__name__ if node.op == 'call_module' else node.target}) "
-                                   "changed its value; please report this model")
+                what = type(mod).__name__ if node.op == "call_module" else node.target
+                raise RuntimeError(f"normalising ONNX node {b.onnx_name!r} ({what}) changed its value; please "
+                                   "report this model")
         if isinstance(res, Sym):
             res.ex = want
             res.node.meta["old_users"] = len(node.users)
