@@ -85,6 +85,7 @@ class Executor:
                     results = [torch.empty((E, *o.shape[1:]), dtype=torch.float32, device=o.device) for o in outs]
                 et = torch.from_numpy(e).to(self.device)
                 for r, o in zip(results, outs):
+                    check_output_shape(o, r)
                     r.index_copy_(0, et, o.float())
                 if bar is not None:
                     bar.update(len(e))
@@ -124,6 +125,12 @@ class Executor:
             if ga.kind != "ref" and ga.source_state == "window":
                 feed[f"g{k}_shift"] = t(starts[ga.source][pos] - r)
         return feed
+
+
+def check_output_shape(out: torch.Tensor, results: torch.Tensor) -> None:
+    if out.shape[1:] != results.shape[1:]:
+        raise ValueError(f"the model's output shape depends on the input ({tuple(results.shape[1:])} for one "
+                         f"batch, {tuple(out.shape[1:])} for another): ISM needs outputs of a fixed shape")
 
 
 def _as_list(out):

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .execute import check_output_shape
 from .validate import (as_tensor, check_change_ranges, check_layout, check_replace_with,
                        check_seqs)
 
@@ -259,6 +260,7 @@ class NaiveISM(ISMBase):
             if results is None:
                 results = [torch.empty((E, *o.shape[1:]), dtype=o.dtype, device=o.device) for o in outs]
             for r, o in zip(results, outs):
+                check_output_shape(o, r)
                 r[lo:hi] = o
             if bar is not None:
                 bar.update(n)
