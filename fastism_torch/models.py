@@ -210,9 +210,13 @@ def init_weights(model: nn.Module, seq_len: int, seed: int = 0, num_chars: int =
     return model.eval()
 
 
-def _finish(model: nn.Module, seq_len: int, init: str, seed: int, num_chars: int) -> nn.Module:
+def _make(build, seq_len: int, init: str, seed: int, num_chars: int) -> nn.Module:
+    """``build()`` under ``seed`` (without touching the global RNG), initialised, in evaluation mode."""
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = build()
     if init == "kaiming":
         init_weights(model, seq_len, seed, num_chars)
     return model.eval()
@@ -222,28 +226,20 @@ def _finish(model: nn.Module, seq_len: int, init: str, seed: int, num_chars: int
 def basset(seq_len: int = 1000, num_outputs: int = 1, init: str = "kaiming", seed: int = 0,
            num_chars: int = 4, dropout: float = 0.3) -> Basset:
     """Basset, ``(N, num_chars, seq_len) -> (N, num_outputs)``, in evaluation mode."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = Basset(seq_len, num_outputs, num_chars, dropout)
-    return _finish(model, seq_len, init, seed, num_chars)
+    return _make(lambda: Basset(seq_len, num_outputs, num_chars, dropout), seq_len, init, seed, num_chars)
 
 
 def factorized_basset(seq_len: int = 1000, num_outputs: int = 1, init: str = "kaiming", seed: int = 0,
                       num_chars: int = 4, dropout: float = 0.3) -> FactorizedBasset:
     """Factorized Basset, ``(N, num_chars, seq_len) -> (N, num_outputs)``, in evaluation mode."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = FactorizedBasset(seq_len, num_outputs, num_chars, dropout)
-    return _finish(model, seq_len, init, seed, num_chars)
+    return _make(lambda: FactorizedBasset(seq_len, num_outputs, num_chars, dropout), seq_len, init, seed, num_chars)
 
 
 def bpnet(seq_len: int = 1000, num_tasks: int = 1, n_dilated: int = 9, init: str = "kaiming", seed: int = 0,
           num_chars: int = 4, filters: int = 64, profile_head: str = "conv_transpose") -> BPNet:
     """BPNet, ``(N, num_chars, seq_len) -> ((N, num_tasks, seq_len), (N, num_tasks))``, in evaluation mode."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = BPNet(seq_len, num_tasks, n_dilated, filters, num_chars, profile_head)
-    model = _finish(model, seq_len, init, seed, num_chars)
+    model = _make(lambda: BPNet(seq_len, num_tasks, n_dilated, filters, num_chars, profile_head), seq_len, init,
+                  seed, num_chars)
     if init == "kaiming":       # each residual block adds to the variance: keep the tower's growth ~1.25x per block
         with torch.no_grad():
             for conv in model.dilated:
@@ -254,10 +250,7 @@ def bpnet(seq_len: int = 1000, num_tasks: int = 1, n_dilated: int = 9, init: str
 def tiny(seq_len: int = 100, num_outputs: int = 2, init: str = "kaiming", seed: int = 0,
          num_chars: int = 4) -> Tiny:
     """A small fast model, ``(N, num_chars, seq_len) -> (N, num_outputs)``, in evaluation mode."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = Tiny(seq_len, num_outputs, num_chars)
-    return _finish(model, seq_len, init, seed, num_chars)
+    return _make(lambda: Tiny(seq_len, num_outputs, num_chars), seq_len, init, seed, num_chars)
 
 
 MODELS = {"basset": basset, "factorized_basset": factorized_basset, "bpnet": bpnet, "tiny": tiny}
