@@ -10,7 +10,6 @@ User errors (bad files, options or models) print one line and exit with status 1
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import inspect
 import json

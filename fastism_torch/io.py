@@ -428,7 +428,7 @@ class ResultFile:
     def create(self, seqs: Sequences, window: tuple, n_bases: int, target_names: list, settings: dict,
                raw: bool) -> None:
         import h5py
-        n, L = len(seqs), seqs.onehot.shape[2]
+        n = len(seqs)
         lw, t = window[1] - window[0], len(target_names)
         if os.path.exists(self.partial):
             os.unlink(self.partial)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import warnings
 from typing import NamedTuple, Sequence
 
 import numpy as np

@@ -4,7 +4,6 @@ Every test asserts FastISM == NaiveISM (float32, relative to output scale) on ra
 """
 from __future__ import annotations
 
-import warnings
 
 import pytest
 import torch

@@ -5,7 +5,6 @@ import sys
 
 import h5py
 import numpy as np
-import pytest
 
 from fastism_torch import distributed
 from fastism_torch.cli import main

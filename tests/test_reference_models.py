@@ -3,7 +3,6 @@ FastISM, against NaiveISM, at lengths 100 to 1000."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 import fastism_torch as ft
 from fastism_torch import models

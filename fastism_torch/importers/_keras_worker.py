@@ -213,7 +213,7 @@ def build(args) -> None:
     """Build a model with random weights (and random BatchNorm statistics) and save it to ``args.out``."""
     import numpy as np
 
-    keras = _keras()
+    _keras()          # picks Keras 3 or tf-keras before the model code imports it
     kw = json.loads(args.kwargs or "{}")
     if args.source.startswith("fastism:"):
         # fastism.models.<mod>.<fn>, loaded from its file (fastism/__init__ imports pydot).

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ranges import IDENTITY, Window
-from .conv import emit_module, sliding
+from .conv import sliding
 from .registry import Decision, Read, RuleContext, functions, methods, module_types, register, stop
 
 
