@@ -6,6 +6,8 @@ are built here, with numpy, from the plan; the edit graph does the rest.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 from torch import fx
@@ -13,6 +15,20 @@ from torch import fx
 from .kernels import to_cache
 from .plan import Plan
 from .rewrite import EditModule
+
+
+class Reference(NamedTuple):
+    """What the reference pass leaves for the edits of one chunk of sequences."""
+    outputs: object          # the model's outputs on the reference inputs
+    caches: dict             # (source, pad_left, pad_right, pad_value) -> (N, F, L_padded)
+    refs: dict               # node name -> reference output (incrementally updated nodes)
+    statics: dict            # placeholder name -> model input (the sequences' other inputs)
+
+
+class Group(NamedTuple):
+    """Neighbouring mutation windows computed together: one window width per node."""
+    widths: dict             # node name -> width
+    starts: dict             # node name -> window start of each mutation window of the group
 
 
 class _Recorder(fx.Interpreter):
@@ -29,14 +45,14 @@ class _Recorder(fx.Interpreter):
 
 
 class Executor:
-    def __init__(self, gm: fx.GraphModule, plan: Plan, edit: EditModule, device: torch.device):
-        self.gm, self.plan, self.edit, self.device = gm, plan, edit, device
+    def __init__(self, gm: fx.GraphModule, plan: Plan, edit: EditModule, device: torch.device, seq_laxis: int):
+        self.gm, self.plan, self.edit, self.device, self.seq_laxis = gm, plan, edit, device, seq_laxis
         self.keep = {ga.source for ga in plan.gathers if ga.source_state == "window" and ga.reuse is None} \
             | set(edit.ref_nodes)
         self.placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
 
     # ------------------------------------------------------------------ reference
-    def reference(self, args: list):
+    def reference(self, args: list) -> Reference:
         """Run the model once on the reference inputs; keep what the gathers and incremental ops read."""
         rec = _Recorder(self.gm, self.keep)
         out = rec.run(*args)
@@ -49,16 +65,15 @@ class Executor:
                 caches[key] = to_cache(rec.saved[ga.source], ga.laxis, ga.pad[0], ga.pad[1],
                                        ga.window.pad_value)
         refs = {n: rec.saved[n] for n in self.edit.ref_nodes}
-        return out, caches, refs
+        return Reference(out, caches, refs, dict(zip(self.placeholders, args)))
 
     @staticmethod
     def _cache_key(ga):
         return ga.source, ga.pad[0], ga.pad[1], ga.window.pad_value
 
     # ------------------------------------------------------------------ edits
-    def run(self, args, ref_state, s_idx, r_idx, values, batch_size: int, seq_laxis: int, bar=None):
+    def run(self, ref: Reference, s_idx, r_idx, values, batch_size: int, bar=None):
         """Outputs ``(E, *out)`` for edits (numpy/torch index arrays, values ``(E, w, C)``)."""
-        _, caches, refs = ref_state
         s_idx = np.asarray(s_idx.cpu() if isinstance(s_idx, torch.Tensor) else s_idx, dtype=np.int64)
         r_idx = np.asarray(r_idx.cpu() if isinstance(r_idx, torch.Tensor) else r_idx, dtype=np.int64)
         E = len(s_idx)
@@ -66,19 +81,18 @@ class Executor:
         r_sorted = r_idx[order]
         uniq = np.unique(r_sorted)
         per_range = max(1, E // max(1, len(uniq)))
-        group = max(1, batch_size // per_range)
-        statics = dict(zip(self.placeholders, args))
+        per_group = max(1, batch_size // per_range)          # mutation windows per group
         results = None
-        for g0 in range(0, len(uniq), group):
-            blk = uniq[g0:g0 + group]
+        for g0 in range(0, len(uniq), per_group):
+            blk = uniq[g0:g0 + per_group]
             widths = self.plan.widths(blk)
-            starts = {n: self.plan.starts(n, blk, w) for n, w in widths.items()}
+            group = Group(widths, {n: self.plan.starts(n, blk, w) for n, w in widths.items()})
             lo = np.searchsorted(r_sorted, blk[0], "left")
             hi = np.searchsorted(r_sorted, blk[-1], "right")
             for b0 in range(lo, hi, batch_size):
                 e = order[b0:min(hi, b0 + batch_size)]
                 pos = np.searchsorted(blk, r_idx[e])
-                feed = self._feed(e, s_idx[e], pos, widths, starts, caches, refs, statics, values, seq_laxis)
+                feed = self._feed(e, s_idx[e], pos, group, ref, values)
                 outs = self.edit.module(**feed)
                 outs = _as_list(outs)
                 if results is None:
@@ -91,18 +105,20 @@ class Executor:
                     bar.update(len(e))
         return results
 
-    def _feed(self, e, s, pos, widths, starts, caches, refs, statics, values, seq_laxis):
+    def _feed(self, e, s, pos, group: Group, ref: Reference, values) -> dict:
+        """The edit graph's inputs for edits ``e`` (sequences ``s``, at positions ``pos`` of the group)."""
         dev = self.device
+        widths, starts = group
         B = len(e)
         t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev)  # noqa: E731
         st = torch.from_numpy(s).to(dev)
         v = values[torch.from_numpy(e).to(values.device)].to(dev)          # (B, w, C)
-        feed = {"values": v if seq_laxis == 1 else v.transpose(1, 2)}
+        feed = {"values": v if self.seq_laxis == 1 else v.transpose(1, 2)}
         for name in self.edit.static_inputs:
-            a = statics[name]
+            a = ref.statics[name]
             feed[f"in_{name}"] = a.index_select(0, st) if isinstance(a, torch.Tensor) else a
         for name in self.edit.ref_nodes:
-            feed[f"ref_{name}"] = refs[name].index_select(0, st)
+            feed[f"ref_{name}"] = ref.refs[name].index_select(0, st)
         for name, x in self.edit.start_nodes.items():
             feed[f"start_{name}"] = t(starts[x][pos])
         for k, ga in enumerate(self.plan.gathers):
@@ -115,7 +131,7 @@ class Executor:
             else:
                 r, wreq = starts[ga.source][pos], widths[ga.source]
             if ga.source_state == "window":
-                feed[f"g{k}_cache"] = caches[self._cache_key(ga)]
+                feed[f"g{k}_cache"] = ref.caches[self._cache_key(ga)]
                 feed[f"g{k}_seq"] = st
                 feed[f"g{k}_start"] = t(r + ga.pad[0])
             else:                                       # static source: the edits' own rows, unpadded

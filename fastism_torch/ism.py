@@ -365,7 +365,7 @@ class FastISM(ISMBase):
             if self.compile:
                 mode = self.compile if isinstance(self.compile, str) else None
                 edit.module = torch.compile(edit.module, dynamic=True, mode=mode)
-            self._engines[ranges] = Executor(self.gm, plan, edit, self.device)
+            self._engines[ranges] = Executor(self.gm, plan, edit, self.device, self.length_axis)
         return self._engines[ranges]
 
     @property
@@ -418,13 +418,13 @@ class FastISM(ISMBase):
     def _run_edits(self, inp, ranges, s_idx, r_idx, values, bar):
         ex = self._engine(ranges)
         with self._autocast():
-            ref_state = ex.reference(inp.args)
+            ref = ex.reference(inp.args)
             if len(s_idx) == 0:
-                return [o[:0] for o in as_output_list(ref_state[0])]
+                return [o[:0] for o in as_output_list(ref.outputs)]
             batch = self._auto_batch(ex.plan)
             while True:
                 try:
-                    return ex.run(inp.args, ref_state, s_idx, r_idx, values, batch, self.length_axis, bar)
+                    return ex.run(ref, s_idx, r_idx, values, batch, bar)
                 except torch.OutOfMemoryError as e:
                     if self.device.type == "cuda":
                         torch.cuda.empty_cache()

@@ -45,11 +45,11 @@ def test_auto_batch_halves_on_out_of_memory(monkeypatch):
     from fastism_torch import execute
     real, seen = execute.Executor.run, []
 
-    def flaky(self, args, ref_state, s_idx, r_idx, values, batch, *rest):
+    def flaky(self, ref, s_idx, r_idx, values, batch, *rest):
         seen.append(batch)
         if len(seen) == 1:
             raise torch.OutOfMemoryError("simulated")
-        return real(self, args, ref_state, s_idx, r_idx, values, batch, *rest)
+        return real(self, ref, s_idx, r_idx, values, batch, *rest)
     monkeypatch.setattr(execute.Executor, "run", flaky)
     x = random_onehot(1, 64)
     out = fast(x)
