@@ -7,8 +7,10 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import fastism_torch, pytest, onnx2torch, tensorflow" >/dev/null 2>&1; then
+if ! .venv/bin/python -c "import fastism_torch, pytest, onnx2torch, tensorflow, tangermeme, fastism" >/dev/null 2>&1; then
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -e ".[test,keras,onnx]"
+    # the original fastISM's reference models (Keras); its pinned dependencies are too old to resolve
+    .venv/bin/python -m pip install -q --no-deps fastism==0.5.1
 fi
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
