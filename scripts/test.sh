@@ -7,7 +7,7 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import fastism_torch, pytest, onnx2torch, tensorflow, tangermeme, fastism" >/dev/null 2>&1; then
+if ! .venv/bin/python -c "import importlib.util as u, fastism_torch, pytest, onnx2torch, tensorflow, tangermeme; assert u.find_spec('fastism')" >/dev/null 2>&1; then
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -e ".[test,keras,onnx]"
     # the original fastISM's reference models (Keras); its pinned dependencies are too old to resolve
