@@ -5,8 +5,6 @@ offending values; nothing here touches a model.
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 import torch
 
@@ -102,9 +100,3 @@ def check_replace_with(replace_with, width: int, num_chars: int) -> torch.Tensor
         raise ValueError("replace_with contains non-finite values")
     return r.contiguous()
 
-
-def check_names_exist(names: Sequence[str], known: Sequence[str], what: str) -> None:
-    missing = [n for n in names if n not in known]
-    if missing:
-        preview = ", ".join(list(known)[:30])
-        raise ValueError(f"{what} not found in the model: {missing}; known names include: {preview}")

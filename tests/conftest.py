@@ -9,6 +9,17 @@ from torch import nn
 import fastism_torch as ft
 
 
+class Lambda(nn.Module):
+    """A module around a function or another module (what fx traces as one op or a few)."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
 def scale_weights(model: nn.Module, seed: int = 0) -> nn.Module:
     """Kaiming-scaled weights and non-trivial BatchNorm statistics, so mutations move the outputs."""
     g = torch.Generator().manual_seed(seed)

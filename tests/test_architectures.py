@@ -11,16 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastism_torch as ft
-from conftest import check_model, random_onehot, scale_weights
-
-
-class Lambda(nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x):
-        return self.fn(x)
+from conftest import Lambda, check_model, random_onehot, scale_weights
 
 
 def seq(*layers, seed=0):

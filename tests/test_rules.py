@@ -15,15 +15,7 @@ from torch import nn
 from fastism_torch.analysis import analyse
 from fastism_torch.capture import capture
 from fastism_torch.ranges import Window, hull, window_starts
-
-
-class One(nn.Module):
-    def __init__(self, op):
-        super().__init__()
-        self.op = op
-
-    def forward(self, x):
-        return self.op(x)
+from conftest import Lambda
 
 
 def decision_of(model, x, laxis=2):
@@ -50,7 +42,7 @@ OPS = [
 def test_sliding_rule_forward_and_backward(op, length):
     torch.manual_seed(0)
     x = torch.randn(1, 3, length)
-    dec = decision_of(One(op).eval(), x)
+    dec = decision_of(Lambda(op).eval(), x)
     assert dec.kind == "sliding"
     window = next(iter(dec.reads.values())).window
     y = op(x)
@@ -103,7 +95,7 @@ def _emit_module(dec, op):
 def test_crop_rule(length, crop):
     x = torch.randn(1, 3, length)
     sl = slice(*crop)
-    dec = decision_of(One(lambda_crop(sl)), x)
+    dec = decision_of(Lambda(lambda t: t[:, :, sl]), x)
     window = next(iter(dec.reads.values())).window
     y = x[:, :, sl]
     for p in range(length):
@@ -114,12 +106,6 @@ def test_crop_rule(length, crop):
         assert changed == set(range(int(lo[0]), int(hi[0])))
 
 
-def lambda_crop(sl):
-    class Crop(nn.Module):
-        def forward(self, x):
-            return x[:, :, sl]
-    return Crop()
-
 
 @pytest.mark.parametrize("op,kind", [
     (nn.ReLU(), "pointwise"), (nn.GELU(), "pointwise"), (nn.Softplus(), "pointwise"), (nn.ELU(), "pointwise"),
@@ -128,26 +114,20 @@ def lambda_crop(sl):
     (nn.Linear(16, 2), "stop"), (nn.Softmax(dim=1), "pointwise"), (nn.Softmax(dim=-1), "stop"),
 ])
 def test_classification(op, kind):
-    assert decision_of(One(op).eval(), torch.randn(2, 3, 16)).kind == kind
+    assert decision_of(Lambda(op).eval(), torch.randn(2, 3, 16)).kind == kind
 
 
 def test_layout_rules_move_the_length_axis():
     x = torch.randn(2, 3, 16)
-    assert decision_of(One(lambda_mod(lambda t: t.permute(0, 2, 1))), x).laxis == 1
-    assert decision_of(One(lambda_mod(lambda t: t.unsqueeze(-1))), x).laxis == 2
-    assert decision_of(One(lambda_mod(lambda t: t.unsqueeze(1))), x).laxis == 3
-    assert decision_of(One(lambda_mod(lambda t: t.transpose(1, 2))), x).laxis == 1
-    assert decision_of(One(lambda_mod(lambda t: t.reshape(2, 3, 4, 4))), x).kind == "stop"   # splits L
-    assert decision_of(One(lambda_mod(lambda t: t.mean(1))), x).laxis == 1                  # channel mean
-    assert decision_of(One(nn.LayerNorm(3)), x.transpose(1, 2).contiguous(), laxis=1).kind == "pointwise"
-    assert decision_of(One(nn.LayerNorm(16)), x).kind == "stop"
+    assert decision_of(Lambda(lambda t: t.permute(0, 2, 1)), x).laxis == 1
+    assert decision_of(Lambda(lambda t: t.unsqueeze(-1)), x).laxis == 2
+    assert decision_of(Lambda(lambda t: t.unsqueeze(1)), x).laxis == 3
+    assert decision_of(Lambda(lambda t: t.transpose(1, 2)), x).laxis == 1
+    assert decision_of(Lambda(lambda t: t.reshape(2, 3, 4, 4)), x).kind == "stop"   # splits L
+    assert decision_of(Lambda(lambda t: t.mean(1)), x).laxis == 1                  # channel mean
+    assert decision_of(Lambda(nn.LayerNorm(3)), x.transpose(1, 2).contiguous(), laxis=1).kind == "pointwise"
+    assert decision_of(Lambda(nn.LayerNorm(16)), x).kind == "stop"
 
-
-def lambda_mod(fn):
-    class L(nn.Module):
-        def forward(self, t):
-            return fn(t)
-    return L()
 
 
 def test_range_helpers():
@@ -181,7 +161,7 @@ def test_conv1d_valid_shift_add_path(c_out, k, dil):
 @pytest.mark.parametrize("length", [9, 10])
 def test_reversal_window(length):
     x = torch.randn(1, 3, length)
-    dec = decision_of(One(lambda_mod(lambda t: t.flip(1, 2))), x)
+    dec = decision_of(Lambda(lambda t: t.flip(1, 2)), x)
     window = next(iter(dec.reads.values())).window
     assert window.reversed
     y = x.flip(1, 2)

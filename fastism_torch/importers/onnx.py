@@ -445,24 +445,15 @@ def _function(b, name, mod, x):
     return b.fn(mod.function, x)
 
 
-@handles("OnnxNeg")
-def _neg(b, name, mod, x):
-    return b.fn(operator.neg, x)
+def _unary(fn):
+    def handler(b, name, mod, x):
+        return b.fn(fn, x)
+    return handler
 
 
-@handles("OnnxSqrt")
-def _sqrt(b, name, mod, x):
-    return b.fn(torch.sqrt, x)
-
-
-@handles("OnnxReciprocal")
-def _reciprocal(b, name, mod, x):
-    return b.fn(torch.reciprocal, x)
-
-
-@handles("OnnxErf")
-def _erf(b, name, mod, x):
-    return b.fn(torch.erf, x)
+for _cls, _fn in (("OnnxNeg", operator.neg), ("OnnxSqrt", torch.sqrt), ("OnnxReciprocal", torch.reciprocal),
+                  ("OnnxErf", torch.erf)):
+    handles(_cls)(_unary(_fn))
 
 
 @handles("OnnxErfc")
