@@ -29,7 +29,8 @@ import torch
 
 from benchmarks import common
 
-METHODS = ("fast_compiled", "fast_eager", "naive_compiled", "naive_eager", "tangermeme")
+METHODS = ("fast_compiled", "fast_reduce_overhead", "fast_eager", "naive_compiled", "naive_eager", "tangermeme")
+MAX_REL_DIFF = 1e-4          # a row that differs more from the naive reference is an error (float32)
 
 
 def parse_args(argv=None):
@@ -42,10 +43,15 @@ def parse_args(argv=None):
                    help="comma-separated sweep for every method; 'auto' = FastISM's own choice (FastISM rows "
                         "only). Default: auto,1024,4096,16384 for FastISM and 256,1024 for the others on CUDA; "
                         "auto,256 / 128 on CPU")
+    p.add_argument("--naive-batch-sizes", default=None,
+                   help="comma-separated sweep for the naive and tangermeme rows (default: as --batch-sizes)")
     p.add_argument("--n-seqs", type=int, default=None, help="sequences per run (default: 128 on CUDA, 2 on CPU)")
     p.add_argument("--max-output-gib", type=float, default=2.0,
                    help="fewer sequences for models whose saturation output would be larger")
     p.add_argument("--bpnet-head", default="conv", choices=["conv", "conv_transpose"])
+    p.add_argument("--tf32", action="store_true",
+                   help="every method with TF32 convolutions and matmuls (default: IEEE float32, FastISM's own "
+                        "default, for all methods alike)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads for CPU runs; 1 on a shared small machine (see RESULTS.md)")
     p.add_argument("--out", default=common.DEFAULT_RESULTS, help="markdown file to append to ('' = don't)")
@@ -54,11 +60,15 @@ def parse_args(argv=None):
 
 def _sweeps(args, device):
     if args.batch_sizes:
-        vals = [None if b == "auto" else int(b) for b in args.batch_sizes.split(",")]
-        return vals, [b for b in vals if b is not None] or [128]
-    if device.type == "cuda":
-        return [None, 1024, 4096, 16384], [256, 1024]
-    return [None, 256], [128]
+        fast = [None if b == "auto" else int(b) for b in args.batch_sizes.split(",")]
+        other = [b for b in fast if b is not None] or [128]
+    elif device.type == "cuda":
+        fast, other = [None, 1024, 4096, 16384], [256, 1024]
+    else:
+        fast, other = [None, 256], [128]
+    if args.naive_batch_sizes:
+        other = [int(b) for b in args.naive_batch_sizes.split(",")]
+    return fast, other
 
 
 def _n_seqs(args, device, model, L) -> int:
@@ -69,14 +79,16 @@ def _n_seqs(args, device, model, L) -> int:
     return max(1, min(n, int(args.max_output_gib * 2**30 // per_seq)))
 
 
-def _run(method, model, seqs, device, batch):
+def _run(method, model, seqs, device, batch, tf32):
+    from fastism_torch.precision import float32_precision
     if method.startswith("fast"):
-        return common.run_fastism(model, seqs, device, batch_size=batch, compile=method == "fast_compiled",
-                                  label=method)
+        compile_ = {"fast_compiled": True, "fast_reduce_overhead": "reduce-overhead"}.get(method, False)
+        return common.run_fastism(model, seqs, device, batch_size=batch, compile=compile_, label=method, tf32=tf32)
     if method.startswith("naive"):
         return common.run_naive(model, seqs, device, batch_size=batch, compile=method == "naive_compiled",
-                                label=method)
-    return common.run_tangermeme(model, seqs, device, batch_size=batch, label=method)
+                                label=method, tf32=tf32)
+    with float32_precision(tf32):
+        return common.run_tangermeme(model, seqs, device, batch_size=batch, label=method)
 
 
 def bench(name: str, L: int, args, device) -> list[dict]:
@@ -99,11 +111,13 @@ def bench(name: str, L: int, args, device) -> list[dict]:
             row = {"model": name, "L": L, "method": method, "batch": batch or "auto", "n": n}
             print(f"{name} L={L} {method} batch={row['batch']} n={n} ...", end=" ", flush=True)
             try:
-                t, sat = _run(method, model, seqs, device, batch)
+                t, sat = _run(method, model, seqs, device, batch, args.tf32)
                 row["timing"] = t
                 if ref is None and method.startswith("naive"):
                     ref = sat
                 row["diff"] = common.max_rel_diff(sat, ref) if ref is not None else None
+                if row["diff"] is not None and row["diff"] > MAX_REL_DIFF * (100 if args.tf32 else 1):
+                    row["error"] = f"differs from naive ISM: max rel diff {row['diff']:.3g}"
                 print(f"{1000 * t.per_seq:.3f} s/1000 seqs, set-up {t.setup_s:.2f} s {t.note}", flush=True)
             except Exception as e:                       # noqa: BLE001 - a failed configuration is a result too
                 row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:120]}" if str(e) else type(e).__name__
@@ -141,9 +155,9 @@ def table(rows) -> str:
     out = []
     for r in rows:
         t = r.get("timing")
-        if t is None:
+        if t is None or "error" in r:
             out.append([r["model"], r["L"], r["method"], r["batch"], r["n"], None, None, None, None, None, None,
-                        None, r["error"]])
+                        r.get("diff"), "ERROR: " + r["error"]])
             continue
         out.append([r["model"], r["L"], r["method"], r["batch"], r["n"], 1000 * t.per_seq, t.setup_s,
                     r.get("speedup"), r.get("tflops"),
@@ -168,10 +182,9 @@ def main(argv=None):
     for name in args.models.split(","):
         for L in (int(x) for x in args.lengths.split(",")):
             rows += bench(name, L, args, device)
-    tf32 = (f"cuDNN TF32 {'on' if torch.backends.cudnn.allow_tf32 else 'off'}, matmul TF32 "
-            f"{'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}; " if device.type == "cuda" else "")
+    tf32 = f"TF32 {'on' if args.tf32 else 'off'} for every method; " if device.type == "cuda" else ""
     body = ("Full saturation mutagenesis (3 alternative bases × L positions), float32 (" + tf32 +
-            "torch defaults). Seconds per 1000 sequences in steady state; set-up once per object (FastISM, "
+            "torch defaults otherwise). Seconds per 1000 sequences in steady state; set-up once per object (FastISM, "
             "compiled naive) or per call (tangermeme); × best naive = against the fastest naive row of the same "
             "model and length.\n\n" + table(rows))
     print(body)
@@ -182,5 +195,13 @@ def main(argv=None):
     return rows
 
 
+def exit_status(rows) -> int:
+    """1 if any row failed (an error, or results that differ from naive ISM), else 0."""
+    bad = [f"{r['model']} L={r['L']} {r['method']} batch={r['batch']}: {r['error']}" for r in rows if "error" in r]
+    for line in bad:
+        print("FAILED:", line, file=sys.stderr)
+    return 1 if bad or not rows else 0
+
+
 if __name__ == "__main__":
-    sys.exit(0 if main() is not None else 1)
+    sys.exit(exit_status(main()))

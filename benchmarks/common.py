@@ -141,14 +141,14 @@ class Timing:
         return (self.setup_s + self.steady_s) / self.n_seqs
 
 
-def run_fastism(model, seqs, device, batch_size=None, compile=False, label="FastISM", repeat=1):
+def run_fastism(model, seqs, device, batch_size=None, compile=False, label="FastISM", repeat=1, tf32=False):
     """Build FastISM (with its correctness self-test), then full calls: the first (plan building, compilation)
     and ``repeat`` steady ones (the fastest counts)."""
     from fastism_torch import FastISM
     seqs = seqs.to(device)
     reset_peak(device)
     ism, t_build = timed(lambda: FastISM(model, seqs.shape[-1], device=device, batch_size=batch_size,
-                                         compile=compile), device)
+                                         compile=compile, tf32=tf32), device)
     sat, t_first = timed(lambda: ism.saturation_mutagenesis(seqs), device)
     t_steady = float("inf")
     for _ in range(max(1, repeat)):
@@ -158,15 +158,17 @@ def run_fastism(model, seqs, device, batch_size=None, compile=False, label="Fast
                peak_gib=peak_gib(device))
     t.extra["macs"] = ism.mac_summary()
     t.extra["build_s"], t.extra["first_call_s"] = t_build, t_first
+    if compile:
+        t.note = f"{ism.compiled_graphs} graph(s) compiled"
     return t, sat
 
 
-def run_naive(model, seqs, device, batch_size=None, compile=False, label="NaiveISM"):
+def run_naive(model, seqs, device, batch_size=None, compile=False, label="NaiveISM", tf32=False):
     """NaiveISM, batched; ``compile=True`` wraps its model copy in ``torch.compile`` (first call = warm-up)."""
     from fastism_torch import NaiveISM
     seqs = seqs.to(device)
     reset_peak(device)
-    ism = NaiveISM(model, seqs.shape[-1], device=device, batch_size=batch_size)
+    ism = NaiveISM(model, seqs.shape[-1], device=device, batch_size=batch_size, tf32=tf32)
     warm = 0.0
     if compile:                 # a first call compiles every batch shape of this job; the second is timed
         ism.model = torch.compile(ism.model)

@@ -307,20 +307,23 @@ def _parse_replace(spec):
 
 
 def _resolve_device(name, ctx):
+    """``--device`` as a device string with an index for CUDA (``cuda`` -> this rank's or the current GPU)."""
     import torch
     if name in (None, "", "auto"):
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and ctx.active:
-        name = f"cuda:{ctx.local_rank}"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {name}: CUDA is not available on this machine")
-        torch.cuda.set_device(torch.device(name))
     try:
-        torch.device(name)
+        dev = torch.device(name)
     except RuntimeError:
         raise UserError(f"--device {name!r} is not a device torch knows") from None
-    return name
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name}: CUDA is not available on this machine")
+        index = dev.index if dev.index is not None else ctx.local_rank if ctx.active else torch.cuda.current_device()
+        if not 0 <= index < torch.cuda.device_count():
+            raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        dev = torch.device("cuda", index)
+        torch.cuda.set_device(dev)
+    return str(dev)
 
 
 def _settings(args, seqs, model: LoadedModel, target_names, window, n_bases) -> dict:

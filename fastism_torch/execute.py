@@ -2,7 +2,9 @@
 
 Edits are sorted by mutation window and cut into groups of neighbouring windows; within a group every node
 has one window width (:meth:`Plan.widths`), so each batch has static shapes.  Index tensors for every gather
-are built here, with numpy, from the plan; the edit graph does the rest.
+are built here, with numpy, from the plan, once per group, and moved to the device in one asynchronous copy;
+the edit graph does the rest.  Outputs are written straight into the caller's result tensors (``dest`` rows),
+on the engine's device.
 """
 from __future__ import annotations
 
@@ -25,12 +27,6 @@ class Reference(NamedTuple):
     statics: dict            # placeholder name -> model input (the sequences' other inputs)
 
 
-class Group(NamedTuple):
-    """Neighbouring mutation windows computed together: one window width per node."""
-    widths: dict             # node name -> width
-    starts: dict             # node name -> window start of each mutation window of the group
-
-
 class _Recorder(fx.Interpreter):
     def __init__(self, gm, keep):
         super().__init__(gm)
@@ -50,6 +46,8 @@ class Executor:
         self.keep = {ga.source for ga in plan.gathers if ga.source_state == "window" and ga.reuse is None} \
             | set(edit.ref_nodes)
         self.placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+        self.inputs = set(edit.inputs)
+        self.mark_step = False          # set for CUDA graphs (torch.compile mode "reduce-overhead")
 
     # ------------------------------------------------------------------ reference
     def reference(self, args: list) -> Reference:
@@ -72,75 +70,116 @@ class Executor:
         return ga.source, ga.pad[0], ga.pad[1], ga.window.pad_value
 
     # ------------------------------------------------------------------ edits
-    def run(self, ref: Reference, s_idx, r_idx, values, batch_size: int, bar=None):
-        """Outputs ``(E, *out)`` for edits (numpy/torch index arrays, values ``(E, w, C)``)."""
-        s_idx = np.asarray(s_idx.cpu() if isinstance(s_idx, torch.Tensor) else s_idx, dtype=np.int64)
-        r_idx = np.asarray(r_idx.cpu() if isinstance(r_idx, torch.Tensor) else r_idx, dtype=np.int64)
-        E = len(s_idx)
-        order = np.argsort(r_idx, kind="stable")
-        r_sorted = r_idx[order]
-        uniq = np.unique(r_sorted)
-        per_range = max(1, E // max(1, len(uniq)))
+    def run(self, ref: Reference, edits: "Edits", batch_size: int, sink: list, done: np.ndarray | None = None,
+            bar=None) -> None:
+        """Write the outputs of ``edits`` to rows ``edits.dest`` of each ``sink`` tensor (one per model output).
+
+        Per group of neighbouring windows, everything the kernels need is computed here on the host (numpy),
+        moved to the device in one transfer, and sliced per batch: the edit graph only launches device work.
+        With ``edit.static`` every batch of a group has one size (the last one padded with repeats of its
+        last edit, whose outputs are dropped), so compiled graphs and CUDA graphs are reused.  ``done[e]`` is
+        set once edit ``e``'s outputs are written (a retry after running out of memory skips those).
+        """
+        order = np.argsort(edits.window, kind="stable")
+        w_sorted = edits.window[order]
+        uniq = np.unique(w_sorted)
+        per_range = max(1, len(order) // max(1, len(uniq)))
         per_group = max(1, batch_size // per_range)          # mutation windows per group
-        results = None
         for g0 in range(0, len(uniq), per_group):
             blk = uniq[g0:g0 + per_group]
-            widths = self.plan.widths(blk)
-            group = Group(widths, {n: self.plan.starts(n, blk, w) for n, w in widths.items()})
-            lo = np.searchsorted(r_sorted, blk[0], "left")
-            hi = np.searchsorted(r_sorted, blk[-1], "right")
-            for b0 in range(lo, hi, batch_size):
-                e = order[b0:min(hi, b0 + batch_size)]
-                pos = np.searchsorted(blk, r_idx[e])
-                feed = self._feed(e, s_idx[e], pos, group, ref, values)
-                outs = self.edit.module(**feed)
-                outs = _as_list(outs)
-                if results is None:
-                    results = [torch.empty((E, *o.shape[1:]), dtype=torch.float32, device=o.device) for o in outs]
-                et = torch.from_numpy(e).to(self.device)
-                for r, o in zip(results, outs):
-                    check_output_shape(o, r)
-                    r.index_copy_(0, et, o.float())
+            lo = np.searchsorted(w_sorted, blk[0], "left")
+            hi = np.searchsorted(w_sorted, blk[-1], "right")
+            e = order[lo:hi]
+            n_batches = -(-len(e) // batch_size)
+            size = -(-len(e) // n_batches) if self.edit.static else batch_size
+            padded = np.concatenate([e, np.repeat(e[-1:], n_batches * size - len(e))]) if self.edit.static else e
+            arrays, ints = self._group_inputs(blk, padded, edits)
+            dev = to_device(arrays, self.device)
+            for b0 in range(0, len(e), size):
+                n = min(size, len(e) - b0)
+                rows = {k: v[b0:b0 + size] for k, v in dev.items()}
+                if self.mark_step:
+                    torch.compiler.cudagraph_mark_step_begin()
+                outs = as_output_list(self.edit.module(**self._feed(rows, ints, ref, edits.values)))
+                for out, o in zip(sink, outs):
+                    check_output_shape(o, out)
+                    out.index_copy_(0, rows["dest"][:n], o[:n].to(out.dtype))
+                if done is not None:
+                    done[e[b0:b0 + n]] = True
                 if bar is not None:
-                    bar.update(len(e))
-        return results
+                    bar.update(n)
 
-    def _feed(self, e, s, pos, group: Group, ref: Reference, values) -> dict:
-        """The edit graph's inputs for edits ``e`` (sequences ``s``, at positions ``pos`` of the group)."""
-        dev = self.device
-        widths, starts = group
-        B = len(e)
-        t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev)  # noqa: E731
-        st = torch.from_numpy(s).to(dev)
-        v = values[torch.from_numpy(e).to(values.device)].to(dev)          # (B, w, C)
-        feed = {"values": v if self.seq_laxis == 1 else v.transpose(1, 2)}
-        for name in self.edit.static_inputs:
-            a = ref.statics[name]
-            feed[f"in_{name}"] = a.index_select(0, st) if isinstance(a, torch.Tensor) else a
-        for name in self.edit.ref_nodes:
-            feed[f"ref_{name}"] = ref.refs[name].index_select(0, st)
+    def _group_inputs(self, blk: np.ndarray, e: np.ndarray, edits: "Edits") -> tuple[dict, dict]:
+        """Host-side index arrays (one entry per edit ``e``) and integers for the edits of one group."""
+        widths = self.plan.widths(blk)
+        starts = {n: self.plan.starts(n, blk, w) for n, w in widths.items()}
+        pos = np.searchsorted(blk, edits.window[e])
+        arrays = {"edit": e, "seq": edits.seq[e], "dest": edits.dest[e]}
+        ints = {}
         for name, x in self.edit.start_nodes.items():
-            feed[f"start_{name}"] = t(starts[x][pos])
+            arrays[f"start_{name}"] = s = starts[x][pos]
+            ints[f"span_{name}"] = int(min(self.plan.nodes[x].length, s.max() - s.min() + widths[x]))
         for k, ga in enumerate(self.plan.gathers):
             if ga.reuse is not None:
                 continue
             if ga.kind == "window":
                 r, wreq = ga.window.backward(starts[ga.consumer][pos], widths[ga.consumer])
             elif ga.kind == "full":
-                r, wreq = np.zeros(B, dtype=np.int64), ga.length
+                r, wreq = np.zeros(len(e), dtype=np.int64), ga.length
             else:
                 r, wreq = starts[ga.source][pos], widths[ga.source]
+            arrays[f"g{k}_start"] = r + ga.pad[0] if ga.source_state == "window" else r
+            ints[f"g{k}_width"] = int(wreq)
+            if ga.kind != "ref" and ga.source_state == "window":
+                arrays[f"g{k}_shift"] = starts[ga.source][pos] - r
+        return arrays, ints
+
+    def _feed(self, rows: dict, ints: dict, ref: Reference, values: torch.Tensor) -> dict:
+        """The edit graph's inputs for one batch (``rows``: the batch's slices of the group's index tensors)."""
+        st = rows["seq"]
+        v = values.index_select(0, rows["edit"])                             # (B, w, C)
+        feed = {"values": v if self.seq_laxis == 1 else v.transpose(1, 2), **ints}
+        for name in self.edit.static_inputs:
+            a = ref.statics[name]
+            feed[f"in_{name}"] = a.index_select(0, st) if isinstance(a, torch.Tensor) else a
+        for name in self.edit.ref_nodes:
+            feed[f"ref_{name}"] = ref.refs[name].index_select(0, st)
+        for k, ga in enumerate(self.plan.gathers):
+            if ga.reuse is not None:
+                continue
             if ga.source_state == "window":
                 feed[f"g{k}_cache"] = ref.caches[self._cache_key(ga)]
                 feed[f"g{k}_seq"] = st
-                feed[f"g{k}_start"] = t(r + ga.pad[0])
             else:                                       # static source: the edits' own rows, unpadded
-                feed[f"g{k}_seq"] = torch.arange(B, device=dev)
-                feed[f"g{k}_start"] = t(r)
-            feed[f"g{k}_width"] = int(wreq)
-            if ga.kind != "ref" and ga.source_state == "window":
-                feed[f"g{k}_shift"] = t(starts[ga.source][pos] - r)
-        return feed
+                feed[f"g{k}_seq"] = torch.arange(len(st), device=st.device)
+        for key, t in rows.items():
+            if key.startswith(("g", "start_")):
+                feed[key] = t
+        return {k: v for k, v in feed.items() if k in self.inputs}
+
+
+class Edits(NamedTuple):
+    """Edits of one chunk of sequences: sequence ``seq[e]`` with mutation window ``window[e]`` replaced by
+    ``values[e]``; the outputs go to row ``dest[e]`` of the result tensors."""
+    seq: np.ndarray            # (E,) int64: row of the chunk
+    window: np.ndarray         # (E,) int64: index into the change ranges
+    values: torch.Tensor       # (E, w, C) on the engine's device, rows of (L, C)
+    dest: np.ndarray           # (E,) int64: row of the flat results
+
+    def subset(self, idx: np.ndarray) -> "Edits":
+        return Edits(self.seq[idx], self.window[idx], self.values[torch.from_numpy(idx).to(self.values.device)],
+                     self.dest[idx])
+
+
+def to_device(arrays: dict, device: torch.device) -> dict:
+    """int64 numpy arrays -> tensors on ``device``: zero-copy on the CPU; elsewhere one host buffer (pinned for
+    CUDA) and one asynchronous copy for all of them."""
+    if device.type == "cpu":
+        return {k: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)) for k, a in arrays.items()}
+    sizes = [len(a) for a in arrays.values()]
+    host = torch.empty(sum(sizes), dtype=torch.int64, pin_memory=device.type == "cuda")
+    np.concatenate([np.asarray(a, dtype=np.int64) for a in arrays.values()], out=host.numpy())
+    return dict(zip(arrays, host.to(device, non_blocking=True).split(sizes)))
 
 
 def check_output_shape(out: torch.Tensor, results: torch.Tensor) -> None:
@@ -149,6 +188,13 @@ def check_output_shape(out: torch.Tensor, results: torch.Tensor) -> None:
                          f"batch, {tuple(out.shape[1:])} for another): ISM needs outputs of a fixed shape")
 
 
-def _as_list(out):
-    from .ism import as_output_list
-    return as_output_list(out)
+def as_output_list(out) -> list[torch.Tensor]:
+    """A model's output as a flat list of tensors (one per head)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in as_output_list(o)]
+    if isinstance(out, dict):
+        return [t for k in out for t in as_output_list(out[k])]
+    raise TypeError(f"model output of type {type(out).__name__} is not supported; return tensors, "
+                    "tuples/lists or dicts of tensors")

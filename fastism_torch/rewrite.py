@@ -3,7 +3,8 @@
 
 - windowed nodes are copied (or re-emitted padding-free by their rule) and run on windows;
 - every plan :class:`~fastism_torch.plan.Gather` becomes a :func:`~fastism_torch.kernels.gather_window` call
-  whose reference cache and index tensors are inputs (placeholders ``g{k}_*``);
+  whose reference cache and index tensors are inputs (placeholders ``g{k}_*``); with ``static=True`` (GPUs,
+  ``torch.compile``) the sync-free :func:`~fastism_torch.kernels.gather_window_static` instead;
 - ``inc_mean`` / ``inc_linear`` nodes become incremental updates of the reference output (``ref_{node}``);
 - static nodes (other model inputs) are replayed on the edits' rows; full nodes are copied.
 
@@ -28,6 +29,8 @@ class EditModule:
     static_inputs: list        # original placeholder names fed as rows of the edits' sequences
     ref_nodes: list            # names of nodes whose reference output is an input (inc ops)
     start_nodes: dict          # inc_linear node name -> window node whose starts are an input
+    static: bool = False       # sync-free, static-shape kernels (GPUs, torch.compile)
+    inputs: tuple = ()         # the edit graph's placeholder names: what the executor feeds
 
 
 class _Builder:
@@ -43,8 +46,14 @@ class _Builder:
         return name
 
 
-def build_edit_module(gm: fx.GraphModule, infos: dict, plan: Plan, seq_node: fx.Node) -> EditModule:
+GATHER_OPS = (torch.ops.fastism.gather_window, kernels.gather_window_static)
+
+
+def build_edit_module(gm: fx.GraphModule, infos: dict, plan: Plan, seq_node: fx.Node,
+                      static: bool = False) -> EditModule:
+    """The edit graph; ``static=True`` emits the kernels that never read tensor values on the host."""
     b = _Builder(gm)
+    gather_op = GATHER_OPS[int(static)]
     g = b.graph
     env: dict = {}
     by_key = {(x.consumer, x.source, x.kind): k for k, x in enumerate(plan.gathers)}
@@ -70,7 +79,7 @@ def build_edit_module(gm: fx.GraphModule, infos: dict, plan: Plan, seq_node: fx.
             new, shift = env[src_node], g.placeholder(f"g{k}_shift")
         shape = list(src_node.meta["tensor_meta"].shape)
         feat = [s for i, s in enumerate(shape) if i not in (0, ga.laxis)]
-        made[k] = g.call_function(torch.ops.fastism.gather_window, (
+        made[k] = g.call_function(gather_op, (
             src, new, g.placeholder(f"g{k}_seq"), g.placeholder(f"g{k}_start"), shift,
             g.placeholder(f"g{k}_width"), ga.laxis, feat, ga.laxis))
         return made[k]
@@ -111,9 +120,13 @@ def build_edit_module(gm: fx.GraphModule, infos: dict, plan: Plan, seq_node: fx.
             weight = (g.get_attr(node.target + ".weight") if node.op == "call_module"
                       else env[dec.extra["weight_node"]])
             in_shape = tuple(x.meta["tensor_meta"].shape)[1:]
-            env[node] = g.call_function(torch.ops.fastism.inc_linear, (
-                env[x], gathered(by_key[(node.name, x.name, "ref")]), g.placeholder(f"ref_{node.name}"),
-                weight, g.placeholder(f"start_{node.name}"), list(in_shape), infos[x].laxis))
+            args = (env[x], gathered(by_key[(node.name, x.name, "ref")]), g.placeholder(f"ref_{node.name}"),
+                    weight, g.placeholder(f"start_{node.name}"))
+            if static:
+                env[node] = g.call_function(kernels.inc_linear_static, (
+                    *args, in_shape, infos[x].laxis, g.placeholder(f"span_{node.name}")))
+            else:
+                env[node] = g.call_function(torch.ops.fastism.inc_linear, (*args, list(in_shape), infos[x].laxis))
         else:
             kind = "window" if info.state == "window" else "full"
             args, kwargs, sub = mapped(node, kind)
@@ -123,7 +136,8 @@ def build_edit_module(gm: fx.GraphModule, infos: dict, plan: Plan, seq_node: fx.
                 env[node] = g.node_copy(node, lambda n: sub[n])
     g.lint()
     module = fx.GraphModule(b.root, g, class_name="FastISMEditGraph")
-    return EditModule(split_segments(module), static_inputs, ref_nodes, start_nodes)
+    inputs = tuple(n.name for n in g.nodes if n.op == "placeholder")
+    return EditModule(split_segments(module), static_inputs, ref_nodes, start_nodes, static, inputs)
 
 
 def split_segments(module: fx.GraphModule) -> fx.GraphModule:
@@ -136,7 +150,7 @@ def split_segments(module: fx.GraphModule) -> fx.GraphModule:
     for n in module.graph.nodes:
         if n.op in ("placeholder", "output"):
             continue
-        if n.target is torch.ops.fastism.gather_window:
+        if n.target in GATHER_OPS:
             next_id += 1
             seg[n] = next_id
         else:

@@ -13,6 +13,8 @@ from torch import nn
 import fastism_torch as ft
 from conftest import Lambda, check_model, random_onehot, scale_weights
 
+pytestmark = pytest.mark.usefixtures("kernel_form")   # every test with the CPU eager and the static kernels
+
 
 def seq(*layers, seed=0):
     return scale_weights(nn.Sequential(*layers), seed)

@@ -236,3 +236,34 @@ def test_onnx_model_matches_pytorch_factory(tmp_path):
     a = np.load(tmp_path / "onnx.attr.npz")["arr_0"]
     b = np.load(tmp_path / "pt.attr.npz")["arr_0"]
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("given, active, want", [("cuda", False, "cuda:0"), ("auto", False, "cuda:0"),
+                                                 (None, False, "cuda:0"), ("cuda", True, "cuda:1"),
+                                                 ("cuda:1", False, "cuda:1"), ("cpu", False, "cpu")])
+def test_device_resolution_with_a_mocked_gpu(monkeypatch, given, active, want):
+    """``--device cuda`` once called ``torch.cuda.set_device(torch.device("cuda"))``, which raises (no index)."""
+    import torch
+    from fastism_torch import cli, distributed
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(torch.cuda._get_device_index(d)))
+    ctx = distributed.Context(1, 2, 1) if active else distributed.Context()
+    assert cli._resolve_device(given, ctx) == want
+    assert calls == ([int(want[-1])] if want.startswith("cuda") else [])
+
+
+def test_device_resolution_errors(monkeypatch):
+    import torch
+    from fastism_torch import cli, distributed
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(cli.UserError, match="has 1 CUDA device"):
+        cli._resolve_device("cuda:3", distributed.Context())
+    with pytest.raises(cli.UserError, match="not a device torch knows"):
+        cli._resolve_device("gpu0", distributed.Context())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(cli.UserError, match="CUDA is not available"):
+        cli._resolve_device("cuda", distributed.Context())

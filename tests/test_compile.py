@@ -20,11 +20,23 @@ def small_model():
         nn.Conv1d(16, 16, 5, padding=4, dilation=2), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 32, 3)))
 
 
-def test_compiled_cpu_matches_naive():
+def test_compiled_cpu_matches_naive_with_a_bounded_number_of_graphs():
+    """Inductor on the CPU, the static kernels GPUs use: many groups and batches of edits (edge groups with
+    narrower windows, a padded last batch), yet a few compiled graphs, none added by a second run."""
     m = small_model()
-    x = random_onehot(2, 64)
-    fast = ft.FastISM(m, 64, compile=True, batch_size=256)
-    assert_close_to_naive(fast.saturation_mutagenesis(x), ft.NaiveISM(m, 64).saturation_mutagenesis(x))
+    x = random_onehot(3, 64)
+    fast = ft.FastISM(m, 64, compile=True, batch_size=40)
+    ex = fast._engine(tuple((i, i + 1) for i in range(64)))
+    assert ex.edit.static
+    calls = []
+    real = ex.edit.module
+    ex.edit.module = lambda **feed: calls.append(feed["values"].shape[0]) or real(**feed)
+    out = fast.saturation_mutagenesis(x)
+    assert_close_to_naive(out, ft.NaiveISM(m, 64).saturation_mutagenesis(x))
+    first = fast.compiled_graphs
+    assert len(calls) >= 10 and 1 <= first <= 2, (len(calls), first)    # self-check's small batches + the run
+    assert_close_to_naive(fast.saturation_mutagenesis(x), out)
+    assert fast.compiled_graphs == first
 
 
 def test_user_batch_size_that_does_not_fit_gets_a_message(monkeypatch):
@@ -39,22 +51,35 @@ def test_user_batch_size_that_does_not_fit_gets_a_message(monkeypatch):
         fast(random_onehot(1, 64))
 
 
-def test_auto_batch_halves_on_out_of_memory(monkeypatch):
+def test_out_of_memory_halves_the_batch_and_keeps_what_is_done(monkeypatch):
     m = small_model()
     fast = ft.FastISM(m, 64)
-    from fastism_torch import execute
-    real, seen = execute.Executor.run, []
+    monkeypatch.setattr(fast, "_auto_batch", lambda plan: 48)
+    ex = fast._engine(fast.change_ranges)
+    real, calls = ex.edit.module, []
 
-    def flaky(self, ref, s_idx, r_idx, values, batch, *rest):
-        seen.append(batch)
-        if len(seen) == 1:
-            raise torch.OutOfMemoryError("simulated")
-        return real(self, ref, s_idx, r_idx, values, batch, *rest)
-    monkeypatch.setattr(execute.Executor, "run", flaky)
+    def flaky(**feed):
+        calls.append(feed["values"].shape[0])
+        if len(calls) == 3:
+            raise RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED (simulated)")   # cuDNN's way of saying OOM
+        return real(**feed)
+    ex.edit.module = flaky
     x = random_onehot(1, 64)
-    out = fast(x)
-    assert seen[1] == seen[0] // 2
-    assert_close_to_naive(out, ft.NaiveISM(m, 64)(x))
+    out = fast.saturation_mutagenesis(x)
+    assert calls[:3] == [48, 48, 48] and set(calls[3:]) == {24}
+    assert sum(calls) - calls[2] == 3 * 64          # every edit computed once: the two done batches are kept
+    assert_close_to_naive(out, ft.NaiveISM(m, 64).saturation_mutagenesis(x))
+
+
+def test_other_errors_are_not_taken_for_out_of_memory(monkeypatch):
+    fast = ft.FastISM(small_model(), 64)
+    ex = fast._engine(fast.change_ranges)
+
+    def broken(**feed):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+    ex.edit.module = broken
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        fast(random_onehot(1, 64))
 
 
 def test_bfloat16_autocast_close_to_float32():

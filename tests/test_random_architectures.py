@@ -10,6 +10,8 @@ from torch import nn
 
 from conftest import check_model, scale_weights
 
+pytestmark = pytest.mark.usefixtures("kernel_form")   # every test with the CPU eager and the static kernels
+
 ACTS = [nn.ReLU, nn.GELU, nn.ELU, nn.Softplus, nn.Tanh, nn.SiLU]
 
 

@@ -8,6 +8,8 @@ import fastism_torch as ft
 from fastism_torch import models
 from conftest import check_model
 
+pytestmark = pytest.mark.usefixtures("kernel_form")   # every test with the CPU eager and the static kernels
+
 
 @pytest.mark.parametrize("name,kw", [("basset", {"num_outputs": 4}), ("factorized_basset", {"num_outputs": 3}),
                                      ("bpnet", {"num_tasks": 2})])

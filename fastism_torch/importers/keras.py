@@ -532,8 +532,7 @@ def compare_with_keras(ism, request: tuple, keras_result, rtol: float = 1e-4) ->
     with torch.no_grad():
         t_ref = ism.predict(inputs if len(inputs) > 1 else inputs[0])
         inp = ism._inputs([torch.as_tensor(x) for x in inputs] if len(inputs) > 1 else torch.as_tensor(inputs[0]))
-        t_out = ism._run_edits(inp, ism.change_ranges, torch.as_tensor(s_idx), torch.as_tensor(r_idx),
-                               torch.as_tensor(values).to(ism.device), None)
+        t_out = ism.edit_outputs(inp, s_idx, r_idx, torch.as_tensor(values))
     t_ref = t_ref if isinstance(t_ref, tuple) else (t_ref,)
     if len(k_ref) != len(t_ref):
         raise ValueError(f"the converted model has {len(t_ref)} outputs, Keras {len(k_ref)}")

@@ -1,4 +1,8 @@
-"""Kernels of the fast path: gather-and-slice-assign and incremental linear updates (plain torch, any device);
-:mod:`.ops` registers them as ``torch.ops.fastism.*`` custom ops for ``torch.compile``."""
-from .gather import (assign_shifted, gather_window, inc_linear, inc_mean, narrow_window,  # noqa: F401
-                     to_cache)
+"""Kernels of the fast path: gather-and-slice-assign and incremental linear updates (plain torch, any device).
+
+Two forms of each: the CPU eager forms group edits by value (:func:`gather_window`, :func:`inc_linear`;
+:mod:`.ops` registers them as ``torch.ops.fastism.*``), the static forms (:func:`gather_window_static`,
+:func:`inc_linear_static`) never read tensor values on the host, for GPUs, ``torch.compile`` and CUDA graphs.
+"""
+from .gather import (assign_shifted, gather_window, gather_window_static, inc_linear,  # noqa: F401
+                     inc_linear_static, inc_mean, narrow_window, to_cache)

@@ -84,3 +84,52 @@ def inc_linear(new: torch.Tensor, ref_window: torch.Tensor, ref_out: torch.Tenso
         ws = w.narrow(laxis, s, width).reshape(weight.shape[0], -1)        # laxis counted without batch
         out.index_add_(0, sel, delta.index_select(0, sel) @ ws.t())
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Static-shape, sync-free forms (CUDA, torch.compile, CUDA graphs).
+#
+# The kernels above group edits by value on the host side of the tensor (``torch.unique(...).tolist()``,
+# ``nonzero``): cheap on the CPU, a device-to-host synchronisation per call on a GPU, and not capturable in a
+# CUDA graph.  The forms below express the same results as fixed-shape tensor programs whose every launch
+# depends only on shapes, never on values: one masked select per gather (one fused kernel under inductor) and
+# one matrix product per incremental dense layer.  They are plain torch functions, so ``torch.compile`` traces
+# and fuses them.
+
+def gather_window_static(cache: torch.Tensor, new: torch.Tensor | None, seq_idx: torch.Tensor,
+                         start: torch.Tensor, shift: torch.Tensor | None, width: int, laxis: int,
+                         feat_shape: tuple, new_laxis: int) -> torch.Tensor:
+    """:func:`gather_window` without host synchronisation: the recomputed window is placed by a masked
+    select (``out[b, :, p] = new[b, :, p - shift[b]]`` where that index is inside ``new``)."""
+    p = torch.arange(width, device=cache.device)
+    f = torch.arange(cache.shape[1], device=cache.device)
+    out = cache[seq_idx[:, None, None], f[:, None], (start[:, None] + p)[:, None, :]]      # (B, F, width)
+    if new is not None:
+        nv = new.movedim(new_laxis, -1)
+        nv = nv.reshape(nv.shape[0], -1, nv.shape[-1])                      # (B, F, Win)
+        win = nv.shape[-1]
+        j = p - shift[:, None]                                              # (B, width): index into new
+        valid = ((j >= 0) & (j < win))[:, None, :]
+        src = nv.gather(2, j.clamp(0, win - 1)[:, None, :].expand(-1, nv.shape[1], -1))
+        out = torch.where(valid, src, out)
+    out = out.view(out.shape[0], *feat_shape, width)
+    return out.movedim(-1, laxis)
+
+
+def inc_linear_static(new: torch.Tensor, ref_window: torch.Tensor, ref_out: torch.Tensor, weight: torch.Tensor,
+                      starts: torch.Tensor, in_shape: tuple, laxis: int, span: int) -> torch.Tensor:
+    """:func:`inc_linear` without host synchronisation, for edits whose window starts lie within ``span``
+    positions of each other (the executor's group): the changes are placed in one ``span``-wide frame and
+    multiplied by the matching ``span`` columns of the weight, ``y_ref + W[:, base:base+span] @ frame``."""
+    width = new.shape[laxis]
+    B, n_out = new.shape[0], weight.shape[0]
+    delta = (new - ref_window).movedim(laxis, -1)
+    delta = delta.reshape(B, -1, width)                                     # (B, F, width)
+    w = weight.view(n_out, *in_shape).movedim(laxis, -1)                    # laxis counted without batch
+    length = w.shape[-1]
+    w = w.reshape(n_out, -1, length)                                        # (out, F, L)
+    base = starts.min().clamp(max=length - span)
+    offset = (starts - base)[:, None, None] + torch.arange(width, device=new.device)
+    frame = delta.new_zeros(B, delta.shape[1], span).scatter_(2, offset.expand(-1, delta.shape[1], -1), delta)
+    cols = w.index_select(2, base + torch.arange(span, device=new.device))   # (out, F, span)
+    return ref_out + frame.flatten(1) @ cols.flatten(1).t()

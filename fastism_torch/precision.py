@@ -1,0 +1,32 @@
+"""The float32 precision policy of the engines (TF32).
+
+On NVIDIA GPUs since Ampere, PyTorch runs float32 cuDNN convolutions in TF32 by default (10-bit mantissa:
+about 1e-3 relative error per op).  ISM effects are differences between two predictions, and the fast and the
+naive paths run convolutions of different shapes (so different TF32 roundings): exact ISM needs IEEE float32.
+The engines therefore run their own work with TF32 *off* unless asked (``tf32=True``), and restore the
+caller's settings afterwards.  With ``tf32=True`` the self-check compares at :data:`TF32_RTOL`.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+TF32_RTOL = 5e-3     # self-check tolerance (relative to output scale) with TF32 convolutions and matmuls
+
+
+def _targets():
+    return [torch.backends.cudnn.conv, torch.backends.cuda.matmul]
+
+
+@contextmanager
+def float32_precision(tf32: bool):
+    """cuDNN convolutions and matrix products in TF32 (``tf32=True``) or IEEE float32 inside the block."""
+    old = [t.fp32_precision for t in _targets()]
+    for t in _targets():
+        t.fp32_precision = "tf32" if tf32 else "ieee"
+    try:
+        yield
+    finally:
+        for t, o in zip(_targets(), old):
+            t.fp32_precision = o

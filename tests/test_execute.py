@@ -1,0 +1,170 @@
+"""The executor's hot path, without a GPU: the static (GPU) kernels never read tensor values on the host and
+never mix devices, the CPU eager kernels do (so the check can fail), and results land where they are wanted.
+
+The check runs the executor and the edit graph on the ``meta`` device (no data: any host read of a value
+raises) under a dispatch mode that rejects every op with a tensor on another device than the engine's and
+every op that synchronises a GPU with its host (``.item()``, ``nonzero``, ``unique``, boolean masks).
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+import fastism_torch as ft
+from fastism_torch.execute import Edits, Executor, Reference
+from conftest import random_onehot, scale_weights
+
+aten = torch.ops.aten
+HOST_SYNC = {aten._local_scalar_dense.default, aten.nonzero.default, aten._unique2.default,
+             aten.unique_dim.default, aten.unique_consecutive.default, aten.masked_select.default,
+             aten.is_nonzero.default}
+TRANSFERS = {aten._to_copy.default, aten.copy_.default, aten.lift_fresh.default}
+
+
+class DeviceAndSyncGuard(TorchDispatchMode):
+    """Raise on host synchronisation and on any op that mixes ``device`` with another device (copies onto it
+    allowed; host-only ops, e.g. preparing index arrays, are the host's business)."""
+
+    def __init__(self, device):
+        super().__init__()
+        self.device = torch.device(device)
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        self.ops += 1
+        if func in HOST_SYNC:
+            raise AssertionError(f"{func} reads tensor values on the host (a GPU synchronisation)")
+        devices = {t.device for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor) and t.dim() > 0}
+        if func not in TRANSFERS and self.device in devices and len(devices) > 1:
+            raise AssertionError(f"{func} mixes devices {sorted(map(str, devices))}; the engine runs on {self.device}")
+        return func(*args, **kwargs)
+
+
+class GlobalMeanHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv1d(4, 8, 5, padding=2), nn.ReLU(), nn.Conv1d(8, 8, 3, dilation=2, padding=2))
+        self.out = nn.Linear(8, 2)
+
+    def forward(self, x, extra):
+        return self.out(self.body(x).mean(-1)) * extra
+
+
+def models():
+    basset_like = nn.Sequential(nn.Conv1d(4, 16, 7, padding=3), nn.BatchNorm1d(16), nn.ReLU(), nn.MaxPool1d(2),
+                                nn.Conv1d(16, 16, 5, padding=4, dilation=2), nn.ReLU(), nn.Flatten(),
+                                nn.Linear(16 * 32, 3))                  # gathers + incremental dense
+    profile = nn.Sequential(nn.Conv1d(4, 8, 9, padding=4), nn.ReLU(), nn.Conv1d(8, 2, 5, padding=2))   # full output
+    return {"basset_like": (scale_weights(basset_like), 64, False),
+            "profile": (scale_weights(profile), 64, False),
+            "global_mean_extra_input": (scale_weights(GlobalMeanHead()), 64, True)}
+
+
+def _to_meta(x):
+    return x.to("meta") if isinstance(x, torch.Tensor) else x
+
+
+def run_on_meta(fast: ft.FastISM, args, static: bool):
+    """Saturation-style edits of ``args`` through a copy of ``fast``'s executor and edit graph on ``meta``."""
+    fast.static_kernels = static
+    fast._engines.clear()
+    ex = fast._engine(fast.change_ranges)
+    ref = ex.reference(args)
+    meta_ref = Reference(None, {k: _to_meta(v) for k, v in ref.caches.items()},
+                         {k: _to_meta(v) for k, v in ref.refs.items()},
+                         {k: _to_meta(v) for k, v in ref.statics.items()})
+    edit = copy.copy(ex.edit)
+    edit.module = copy.deepcopy(ex.edit.module).to("meta")
+    meta_ex = Executor(ex.gm, ex.plan, edit, torch.device("meta"), ex.seq_laxis)
+    n, L = args[0].shape[0], fast.seq_len
+    s_idx, p_idx, b_idx = (a.ravel() for a in np.meshgrid(np.arange(n), np.arange(L), np.arange(3), indexing="ij"))
+    values = torch.eye(4, device="meta")[torch.from_numpy(b_idx).to("meta")][:, None, :]
+    edits = Edits(s_idx, p_idx, values, np.arange(len(s_idx)))
+    sinks = [torch.empty((len(s_idx), *o.shape[1:]), device="meta") for o in ft.execute.as_output_list(ref.outputs)]
+    guard = DeviceAndSyncGuard("meta")
+    with guard:
+        meta_ex.run(meta_ref, edits, 40, sinks)
+    assert guard.ops > 0
+    return sinks
+
+
+@pytest.mark.parametrize("name", list(models()))
+def test_static_kernels_launch_device_work_only(name):
+    model, L, extra = models()[name]
+    fast = ft.FastISM(model, L, test_correctness=False)
+    x = random_onehot(2, L)
+    args = [x, torch.rand(2, 2) + 0.5] if extra else [x]
+    inp = fast._inputs(args if extra else x)
+    run_on_meta(fast, inp.args, static=True)
+
+
+@pytest.mark.parametrize("form", ["eager", "static"])
+def test_the_guard_tells_the_kernel_forms_apart(form):
+    """The CPU eager kernels group edits with ``unique``/``tolist`` on the host: the guard must catch that, and
+    pass the static forms of the same two kernels."""
+    from fastism_torch import kernels
+    m = lambda *shape: torch.zeros(*shape, device="meta")                       # noqa: E731
+    idx = lambda *v: torch.tensor(v, device="meta")                             # noqa: E731
+    gather = kernels.gather_window if form == "eager" else kernels.gather_window_static
+    linear = (lambda *a: kernels.inc_linear(*a)) if form == "eager" else \
+        (lambda *a: kernels.inc_linear_static(*a, 6))
+    with DeviceAndSyncGuard("meta"):
+        try:
+            gather(m(2, 3, 20), m(2, 3, 4), idx(0, 1), idx(2, 5), idx(1, 0), 8, 2, (3,), 2)
+            linear(m(2, 3, 4), m(2, 3, 4), m(2, 5), m(5, 3 * 10), idx(1, 3), (3, 10), 2)
+        except (AssertionError, NotImplementedError, RuntimeError):
+            assert form == "eager"
+        else:
+            assert form == "static"
+
+
+def test_naive_ism_keeps_indices_on_the_engine_device():
+    """NaiveISM's batch loop on ``meta`` (the self-check's oracle; it once indexed CUDA data with CPU indices)."""
+    model, L, _ = models()["basset_like"]
+    naive = ft.NaiveISM(model, L, device="meta")
+    x = random_onehot(2, L).to("meta")
+    inp = ft.ism.Inputs(x, [x], False, torch.device("meta"))
+    s_idx, r_idx = np.repeat([0, 1], 5), np.tile([0, 1, 30, 62, 63], 2)
+    values = torch.zeros(10, 1, 4, device="meta")
+    sinks = [torch.empty(10, 3, device="meta")]
+    with DeviceAndSyncGuard("meta"):
+        naive._run_edits(inp, naive.change_ranges, Edits(s_idx, r_idx, values, np.arange(10)), sinks, None)
+
+
+def test_results_stay_on_the_input_device_and_type():
+    model, L, _ = models()["profile"]
+    fast = ft.FastISM(model, L)
+    x = random_onehot(2, L)
+    t = fast.saturation_mutagenesis(x)
+    a = fast.saturation_mutagenesis(x.numpy())
+    assert isinstance(t, torch.Tensor) and t.device.type == "cpu" and isinstance(a, np.ndarray)
+    np.testing.assert_array_equal(t.numpy(), a)
+
+
+def test_static_batches_are_padded_to_one_size_per_group():
+    """With static kernels every batch of a group has one size (the last padded), so compiled graphs and CUDA
+    graphs are reused; the padding never reaches the results."""
+    model, L, _ = models()["basset_like"]
+    fast = ft.FastISM(model, L)
+    fast.static_kernels = True
+    fast._engines.clear()
+    ex = fast._engine(fast.change_ranges)
+    real, sizes = ex.edit.module, []
+
+    def spy(**feed):
+        sizes.append(feed["values"].shape[0])
+        return real(**feed)
+    ex.edit.module = spy
+    fast.batch_size = 50
+    x = random_onehot(3, L)
+    out = fast.saturation_mutagenesis(x)
+    assert len(set(sizes[:-1])) == 1 and sizes[-1] <= sizes[0]      # one size except possibly the last group
+    ref = ft.NaiveISM(model, L).saturation_mutagenesis(x)
+    assert float((out - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
