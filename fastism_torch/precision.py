@@ -13,6 +13,15 @@ from contextlib import contextmanager
 import torch
 
 TF32_RTOL = 5e-3     # self-check tolerance (relative to output scale) with TF32 convolutions and matmuls
+#: float32 self-check tolerance (relative to output scale) per device type.  On GPUs cuDNN picks other
+#: algorithms for the fast path's narrow windows than for full-length passes (their summation orders differ):
+#: measured 1.1e-5 on Factorized Basset's 30 layers on an H100, IEEE float32 throughout.
+FLOAT32_RTOL = {"cpu": 1e-5}
+GPU_FLOAT32_RTOL = 5e-5
+
+
+def float32_rtol(device) -> float:
+    return FLOAT32_RTOL.get(torch.device(device).type, GPU_FLOAT32_RTOL)
 
 
 def _targets():
