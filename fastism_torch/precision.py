@@ -24,18 +24,20 @@ def float32_rtol(device) -> float:
     return FLOAT32_RTOL.get(torch.device(device).type, GPU_FLOAT32_RTOL)
 
 
-def _targets():
-    return [torch.backends.cudnn.conv, torch.backends.cuda.matmul]
-
-
 @contextmanager
 def float32_precision(tf32: bool):
-    """cuDNN convolutions and matrix products in TF32 (``tf32=True``) or IEEE float32 inside the block."""
-    old = [t.fp32_precision for t in _targets()]
-    for t in _targets():
-        t.fp32_precision = "tf32" if tf32 else "ieee"
+    """cuDNN convolutions and matrix products in TF32 (``tf32=True``) or IEEE float32 inside the block.
+
+    Set and restored through PyTorch's legacy switches (``cudnn.allow_tf32``, the float32 matmul precision):
+    mixing them with the per-op ``fp32_precision`` API makes the legacy getter, which torch.export and other
+    code read, raise.
+    """
+    old_cudnn = torch.backends.cudnn.allow_tf32
+    old_matmul = torch.get_float32_matmul_precision()
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
     try:
         yield
     finally:
-        for t, o in zip(_targets(), old):
-            t.fp32_precision = o
+        torch.backends.cudnn.allow_tf32 = old_cudnn
+        torch.set_float32_matmul_precision(old_matmul)

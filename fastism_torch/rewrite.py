@@ -136,7 +136,7 @@ def build_edit_module(gm: fx.GraphModule, infos: dict, plan: Plan, seq_node: fx.
                 env[node] = g.node_copy(node, lambda n: sub[n])
     g.lint()
     module = fx.GraphModule(b.root, g, class_name="FastISMEditGraph")
-    inputs = tuple(n.name for n in g.nodes if n.op == "placeholder")
+    inputs = tuple(n.target for n in g.nodes if n.op == "placeholder")   # the call's keyword names
     return EditModule(split_segments(module), static_inputs, ref_nodes, start_nodes, static, inputs)
 
 

@@ -168,3 +168,22 @@ def test_static_batches_are_padded_to_one_size_per_group():
     assert len(set(sizes[:-1])) == 1 and sizes[-1] <= sizes[0]      # one size except possibly the last group
     ref = ft.NaiveISM(model, L).saturation_mutagenesis(x)
     assert float((out - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
+
+
+@pytest.mark.parametrize("tf32", [False, True])
+def test_precision_policy_sets_and_restores_the_switches(tf32):
+    """Inside: the engine's TF32 choice, readable through the legacy getters (torch.export reads them);
+    after: the caller's settings, whatever they were."""
+    from fastism_torch.precision import float32_precision
+    before = (torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision())
+    torch.backends.cudnn.allow_tf32 = not tf32
+    torch.set_float32_matmul_precision("medium")
+    try:
+        with float32_precision(tf32):
+            assert torch.backends.cudnn.allow_tf32 == tf32
+            assert torch.backends.cuda.matmul.allow_tf32 == tf32
+        assert torch.backends.cudnn.allow_tf32 == (not tf32)
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.backends.cudnn.allow_tf32 = before[0]
+        torch.set_float32_matmul_precision(before[1])

@@ -94,16 +94,16 @@ def test_tf32_policy():
     m = CASES["basset"](L)
     x = random_onehot(2, L)
     want = ft.NaiveISM(m, L).saturation_mutagenesis(x)
-    before = torch.backends.cudnn.conv.fp32_precision
-    torch.backends.cudnn.conv.fp32_precision = "tf32"
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = True
     try:
         got = ft.FastISM(m, L, device="cuda").saturation_mutagenesis(x.cuda()).cpu()
-        assert torch.backends.cudnn.conv.fp32_precision == "tf32"       # the caller's setting, restored
+        assert torch.backends.cudnn.allow_tf32                            # the caller's setting, restored
         assert_close_to_naive(got, want)
         loose = ft.FastISM(m, L, device="cuda", tf32=True).saturation_mutagenesis(x.cuda()).cpu()
         assert_close_to_naive(loose, want, rtol=5e-3)
     finally:
-        torch.backends.cudnn.conv.fp32_precision = before
+        torch.backends.cudnn.allow_tf32 = before
 
 
 def test_bfloat16_on_cuda_close_to_float32(cpu_naive):
