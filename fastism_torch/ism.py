@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .execute import Edits, as_output_list, check_output_shape, to_device
-from .precision import TF32_RTOL, float32_precision, float32_rtol
+from .precision import TF32_RTOL, cudnn_benchmark, float32_precision, float32_rtol
 from .validate import (as_tensor, check_change_ranges, check_layout, check_replace_with,
                        check_seqs)
 
@@ -78,6 +78,9 @@ class ISMBase:
     """Shared front end; see :class:`FastISM` for the parameters."""
 
     default_batch_size = 128
+    #: cuDNN autotuning in the engine's calls: worth it for one batch shape (naive ISM); the fast path runs many
+    #: window shapes, each autotuned anew (measured 28x slower on an H100 with it on)
+    cudnn_benchmark = True
 
     def __init__(self, model: nn.Module, seq_len: int, num_chars: int = 4, layout: str = "NCL",
                  seq_input_idx: int = 0, change_ranges=None, device=None, batch_size: int | None = None,
@@ -267,6 +270,7 @@ class ISMBase:
         stack = ExitStack()
         stack.enter_context(self._autocast())
         stack.enter_context(float32_precision(self.tf32))
+        stack.enter_context(cudnn_benchmark(self.cudnn_benchmark))
         return stack
 
     def _forward(self, args) -> list[torch.Tensor]:
@@ -361,6 +365,7 @@ class FastISM(ISMBase):
     #: kernel form of the edit graph: None = static (sync-free, fixed-shape) on GPUs and with ``compile``, the
     #: CPU eager form otherwise; True/False force one (the tests run both forms on the CPU)
     static_kernels: bool | None = None
+    cudnn_benchmark = False
 
     def __init__(self, model: nn.Module, seq_len: int, num_chars: int = 4, layout: str = "NCL",
                  seq_input_idx: int = 0, change_ranges=None, early_stop_layers=None, test_correctness=True,

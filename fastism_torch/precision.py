@@ -25,6 +25,17 @@ def float32_rtol(device) -> float:
 
 
 @contextmanager
+def cudnn_benchmark(on: bool):
+    """``torch.backends.cudnn.benchmark`` inside the block (restored after)."""
+    old = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = on
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = old
+
+
+@contextmanager
 def float32_precision(tf32: bool):
     """cuDNN convolutions and matrix products in TF32 (``tf32=True``) or IEEE float32 inside the block.
 
