@@ -49,9 +49,6 @@ def parse_args(argv=None):
     p.add_argument("--max-output-gib", type=float, default=2.0,
                    help="fewer sequences for models whose saturation output would be larger")
     p.add_argument("--bpnet-head", default="conv", choices=["conv", "conv_transpose"])
-    p.add_argument("--no-cudnn-benchmark", action="store_true",
-                   help="leave torch.backends.cudnn.benchmark off (default: on for every method, so each runs "
-                        "with cuDNN's fastest algorithm for its shapes)")
     p.add_argument("--tf32", action="store_true",
                    help="every method with TF32 convolutions and matmuls (default: IEEE float32, FastISM's own "
                         "default, for all methods alike)")
@@ -178,26 +175,30 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    torch.backends.cudnn.benchmark = not args.no_cudnn_benchmark
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda but CUDA is not available; use --device cpu for a smoke run")
     print(f"{common.machine(device)}; torch {torch.__version__}", flush=True)
     rows = []
     for name in args.models.split(","):
         for L in (int(x) for x in args.lengths.split(",")):
-            rows += bench(name, L, args, device)
-    tf32 = (f"TF32 {'on' if args.tf32 else 'off'} and cudnn.benchmark {'off' if args.no_cudnn_benchmark else 'on'} "
-            "for every method; " if device.type == "cuda" else "")
+            part = bench(name, L, args, device)      # one section per model and length: a cut run keeps the rest
+            rows += part
+            _report(part, args, device)
+    return rows
+
+
+def _report(rows, args, device):
+    tf32 = (f"TF32 {'on' if args.tf32 else 'off'} for every method; cuDNN autotuning as each engine sets it: on "
+            "for NaiveISM, off for FastISM, torch's default (off) for tangermeme; " if device.type == "cuda" else "")
     body = ("Full saturation mutagenesis (3 alternative bases × L positions), float32 (" + tf32 +
             "torch defaults otherwise). Seconds per 1000 sequences in steady state; set-up once per object (FastISM, "
             "compiled naive) or per call (tangermeme); × best naive = against the fastest naive row of the same "
             "model and length.\n\n" + table(rows))
-    print(body)
+    print(body, flush=True)
     if args.out:
-        common.append_results(args.out, f"{'GPU' if device.type == 'cuda' else 'bench_gpu on CPU (smoke run)'}",
-                              device, body)
-        print(f"appended to {args.out}")
-    return rows
+        title = f"{'GPU' if device.type == 'cuda' else 'bench_gpu on CPU (smoke run)'}, {rows[0]['model']} L={rows[0]['L']}"
+        common.append_results(args.out, title, device, body)
+        print(f"appended to {args.out}", flush=True)
 
 
 def exit_status(rows) -> int:
