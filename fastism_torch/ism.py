@@ -54,6 +54,13 @@ def _compiled(module, mode):
     return call
 
 
+def _indexed(device: torch.device) -> torch.device:
+    """``cuda`` -> ``cuda:<current>``, so the engine's device compares equal to its tensors' devices."""
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def _model_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
@@ -98,7 +105,7 @@ class ISMBase:
         self.layout = check_layout(layout)
         self.seq_input_idx = int(seq_input_idx)
         self.change_ranges = check_change_ranges(change_ranges, self.seq_len)
-        self.device = torch.device(device) if device is not None else _model_device(model)
+        self.device = _indexed(torch.device(device) if device is not None else _model_device(model))
         self.batch_size = None if batch_size is None else int(batch_size)
         self.dtype = dtype
         self.verbose = verbose

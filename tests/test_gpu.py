@@ -123,3 +123,16 @@ def test_cli_single_gpu(tmp_path):
     with h5py.File(tmp_path / "gpu.h5") as g, h5py.File(tmp_path / "cpu.h5") as c:
         a, b = g["ism"][:], c["ism"][:]
     assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max()
+
+
+def test_results_written_in_place_on_the_gpu(monkeypatch):
+    """A CUDA input's results are the tensors the edits were written into (no copy through the host)."""
+    m = CASES["basset"](200)
+    fast = ft.FastISM(m, 200, device="cuda")
+    assert fast.device == torch.device("cuda", torch.cuda.current_device())
+    copies = []
+    real = torch.Tensor.cpu
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda t, *a, **k: copies.append(t.numel()) or real(t, *a, **k))
+    out = fast.saturation_mutagenesis(random_onehot(2, 200).cuda())
+    assert out.device.type == "cuda"
+    assert max(copies, default=0) <= 2 * 200 * 4        # only the sequences, to pick the edits
