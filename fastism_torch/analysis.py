@@ -18,7 +18,7 @@ from torch import fx, nn
 import torch.nn.functional as F
 
 from .rules import Decision, RuleContext, describe, lookup, stop
-from .rules.registry import Read
+from .rules.registry import ISMUndefinedError, Read
 
 
 class UnsupportedOpWarning(UserWarning):
@@ -109,6 +109,8 @@ def _classify(node, gm, infos, early, strict) -> NodeInfo:
     else:
         try:
             dec = rule(RuleContext(node, gm, infos))
+        except ISMUndefinedError:
+            raise
         except Exception as e:  # a rule that cannot read its op's settings must not give a wrong answer
             dec = stop(f"rule failed ({type(e).__name__}: {e})")
     if dec.kind == "stop":

@@ -1,38 +1,258 @@
-"""Graph capture: ``torch.fx.symbolic_trace`` plus shape propagation.
+"""Graph capture: a shape-aware ``torch.fx`` trace, functionalised, plus shape propagation.
 
-We use fx symbolic tracing rather than ``torch.export``: it keeps module calls (``call_module`` nodes with
-their qualified names, which is what ``early_stop_layers`` and the per-op rules key on), needs no example
-input to trace, and works on onnx2torch's GraphModules once the importer has folded their shape buffers.
-Shapes come from :class:`torch.fx.passes.shape_prop.ShapeProp` on one example batch and are stored in
-``node.meta["tensor_meta"]``.  Models whose Python control flow depends on tensor values cannot be traced:
+We use fx tracing rather than ``torch.export``: it keeps module calls (``call_module`` nodes with their
+qualified names, which is what ``early_stop_layers`` and the per-op rules key on) and works on onnx2torch's
+GraphModules once the importer has folded their shape buffers.
+
+The sequence length is fixed when an engine is built, so the trace knows every shape: each op also runs on
+``meta`` tensors (no data, no cost), and ``x.shape`` / ``x.size()`` answer with plain integers, so shape
+arithmetic (``x[:, :, trim:x.shape[2] - trim]``), shape-dependent Python (``if x.shape[1] != 4``,
+``x.view(-1, *s[1:])``) and einops patterns trace as the ordinary code they are.  Only the batch axis stays
+symbolic (a ``size`` node), so ``reshape(B, ...)`` follows the number of edits in a batch.  It is recognised
+by tracing with an unusual batch size (:data:`BATCH_MARK`).  A forward argument the caller does not give takes
+its default.  If the shape-aware trace fails, plain ``fx.symbolic_trace`` is tried.
+
+The graph is then made *functional*: in-place ops (``ReLU(inplace=True)``, ``x += y``, ``x.relu_()``) become
+their out-of-place forms and later readers of the mutated tensor read the new value.  The engine caches
+reference outputs and slices of them; an in-place op must never write into one.
+
+Shapes for the real example batch come from :class:`torch.fx.passes.shape_prop.ShapeProp` and are stored in
+``node.meta["tensor_meta"]``.  Models whose Python control flow depends on tensor *values* cannot be traced:
 the error says so and names the model.
 """
 from __future__ import annotations
 
 import inspect
+import operator
+import warnings
 
 import torch
 from torch import fx, nn
+from torch.fx.experimental.meta_tracer import MetaProxy, MetaTracer
 from torch.fx.passes.shape_prop import ShapeProp
+
+BATCH_MARK = 97          # batch size of the meta trace: a size that marks the batch axis
 
 
 def capture(model: nn.Module, example_args: list) -> fx.GraphModule:
-    """Trace ``model`` (``None`` inputs become concrete) and record every node's shape for ``example_args``."""
-    concrete = {}
-    if any(a is None for a in example_args):
-        names = list(inspect.signature(model.forward).parameters)
-        concrete = {names[i]: None for i, a in enumerate(example_args) if a is None}
-    try:
-        gm = model if isinstance(model, fx.GraphModule) and not concrete else fx.symbolic_trace(
-            model, concrete_args=concrete or None)
-    except Exception as e:
-        raise ValueError(
-            f"could not capture {type(model).__name__} with torch.fx symbolic tracing ({type(e).__name__}: {e}). "
-            "Models with data-dependent Python control flow are not supported; wrap such parts in a leaf "
-            "module (they then become stop points).") from e
+    """Trace ``model`` for inputs like ``example_args`` (``None`` and omitted defaulted arguments become
+    concrete), make it functional, and record every node's shape for ``example_args``."""
+    concrete = _concrete_args(model, example_args)
+    if isinstance(model, fx.GraphModule) and not concrete:
+        gm = model
+    else:
+        gm = _trace(model, example_args, concrete)
+    functionalize(gm)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    if len(placeholders) != len(example_args):     # None inputs keep a placeholder (asserted to be None)
-        raise ValueError(f"the traced model takes {len(placeholders)} input(s) but {len(example_args)} were given")
+    given = [a for a in example_args if a is not None] if len(placeholders) < len(example_args) else example_args
+    if len(placeholders) < len(given):
+        raise ValueError(f"the traced model takes {len(placeholders)} input(s) but {len(given)} were given")
     with torch.no_grad():
-        ShapeProp(gm).propagate(*example_args)
+        ShapeProp(gm).propagate(*given)
     return gm
+
+
+def _concrete_args(model: nn.Module, example_args: list) -> dict:
+    """Arguments fixed at trace time: ``None`` inputs, and every parameter the caller leaves to its default."""
+    if isinstance(model, fx.GraphModule):
+        names = [n.target for n in model.graph.nodes if n.op == "placeholder"]
+        return {names[i]: None for i, a in enumerate(example_args) if a is None and i < len(names)}
+    params = [p for p in inspect.signature(model.forward).parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    concrete = {}
+    for i, p in enumerate(params):
+        if i < len(example_args):
+            if example_args[i] is None:
+                concrete[p.name] = None
+        elif p.default is not p.empty:
+            concrete[p.name] = p.default
+        else:
+            raise ValueError(f"{type(model).__name__}.forward needs argument {p.name!r}, which was not given "
+                             f"({len(example_args)} input(s) given); pass all the model's inputs as a list")
+    return concrete
+
+
+def _trace(model: nn.Module, example_args: list, concrete: dict) -> fx.GraphModule:
+    try:
+        return _shape_aware_trace(model, example_args, concrete)
+    except Exception as shaped:                                   # noqa: BLE001 - fall back to the plain trace
+        try:
+            return fx.symbolic_trace(model, concrete_args=concrete or None)
+        except Exception as e:
+            raise ValueError(
+                f"could not capture {type(model).__name__} with torch.fx ({type(shaped).__name__}: {shaped}; "
+                f"without shapes: {type(e).__name__}: {e}). Models whose Python control flow depends on tensor "
+                "values are not supported; wrap such parts in a leaf module (they then become stop points).") from e
+
+
+# ------------------------------------------------------------------------------------------ shape-aware trace
+class _ShapeProxy(MetaProxy):
+    """A proxy that knows its meta value: sizes are integers, except the batch axis (a traced ``size``)."""
+
+    def _meta(self):
+        m = getattr(self, "_tensor_meta", None)
+        return m if isinstance(m, torch.Tensor) else None
+
+    def size(self, dim=None):
+        m = self._meta()
+        if m is None:
+            return super().size(dim)
+        if dim is None:
+            return tuple(self._size(d) for d in range(m.dim()))
+        return self._size(dim)
+
+    def _size(self, d: int):
+        n = self._meta().shape[d]
+        if n == BATCH_MARK:
+            return self.tracer.create_proxy("call_method", "size", (self, d), {})
+        return n
+
+    @property
+    def shape(self):
+        return self.size()
+
+    @property
+    def ndim(self):
+        m = self._meta()
+        return m.dim() if m is not None else self.dim()
+
+    def __len__(self):
+        n = self.size(0) if self._meta() is not None else None
+        if isinstance(n, int):
+            return n
+        raise TypeError("len() of a tensor whose first axis is the batch is not known at trace time")
+
+
+class _ShapeTracer(MetaTracer):
+    # MetaTracer swaps torch.arange & co. for wrappers while it traces; torch.compile's table of torch functions,
+    # if first built then, no longer knows the real ones (graph breaks at every torch.arange). Constructors
+    # with only constant arguments become constants; with a traced argument they are traced anyway.
+    _TORCH_METHODS_TO_PATCH: list = []
+
+    def proxy(self, node):
+        return _ShapeProxy(node, self)
+
+
+def _shape_aware_trace(model: nn.Module, example_args: list, concrete: dict) -> fx.GraphModule:
+    names = [p for p in inspect.signature(model.forward).parameters]
+    meta_args = {names[i]: torch.empty((BATCH_MARK, *a.shape[1:]), dtype=a.dtype, device="meta")
+                 for i, a in enumerate(example_args) if isinstance(a, torch.Tensor)}
+    tracer = _ShapeTracer()
+    with warnings.catch_warnings(), _einops_on_proxies():
+        warnings.simplefilter("ignore")
+        graph = tracer.trace(model, meta_args, concrete_args=concrete or None)
+    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    for node in gm.graph.nodes:                      # constants made on 'meta' while tracing must not stay there
+        if node.kwargs.get("device") == torch.device("meta") or node.kwargs.get("device") == "meta":
+            raise ValueError(f"{node.name}: a tensor made on the trace's meta device")
+    return gm
+
+
+class _einops_on_proxies:
+    """Let einops (if installed) treat fx proxies as torch tensors while tracing."""
+
+    def __enter__(self):
+        self.backend = None
+        try:
+            from einops import _backends
+        except ImportError:
+            return self
+        torch_backend = next((b for b in _backends.AbstractBackend.__subclasses__()
+                              if getattr(b, "framework_name", None) == "torch"), None)
+        if torch_backend is None:
+            return self
+
+        class FxProxyBackend(torch_backend):
+            def __init__(self):
+                super().__init__()
+
+            def is_appropriate_type(self, tensor):
+                return isinstance(tensor, fx.Proxy)
+
+            def shape(self, x):
+                return tuple(x.shape)
+
+        self.backend = FxProxyBackend()
+        self.registry = _backends._loaded_backends
+        self.registry["fastism_fx_proxy"] = self.backend
+        self._type2backend = getattr(_backends, "_type2backend", None)
+        return self
+
+    def __exit__(self, *exc):
+        if self.backend is not None:
+            self.registry.pop("fastism_fx_proxy", None)
+            if isinstance(self._type2backend, dict):
+                for k in [k for k, v in self._type2backend.items() if v is self.backend]:
+                    self._type2backend.pop(k)
+        return False
+
+
+# ------------------------------------------------------------------------------------------ functionalisation
+_INPLACE_OPERATORS = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
+                      operator.itruediv: operator.truediv, operator.ifloordiv: operator.floordiv,
+                      operator.ipow: operator.pow, operator.iand: operator.and_, operator.ior: operator.or_}
+
+
+def _out_of_place(node: fx.Node, gm: fx.GraphModule, made: set) -> bool:
+    """Rewrite ``node`` to its out-of-place form if it mutates its first input; True if it did (``made``: the
+    modules already switched to out-of-place, which a module called at several places needs)."""
+    if node.op == "call_module":
+        mod = gm.get_submodule(node.target)
+        if getattr(mod, "inplace", False) is True:
+            mod.inplace = False                        # our private copy of the model
+            made.add(mod)
+        return mod in made
+    if node.op == "call_function":
+        if node.target in _INPLACE_OPERATORS:
+            if not isinstance(node.args[0], fx.Node):
+                return False
+            node.target = _INPLACE_OPERATORS[node.target]
+            return True
+        if node.kwargs.get("inplace") is True:
+            node.kwargs = {**node.kwargs, "inplace": False}
+            return True
+        name = getattr(node.target, "__name__", "")
+        if name.endswith("_") and not name.endswith("__"):
+            for mod in (torch, torch.nn.functional):
+                if getattr(mod, name, None) is node.target and hasattr(mod, name[:-1]):
+                    node.target = getattr(mod, name[:-1])
+                    return True
+        if getattr(node.target, "__module__", "") == "torch.nn.functional" and len(node.args) > 1 \
+                and "inplace" in _params(node.target) and node.args[_params(node.target).index("inplace")] is True:
+            args = list(node.args)
+            args[_params(node.target).index("inplace")] = False
+            node.args = tuple(args)
+            return True
+        return False
+    if node.op == "call_method":
+        t = node.target
+        if t.endswith("_") and not t.startswith("_") and hasattr(torch.Tensor, t[:-1]):
+            node.target = t[:-1]
+            return True
+    return False
+
+
+def _params(fn) -> list:
+    try:
+        return list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return []
+
+
+def functionalize(gm: fx.GraphModule) -> None:
+    """In-place ops become out-of-place; later readers of the mutated tensor read the op's result."""
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    changed, made = False, set()
+    for node in list(gm.graph.nodes):
+        if node.op not in ("call_module", "call_function", "call_method") or not node.args:
+            continue
+        target = node.args[0]
+        if not isinstance(target, fx.Node) or not _out_of_place(node, gm, made):
+            continue
+        changed = True
+        for user in list(target.users):
+            if user is not node and order[user] > order[node]:
+                user.replace_input_with(target, node)
+    if changed:
+        gm.graph.lint()
+        gm.recompile()

@@ -46,6 +46,8 @@ class Executor:
         self.keep = {ga.source for ga in plan.gathers if ga.source_state == "window" and ga.reuse is None} \
             | set(edit.ref_nodes)
         self.placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+        # a defaulted argument the caller did not give (traced as a constant) is fed its default
+        self.defaults = {n.name: n.args[0] for n in gm.graph.nodes if n.op == "placeholder" and n.args}
         self.inputs = set(edit.inputs)
         self.mark_step = False          # set for CUDA graphs (torch.compile mode "reduce-overhead")
 
@@ -63,7 +65,7 @@ class Executor:
                 caches[key] = to_cache(rec.saved[ga.source], ga.laxis, ga.pad[0], ga.pad[1],
                                        ga.window.pad_value)
         refs = {n: rec.saved[n] for n in self.edit.ref_nodes}
-        return Reference(out, caches, refs, dict(zip(self.placeholders, args)))
+        return Reference(out, caches, refs, {**self.defaults, **dict(zip(self.placeholders, args))})
 
     @staticmethod
     def _cache_key(ga):

@@ -386,11 +386,12 @@ class FastISM(ISMBase):
         self.compiled_graphs = 0          # graphs torch.compile built for this engine (compile=True)
         self._test_correctness = test_correctness
         self._engines: dict = {}
+        self._pattern = None
         self.gm = None
         n_required = sum(p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
                          for p in inspect.signature(self.model.forward).parameters.values())
         if n_required <= 1 and self.seq_input_idx == 0:
-            self._build(self._inputs(self._random_seqs(2)))
+            self._inputs(self._random_seqs(2))         # builds (capture, analysis, self-check) once
 
     # --------------------------------------------------------------- building
     def _random_seqs(self, n: int, generator=None) -> torch.Tensor:
@@ -442,7 +443,10 @@ class FastISM(ISMBase):
     # --------------------------------------------------------------- engine
     def _inputs(self, seqs) -> Inputs:
         inp = super()._inputs(seqs)
-        if self.gm is None:
+        pattern = tuple(a is None for a in inp.args)         # which inputs were given: fixed in the trace
+        if self.gm is None or pattern != self._pattern:
+            self._engines.clear()
+            self._pattern = pattern
             self._build(inp)
         return inp
 

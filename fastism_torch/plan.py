@@ -155,6 +155,7 @@ def _share_gathers(gathers: list, nodes: dict) -> list:
         for ka, a in enumerate(gathers):
             if (ka == kb or a.reuse is not None or out[ka].reuse is not None or a.kind != "window"
                     or a.source != b.source or a.window.stride != 1 or a.source_state != "window"
+                    or a.window.pad_value != b.window.pad_value          # the cache is padded with a's value
                     or not _same_windows(nodes[a.consumer], nodes[b.consumer])):
                 continue
             off = a.window.pad_left - b.window.pad_left

@@ -143,7 +143,9 @@ def build_edit_module(gm: fx.GraphModule, infos: dict, plan: Plan, seq_node: fx.
 def split_segments(module: fx.GraphModule) -> fx.GraphModule:
     """One submodule per segment: each gather starts a segment, every other op joins its latest input's.
 
-    Segment ids grow along the graph, so the segments form a chain/DAG that ``split_module`` can cut.
+    Segment ids grow along the graph, so the segments form a chain/DAG that ``split_module`` can cut.  A value
+    used inside a container argument (``x[:n]`` holds ``n`` in a ``slice``) moves to its first user's segment:
+    ``split_module`` does not pass such values between submodules.
     """
     seg: dict = {}
     next_id = 0
@@ -155,6 +157,9 @@ def split_segments(module: fx.GraphModule) -> fx.GraphModule:
             seg[n] = next_id
         else:
             seg[n] = max((seg.get(x, 0) for x in n.all_input_nodes), default=0)
+    for n in reversed(list(module.graph.nodes)):
+        nested = [u for u in n.users if u in seg and n not in u.args and n not in u.kwargs.values()]
+        if n in seg and nested:
+            seg[n] = min(seg[u] for u in n.users if u in seg)
     from torch.fx.passes.split_module import split_module
     return split_module(module, module, lambda n: seg[n], keep_original_order=True)
-

@@ -11,7 +11,12 @@ import operator
 import torch
 from torch import nn
 
-from .registry import Decision, Read, RuleContext, functions, methods, module_types, register, stop
+from .registry import (Decision, ISMUndefinedError, Read, RuleContext, functions, methods, module_types, register,
+                       stop)
+
+BATCH_STATS = ("normalises with the statistics of the batch (no running statistics): each prediction depends on "
+               "the other sequences of its batch, so ISM is not defined; give it running statistics "
+               "(track_running_stats=True) or use it in training mode only")
 
 
 def _norm_dim(d, ndim):
@@ -117,7 +122,9 @@ def batch_norm(ctx: RuleContext) -> Decision:
     dec = elementwise(ctx)
     if dec.kind != "pointwise":
         return dec
-    if isinstance(mod, nn.InstanceNorm1d) or mod.training and not mod.track_running_stats:
+    if isinstance(mod, nn.BatchNorm1d | nn.BatchNorm2d) and mod.running_mean is None:
+        raise ISMUndefinedError(f"{ctx.node.target}: {BATCH_STATS}")
+    if isinstance(mod, nn.InstanceNorm1d) or mod.training:
         return stop("normalisation statistics over the length axis")
     if dec.laxis == 1:
         return stop("BatchNorm's channel axis is the length axis")
@@ -126,6 +133,8 @@ def batch_norm(ctx: RuleContext) -> Decision:
 
 @register(*functions("batch_norm", modules=(nn.functional,)))
 def batch_norm_fn(ctx: RuleContext) -> Decision:
+    if ctx.arg(1, "running_mean") is None:
+        raise ISMUndefinedError(f"{ctx.node.name} (batch_norm): {BATCH_STATS}")
     dec = elementwise(ctx)
     if dec.kind == "pointwise" and (dec.laxis == 1 or ctx.arg(5, "training", False)):
         return stop("batch statistics over the length axis")
@@ -156,7 +165,9 @@ def cat(ctx: RuleContext) -> Decision:
     dec = elementwise(ctx)
     if dec.kind != "pointwise":
         return dec
-    dim = ctx.arg(1, "dim", 0)
-    if _norm_dim(dim, len(ctx.out_shape)) == dec.laxis:
+    dim = _norm_dim(ctx.arg(1, "dim", 0), len(ctx.out_shape))
+    if dim == dec.laxis:
         return stop("concatenation along the length axis")
+    if dim == 0:
+        return stop("concatenation along the batch axis (edits would mix sequences)")
     return dec

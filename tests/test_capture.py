@@ -1,0 +1,216 @@
+"""Capture (shape-aware fx trace, defaults, functional graphs) and the wrong-answer repros of issue 8.
+
+Every model here once gave a wrong answer with ``test_correctness=False`` or failed to build; each test
+compares with naive ISM (exact to float32) and, where it matters, checks the plan (no stop point where the op
+is analysable).
+"""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fastism_torch as ft
+from fastism_torch.analysis import UnsupportedOpWarning
+from conftest import assert_close_to_naive, check_model, random_onehot, scale_weights
+
+
+def build_quietly(model, L, **kw):
+    """FastISM without the self-check, failing on any UnsupportedOpWarning (no hidden stop points)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnsupportedOpWarning)
+        return ft.FastISM(model, L, test_correctness=False, **kw)
+
+
+# ------------------------------------------------------------------ wrong answers once
+class DenseThenInplaceRelu(nn.Module):          # selene DeeperDeepSEA-style head
+    def __init__(self, L):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 6, 5, padding=2)
+        self.fc = nn.Linear(6 * L, 4)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        return self.act(self.fc(torch.relu(self.conv(x)).flatten(1)))
+
+
+class MeanThenInplaceRelu(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 6, 5, padding=2)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        return self.act(self.conv(x).mean(-1) - 0.1)
+
+
+class PoolAndConvShareAnInput(nn.Module):       # one tensor, two consumers padding with -inf and 0
+    def __init__(self, L):
+        super().__init__()
+        self.c0 = nn.Conv1d(4, 8, 3, padding=1)
+        self.pool = nn.MaxPool1d(3, 1, 1)
+        self.c1 = nn.Conv1d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * L, 2)
+
+    def forward(self, x):
+        h = self.c0(x)
+        return self.fc((self.pool(h) + self.c1(h)).flatten(1))
+
+
+class BatchStatsNorm(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 6, 5, padding=2)
+        self.bn = nn.BatchNorm1d(6, track_running_stats=False)
+        self.out = nn.Conv1d(6, 2, 3, padding=1)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.bn(self.conv(x))))
+
+
+class BatchCat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 6, 5, padding=2)
+
+    def forward(self, x):
+        h = torch.cat([self.conv(x), self.conv(x.flip(-1))], 0)
+        n = x.shape[0]
+        return (h[:n] * h[n:]).sum(1)           # each sequence with its own reverse complement
+
+
+@pytest.mark.parametrize("make", [lambda L: DenseThenInplaceRelu(L), lambda L: MeanThenInplaceRelu(),
+                                  lambda L: PoolAndConvShareAnInput(L), lambda L: BatchCat()],
+                         ids=["dense_inplace_relu", "mean_inplace_relu", "shared_gather_pad_values",
+                              "cat_on_batch_axis"])
+def test_once_wrong_answers_are_exact_without_the_self_check(make):
+    L = 30
+    check_model(scale_weights(make(L)), L, n=3)
+
+
+def test_batch_statistics_are_refused_by_name():
+    """BatchNorm without running statistics in eval mode normalises over the batch: a prediction depends on its
+    batch-mates, so neither fast nor naive ISM means anything. Once silently treated as pointwise."""
+    with pytest.raises(ValueError, match=r"bn: normalises with the statistics of the batch"):
+        ft.FastISM(BatchStatsNorm(), 30)
+
+
+def test_inplace_ops_become_out_of_place_in_the_captured_graph():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv1d(4, 4, 3, padding=1)
+            self.act = nn.ReLU(inplace=True)
+
+        def forward(self, x):
+            h = self.c(x)
+            y = self.act(h)
+            h += y                   # reads h after it was mutated: the functional graph reads act's output
+            return F.relu(h, inplace=True).sum(1)
+    m = scale_weights(M())
+    fast = build_quietly(m, 20)
+    g = fast.gm.graph
+    assert not any(n.op == "call_module" and getattr(fast.gm.get_submodule(n.target), "inplace", False)
+                   for n in g.nodes)
+    assert not any(n.kwargs.get("inplace") for n in g.nodes)
+    check_model(m, 20)
+
+
+# ------------------------------------------------------------------ what fx could not trace without shapes
+class BpnetLiteLike(nn.Module):
+    """bpnet-lite's idioms: optional control track, residual crops by shape arithmetic, a shape check."""
+
+    def __init__(self, n_layers=3):
+        super().__init__()
+        self.iconv = nn.Conv1d(4, 8, 7)
+        self.rconvs = nn.ModuleList([nn.Conv1d(8, 8, 3, dilation=2 ** i) for i in range(1, n_layers + 1)])
+        self.fconv = nn.Conv1d(8 + 1, 2, 5)
+        self.linear = nn.Linear(8 + 1, 1)
+        self.trimming = 10
+
+    def forward(self, X, X_ctl=None):
+        if X.shape[1] != 4:
+            raise ValueError("expected one-hot DNA")
+        start, end = self.trimming, X.shape[2] - self.trimming
+        X = torch.relu(self.iconv(X))
+        for conv in self.rconvs:
+            X_conv = torch.relu(conv(X))
+            crop = (X.shape[2] - X_conv.shape[2]) // 2
+            X = X[:, :, crop:X.shape[2] - crop] + X_conv
+        if X_ctl is None:
+            X_w_ctl = F.pad(X, (0, 0, 0, 1))                   # a zero control channel
+        else:
+            X_w_ctl = torch.cat([X, X_ctl], dim=1)
+        y_profile = self.fconv(X_w_ctl)
+        y_profile = y_profile[:, :, start - 10 if start > 10 else 0: y_profile.shape[2]]
+        X = X_w_ctl.mean(dim=2)
+        return y_profile, self.linear(X)
+
+
+def test_shape_arithmetic_and_optional_arguments_trace_without_stop_points():
+    m = scale_weights(BpnetLiteLike())
+    L = 60
+    fast = build_quietly(m, L)
+    assert [s for s, _ in fast.plan.stops] == [] or all("mean" in s for s, _ in fast.plan.stops)
+    check_model(m, L)
+
+
+def test_given_control_track_is_an_input():
+    m = scale_weights(BpnetLiteLike())
+    L = 60
+    x, ctl = random_onehot(2, L), torch.rand(2, 1, L - 6 - 2 * (2 + 4 + 8))     # the control at the trunk's length
+    fast, naive = ft.FastISM(m, L), ft.NaiveISM(m, L)
+    assert_close_to_naive(fast([x, ctl]), naive([x, ctl]))
+
+
+def test_batch_axis_stays_symbolic():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv1d(4, 6, 3, padding=1)
+
+        def forward(self, x):
+            b, c, L = x.shape
+            h = self.c(x).reshape(b, 2, 3, L).sum(2)      # reshape with the batch size read from the input
+            return h.view(x.size(0), -1, L).mean(1)
+    m = scale_weights(M())
+    check_model(m, 25)
+
+
+def test_required_argument_missing_is_a_clear_error():
+    class Two(nn.Module):
+        def forward(self, x, y):
+            return x.sum(1) + y
+    fast = ft.FastISM(Two(), 10)                             # built on the first call, with all inputs
+    with pytest.raises(ValueError, match=r"needs argument 'y'"):
+        fast(random_onehot(1, 10))
+
+
+def test_einops_rearrange_traces():
+    einops = pytest.importorskip("einops")
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv1d(4, 6, 3, padding=1)
+            self.lin = nn.Linear(6, 6)
+            self.to_nlc = einops.layers.torch.Rearrange("b c l -> b l c")
+
+        def forward(self, x):
+            h = self.lin(self.to_nlc(self.c(x)))
+            return einops.reduce(einops.rearrange(h, "b l c -> b c l"), "b c l -> b c", "mean")
+    m = scale_weights(M())
+    build_quietly(m, 20)
+    check_model(m, 20)
+
+
+def test_construction_builds_once(monkeypatch):
+    from fastism_torch import capture
+    calls = []
+    real = capture.capture
+    monkeypatch.setattr(capture, "capture", lambda *a, **k: calls.append(1) or real(*a, **k))
+    ft.FastISM(scale_weights(MeanThenInplaceRelu()), 20)
+    assert len(calls) == 1
