@@ -1,9 +1,11 @@
 """Multiply-accumulate counts from the plan: a full forward pass vs what one mutation recomputes.
 
-Counted ops: convolutions (incl. transposed) and dense layers (``nn.Linear``, ``F.linear``, ``matmul`` with a
-constant matrix).  A windowed node costs its per-position MACs times its exact changed width (averaged over
-mutations), a full node costs its full MACs, an incrementally updated Linear costs its changed inputs times its
-outputs.  This is the bound that the measured speed-ups are compared with.
+Counted ops: convolutions (incl. transposed), dense layers (``nn.Linear``, ``F.linear``), products of two
+tensors (``matmul``, ``bmm``, ``@``, ``einsum``: attention written by hand), ``nn.MultiheadAttention``,
+recurrent layers (``nn.LSTM``/``GRU``/``RNN``) and pooling (one op per window element).  A windowed node costs
+its MACs times its exact changed width over its length (averaged over mutations), a full node costs its full
+MACs, an incrementally updated Linear costs its changed inputs times its outputs.  This is the bound that the
+measured speed-ups are compared with; element-wise ops are not counted (nor in the bound's numerator).
 """
 from __future__ import annotations
 
@@ -16,8 +18,13 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _shape(n):
+    tm = n.meta.get("tensor_meta") if hasattr(n, "meta") else None
+    return tuple(tm.shape) if tm is not None and hasattr(tm, "shape") else None
+
+
 def _per_output(node, gm) -> int:
-    """MACs per output element of ``node`` (0 for ops we do not count)."""
+    """MACs per output element of ``node`` (0 for ops counted otherwise or not at all)."""
     if node.op == "call_module":
         m = gm.get_submodule(node.target)
         if isinstance(m, (nn.Conv1d, nn.Conv2d)):
@@ -26,25 +33,66 @@ def _per_output(node, gm) -> int:
             return m.in_channels // m.groups * m.kernel_size[0] // m.stride[0]
         if isinstance(m, nn.Linear):
             return m.in_features
+        if isinstance(m, (nn.MaxPool1d, nn.AvgPool1d, nn.MaxPool2d, nn.AvgPool2d)):
+            k = m.kernel_size
+            return math.prod(k) if isinstance(k, tuple) else k
     if node.op == "call_function":
         if node.target in (F.conv1d, F.conv2d):
-            w = node.args[1].meta["tensor_meta"].shape
-            return math.prod(w[1:])
-        if node.target in (F.linear, torch.matmul, operator.matmul):
-            return node.args[1].meta["tensor_meta"].shape[-1 if node.target is F.linear else -2]
+            return math.prod(_shape(node.args[1])[1:])
+        if node.target is F.linear:
+            return _shape(node.args[1])[-1]
+        if node.target in (torch.matmul, operator.matmul, torch.bmm):
+            a = _shape(node.args[0])
+            return a[-1] if a else 0
+        if node.target in (F.max_pool1d, F.avg_pool1d):
+            k = node.args[1] if len(node.args) > 1 else node.kwargs.get("kernel_size", 1)
+            return math.prod(k) if isinstance(k, (tuple, list)) else int(k)
+    if node.op == "call_method" and node.target in ("matmul", "bmm"):
+        a = _shape(node.args[0])
+        return a[-1] if a else 0
     return 0
+
+
+def _per_item(node, gm) -> float:
+    """MACs of ``node`` for one sequence at full length (0 if not counted)."""
+    if node.op == "call_module":
+        m = gm.get_submodule(node.target)
+        if isinstance(m, (nn.LSTM, nn.GRU, nn.RNN)):
+            gates = 4 if isinstance(m, nn.LSTM) else 3 if isinstance(m, nn.GRU) else 1
+            x = _shape(node.args[0])
+            steps = x[0] if not m.batch_first else x[1]
+            dirs = 2 if m.bidirectional else 1
+            macs, inp = 0, m.input_size
+            for _ in range(m.num_layers):
+                macs += dirs * gates * (inp + m.hidden_size) * m.hidden_size
+                inp = m.hidden_size * dirs
+            return float(steps * macs)
+        if isinstance(m, nn.MultiheadAttention):
+            q = _shape(node.args[0])
+            k = _shape(node.args[1]) if len(node.args) > 1 else q
+            lq, lk = (q[1], k[1]) if m.batch_first else (q[0], k[0])
+            e = m.embed_dim
+            return float(2 * lq * e * e + 2 * lk * e * e + 2 * lq * lk * e)
+    if node.op == "call_function" and node.target is torch.einsum:
+        sizes = {}
+        eq = node.args[0].replace(" ", "").split("->")[0].split(",")
+        for spec, op in zip(eq, node.args[1:]):
+            for letter, n in zip(spec, _shape(op) or ()):
+                sizes[letter] = n
+        batch = _shape(node)[0] if _shape(node) else 1
+        return math.prod(sizes.values()) / max(1, batch)
+    shape = _shape(node)
+    per = _per_output(node, gm)
+    return float(math.prod(shape[1:]) * per) if per and shape else 0.0
 
 
 def mac_summary(ism) -> dict:
     gm, infos, plan = ism.gm, ism.infos, ism._engine(tuple((i, i + 1) for i in range(ism.seq_len))).plan
     full = fast = 0.0
     for node in gm.graph.nodes:
-        tm = node.meta.get("tensor_meta")
-        per = _per_output(node, gm)
-        if not per or tm is None or not hasattr(tm, "shape"):
+        per_item = _per_item(node, gm)
+        if not per_item:
             continue
-        shape = tuple(tm.shape)
-        per_item = math.prod(shape[1:]) * per
         full += per_item
         info = infos[node]
         if info.state == "window":
