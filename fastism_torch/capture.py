@@ -22,6 +22,7 @@ the error says so and names the model.
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import operator
 import warnings
@@ -42,6 +43,7 @@ def capture(model: nn.Module, example_args: list) -> fx.GraphModule:
         gm = model
     else:
         gm = _trace(model, example_args, concrete)
+    _drop_unused_var_args(gm)
     functionalize(gm)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     given = [a for a in example_args if a is not None] if len(placeholders) < len(example_args) else example_args
@@ -50,6 +52,14 @@ def capture(model: nn.Module, example_args: list) -> fx.GraphModule:
     with torch.no_grad():
         ShapeProp(gm).propagate(*given)
     return gm
+
+
+def _drop_unused_var_args(gm: fx.GraphModule) -> None:
+    """``forward(x, *args, **kwargs)``: the ``*args`` / ``**kwargs`` placeholders, when nothing reads them."""
+    for n in list(gm.graph.nodes):
+        if n.op == "placeholder" and str(n.target).startswith("*") and not n.users:
+            gm.graph.erase_node(n)
+    gm.recompile()
 
 
 def _concrete_args(model: nn.Module, example_args: list) -> dict:
@@ -72,17 +82,42 @@ def _concrete_args(model: nn.Module, example_args: list) -> dict:
     return concrete
 
 
+class WholeModel(nn.Module):
+    """A model that could not be traced, called as one op: a stop point at its input (naive ISM's speed)."""
+
+    def __init__(self, model: nn.Module, reason: str):
+        super().__init__()
+        self.model = model
+        self.reason = reason
+
+    def forward(self, *args):
+        return self.model(*args)
+
+
 def _trace(model: nn.Module, example_args: list, concrete: dict) -> fx.GraphModule:
     try:
         return _shape_aware_trace(model, example_args, concrete)
     except Exception as shaped:                                   # noqa: BLE001 - fall back to the plain trace
-        try:
-            return fx.symbolic_trace(model, concrete_args=concrete or None)
-        except Exception as e:
-            raise ValueError(
-                f"could not capture {type(model).__name__} with torch.fx ({type(shaped).__name__}: {shaped}; "
-                f"without shapes: {type(e).__name__}: {e}). Models whose Python control flow depends on tensor "
-                "values are not supported; wrap such parts in a leaf module (they then become stop points).") from e
+        try:               # on a copy: a forward that caches values on its module would keep proxies there
+            return fx.symbolic_trace(copy.deepcopy(model), concrete_args=concrete or None)
+        except Exception:                                         # noqa: BLE001 - fall back to one op
+            return _as_one_op(model, example_args, f"{type(shaped).__name__}: {str(shaped).splitlines()[0][:200]}")
+
+
+def _as_one_op(model: nn.Module, example_args: list, reason: str) -> fx.GraphModule:
+    """The whole model as one call: exact, as fast as naive ISM; the warning says why."""
+    from .analysis import UnsupportedOpWarning
+    warnings.warn(f"fastism_torch: could not trace {type(model).__name__} with torch.fx ({reason}); it runs in "
+                  "full for every edit, as fast as naive ISM. Models whose Python control flow depends on "
+                  "tensor values, or that call torch.vmap, cannot be traced; wrapping such parts in a leaf "
+                  "module keeps the rest fast.", UnsupportedOpWarning, stacklevel=4)
+    root = nn.Module()
+    root.whole = WholeModel(model, reason)
+    g = fx.Graph()
+    names = list(inspect.signature(model.forward).parameters)
+    args = [g.placeholder(names[i] if i < len(names) else f"input_{i}") for i in range(len(example_args))]
+    g.output(g.call_module("whole", tuple(args)))
+    return fx.GraphModule(root, g, type(model).__name__)
 
 
 # ------------------------------------------------------------------------------------------ shape-aware trace
@@ -134,18 +169,38 @@ class _ShapeTracer(MetaTracer):
 
 
 def _shape_aware_trace(model: nn.Module, example_args: list, concrete: dict) -> fx.GraphModule:
+    """Trace a copy of ``model`` on the ``meta`` device (its modules then run on meta inputs to give shapes);
+    the graph module is then built on ``model`` itself (same qualified names), with any constant the trace
+    made."""
     names = [p for p in inspect.signature(model.forward).parameters]
     meta_args = {names[i]: torch.empty((BATCH_MARK, *a.shape[1:]), dtype=a.dtype, device="meta")
                  for i, a in enumerate(example_args) if isinstance(a, torch.Tensor)}
+    meta_model = copy.deepcopy(model).to("meta")
     tracer = _ShapeTracer()
     with warnings.catch_warnings(), _einops_on_proxies():
         warnings.simplefilter("ignore")
-        graph = tracer.trace(model, meta_args, concrete_args=concrete or None)
-    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
-    for node in gm.graph.nodes:                      # constants made on 'meta' while tracing must not stay there
-        if node.kwargs.get("device") == torch.device("meta") or node.kwargs.get("device") == "meta":
-            raise ValueError(f"{node.name}: a tensor made on the trace's meta device")
-    return gm
+        graph = tracer.trace(meta_model, meta_args, concrete_args=concrete or None)
+    for node in graph.nodes:
+        if node.op == "get_attr" and not _has_attr(model, node.target):     # a constant made while tracing
+            value = _get_attr(meta_model, node.target)
+            if isinstance(value, torch.Tensor) and value.is_meta:
+                raise ValueError(f"{node.target}: a constant computed from the model's weights while tracing")
+            setattr(model, node.target, value) if "." not in node.target else None
+    return fx.GraphModule(model, graph, type(model).__name__)
+
+
+def _get_attr(root, target: str):
+    for atom in target.split("."):
+        root = getattr(root, atom)
+    return root
+
+
+def _has_attr(root, target: str) -> bool:
+    try:
+        _get_attr(root, target)
+        return True
+    except AttributeError:
+        return False
 
 
 class _einops_on_proxies:

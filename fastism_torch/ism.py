@@ -391,7 +391,14 @@ class FastISM(ISMBase):
         n_required = sum(p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
                          for p in inspect.signature(self.model.forward).parameters.values())
         if n_required <= 1 and self.seq_input_idx == 0:
-            self._inputs(self._random_seqs(2))         # builds (capture, analysis, self-check) once
+            try:
+                self._inputs(self._random_seqs(2))     # builds (capture, analysis, self-check) once
+            except Exception:
+                if n_required == len(inspect.signature(self.model.forward).parameters):
+                    raise
+                # forward(x, ctl=None) may need ctl in this configuration: build at the first call, which
+                # brings every input the model needs
+                self.gm, self._pattern = None, None
 
     # --------------------------------------------------------------- building
     def _random_seqs(self, n: int, generator=None) -> torch.Tensor:

@@ -13,4 +13,6 @@ if ! .venv/bin/python -c "import importlib.util as u, fastism_torch, pytest, onn
     # the original fastISM's reference models (Keras); its pinned dependencies are too old to resolve
     .venv/bin/python -m pip install -q --no-deps fastism==0.5.1
 fi
+# the field's own model packages for tests/test_zoo.py (pinned, --no-deps; skips what is already there)
+bash scripts/install_zoo.sh .venv/bin/python
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -103,3 +103,8 @@ QUIET_STOPS = (nn.MultiheadAttention, nn.AdaptiveMaxPool1d, nn.AdaptiveAvgPool2d
           *methods("amax", "amin", "logsumexp", "cumsum", "roll", "sort", "topk", "expand"))
 def known_stop(ctx: RuleContext) -> Decision:
     return stop("global or sequence-wide op", quiet=True)
+
+
+@register(("module", __import__("fastism_torch.capture", fromlist=["WholeModel"]).WholeModel))
+def whole_model(ctx: RuleContext) -> Decision:
+    return stop(f"the whole model, which could not be traced ({ctx.module().reason})", quiet=True)
