@@ -51,6 +51,20 @@ def _early_stop_nodes(gm: fx.GraphModule, names) -> set:
     return found
 
 
+def _check_batch_independent(gm: fx.GraphModule) -> None:
+    """Refuse a model whose predictions depend on the other sequences of their batch, wherever the op is."""
+    from .rules.pointwise import BATCH_STATS
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            mod = gm.get_submodule(node.target)
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.running_mean is None:
+                raise ISMUndefinedError(f"{node.target}: {BATCH_STATS}")
+        elif node.op == "call_function" and node.target is F.batch_norm:
+            mean = node.args[1] if len(node.args) > 1 else node.kwargs.get("running_mean")
+            if mean is None:
+                raise ISMUndefinedError(f"{node.name} (batch_norm): {BATCH_STATS}")
+
+
 def _inc_linear_user(node: fx.Node, gm: fx.GraphModule, early: set):
     """The Linear that consumes ``node`` (a flatten) as its only user, if any."""
     users = list(node.users)
@@ -70,6 +84,7 @@ def _inc_linear_user(node: fx.Node, gm: fx.GraphModule, early: set):
 def analyse(gm: fx.GraphModule, seq_node: fx.Node, seq_laxis: int, seq_len: int,
             early_stop_layers=None, strict: bool = False) -> dict:
     """Annotate ``node.meta["fastism"]`` for every node; return ``{node: NodeInfo}``."""
+    _check_batch_independent(gm)
     infos: dict = {}
     early = _early_stop_nodes(gm, early_stop_layers)
     for node in gm.graph.nodes:

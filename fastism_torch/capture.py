@@ -45,13 +45,44 @@ def capture(model: nn.Module, example_args: list) -> fx.GraphModule:
         gm = _trace(model, example_args, concrete)
     _drop_unused_var_args(gm)
     functionalize(gm)
+    out = _propagate(gm, example_args)
+    if gm is not model:
+        with torch.no_grad():
+            want = model(*example_args)
+        diff = _difference(out, want)
+        if diff is not None:          # the trace is not the model (e.g. aliasing fx cannot see): never use it
+            gm = _as_one_op(model, example_args, f"the traced graph's outputs differ from the model's: {diff}")
+            _propagate(gm, example_args)
+    return gm
+
+
+def _propagate(gm: fx.GraphModule, example_args: list):
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     given = [a for a in example_args if a is not None] if len(placeholders) < len(example_args) else example_args
     if len(placeholders) < len(given):
         raise ValueError(f"the traced model takes {len(placeholders)} input(s) but {len(given)} were given")
     with torch.no_grad():
-        ShapeProp(gm).propagate(*given)
-    return gm
+        return ShapeProp(gm).propagate(*given)
+
+
+def _difference(got, want, rtol: float = 1e-5) -> str | None:
+    """Why two model outputs differ (structure, shape or values beyond ``rtol`` of the scale), or None."""
+    from .execute import as_output_list
+    try:
+        a, b = as_output_list(got), as_output_list(want)
+    except TypeError:
+        return None
+    if len(a) != len(b):
+        return f"{len(a)} outputs instead of {len(b)}"
+    for x, y in zip(a, b):
+        if x.shape != y.shape:
+            return f"shape {tuple(x.shape)} instead of {tuple(y.shape)}"
+        if x.is_floating_point() and y.numel():
+            scale = float(y.abs().max()) or 1.0
+            d = float((x - y).abs().max())
+            if not d <= rtol * scale + 1e-7:
+                return f"max |difference| {d:.3g} at scale {scale:.3g}"
+    return None
 
 
 def _drop_unused_var_args(gm: fx.GraphModule) -> None:
@@ -107,7 +138,7 @@ def _trace(model: nn.Module, example_args: list, concrete: dict) -> fx.GraphModu
 def _as_one_op(model: nn.Module, example_args: list, reason: str) -> fx.GraphModule:
     """The whole model as one call: exact, as fast as naive ISM; the warning says why."""
     from .analysis import UnsupportedOpWarning
-    warnings.warn(f"fastism_torch: could not trace {type(model).__name__} with torch.fx ({reason}); it runs in "
+    warnings.warn(f"fastism_torch: could not capture {type(model).__name__} with torch.fx ({reason}); it runs in "
                   "full for every edit, as fast as naive ISM. Models whose Python control flow depends on "
                   "tensor values, or that call torch.vmap, cannot be traced; wrapping such parts in a leaf "
                   "module keeps the rest fast.", UnsupportedOpWarning, stacklevel=4)
@@ -130,8 +161,8 @@ class _ShapeProxy(MetaProxy):
 
     def size(self, dim=None):
         m = self._meta()
-        if m is None:
-            return super().size(dim)
+        if m is None:                 # (MetaProxy.size drops dim=0)
+            return self.tracer.create_proxy("call_method", "size", (self,) if dim is None else (self, dim), {})
         if dim is None:
             return tuple(self._size(d) for d in range(m.dim()))
         return self._size(dim)
@@ -156,6 +187,27 @@ class _ShapeProxy(MetaProxy):
         if isinstance(n, int):
             return n
         raise TypeError("len() of a tensor whose first axis is the batch is not known at trace time")
+
+
+def _inplace_dunder(op):
+    # Proxy has no __iadd__, so `x += y` would trace as `x = x + y` and lose that other names of x change too
+    def method(self, other):
+        return self.tracer.create_proxy("call_function", op, (self, other), {})
+    return method
+
+
+for _name, _op in (("__iadd__", operator.iadd), ("__isub__", operator.isub), ("__imul__", operator.imul),
+                   ("__itruediv__", operator.itruediv)):
+    setattr(_ShapeProxy, _name, _inplace_dunder(_op))
+
+
+def _relu_meta(x, inplace=False):
+    return torch.relu(x)
+
+
+# MetaTracer refuses F.relu(inplace=True) on meta tensors (the output then has no shape); out of place is the same
+meta_tracer_overrides = __import__("torch.fx.experimental.meta_tracer", fromlist=["x"]).manual_meta_overrides
+meta_tracer_overrides[torch.nn.functional.relu] = _relu_meta
 
 
 class _ShapeTracer(MetaTracer):
@@ -203,8 +255,11 @@ def _has_attr(root, target: str) -> bool:
         return False
 
 
+_FX_BACKEND = "fastism_fx_proxy"     # not a module name: einops never instantiates the backend by itself
+
+
 class _einops_on_proxies:
-    """Let einops (if installed) treat fx proxies as torch tensors while tracing."""
+    """Let einops (if installed) treat fx proxies as torch tensors while tracing; einops is left as it was."""
 
     def __enter__(self):
         self.backend = None
@@ -216,30 +271,40 @@ class _einops_on_proxies:
                               if getattr(b, "framework_name", None) == "torch"), None)
         if torch_backend is None:
             return self
+        cls = _fx_backend_class(torch_backend)
+        self.backends = _backends
+        self.backend = cls()
+        _backends._loaded_backends[_FX_BACKEND] = self.backend
+        return self
 
+    def __exit__(self, *exc):
+        if self.backend is not None:
+            self.backends._loaded_backends.pop(_FX_BACKEND, None)
+            for k in [k for k, v in self.backends._type2backend.items() if v is self.backend]:
+                self.backends._type2backend.pop(k)
+        return False
+
+
+_FX_BACKEND_CLASS = None
+
+
+def _fx_backend_class(torch_backend):
+    global _FX_BACKEND_CLASS
+    if _FX_BACKEND_CLASS is None:
         class FxProxyBackend(torch_backend):
+            framework_name = _FX_BACKEND
+
             def __init__(self):
-                super().__init__()
+                import torch as _torch
+                self.torch = _torch
 
             def is_appropriate_type(self, tensor):
                 return isinstance(tensor, fx.Proxy)
 
             def shape(self, x):
                 return tuple(x.shape)
-
-        self.backend = FxProxyBackend()
-        self.registry = _backends._loaded_backends
-        self.registry["fastism_fx_proxy"] = self.backend
-        self._type2backend = getattr(_backends, "_type2backend", None)
-        return self
-
-    def __exit__(self, *exc):
-        if self.backend is not None:
-            self.registry.pop("fastism_fx_proxy", None)
-            if isinstance(self._type2backend, dict):
-                for k in [k for k, v in self._type2backend.items() if v is self.backend]:
-                    self._type2backend.pop(k)
-        return False
+        _FX_BACKEND_CLASS = FxProxyBackend
+    return _FX_BACKEND_CLASS
 
 
 # ------------------------------------------------------------------------------------------ functionalisation
@@ -248,15 +313,21 @@ _INPLACE_OPERATORS = {operator.iadd: operator.add, operator.isub: operator.sub, 
                       operator.ipow: operator.pow, operator.iand: operator.and_, operator.ior: operator.or_}
 
 
-def _out_of_place(node: fx.Node, gm: fx.GraphModule, made: set) -> bool:
-    """Rewrite ``node`` to its out-of-place form if it mutates its first input; True if it did (``made``: the
-    modules already switched to out-of-place, which a module called at several places needs)."""
+def _out_of_place(node: fx.Node, gm: fx.GraphModule, made: dict) -> bool:
+    """Rewrite ``node`` to its out-of-place form if it mutates its first input; True if it did.  An in-place
+    module is replaced, in the graph only, by an out-of-place copy (``made``: module -> its copy's name); the
+    model itself keeps its modules (its eager forward gives the reference predictions)."""
     if node.op == "call_module":
         mod = gm.get_submodule(node.target)
-        if getattr(mod, "inplace", False) is True:
-            mod.inplace = False                        # our private copy of the model
-            made.add(mod)
-        return mod in made
+        if getattr(mod, "inplace", False) is not True:
+            return False
+        if mod not in made:
+            twin = copy.copy(mod)
+            twin.inplace = False
+            made[mod] = f"_fastism_functional_{len(made)}"
+            gm.add_submodule(made[mod], twin)
+        node.target = made[mod]
+        return True
     if node.op == "call_function":
         if node.target in _INPLACE_OPERATORS:
             if not isinstance(node.args[0], fx.Node):
@@ -297,7 +368,7 @@ def _params(fn) -> list:
 def functionalize(gm: fx.GraphModule) -> None:
     """In-place ops become out-of-place; later readers of the mutated tensor read the op's result."""
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
-    changed, made = False, set()
+    changed, made = False, {}
     for node in list(gm.graph.nodes):
         if node.op not in ("call_module", "call_function", "call_method") or not node.args:
             continue

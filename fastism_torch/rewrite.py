@@ -141,25 +141,29 @@ def build_edit_module(gm: fx.GraphModule, infos: dict, plan: Plan, seq_node: fx.
 
 
 def split_segments(module: fx.GraphModule) -> fx.GraphModule:
-    """One submodule per segment: each gather starts a segment, every other op joins its latest input's.
+    """One submodule per segment: each gather starts a segment that runs up to the next gather, in graph order.
 
-    Segment ids grow along the graph, so the segments form a chain/DAG that ``split_module`` can cut.  A value
-    used inside a container argument (``x[:n]`` holds ``n`` in a ``slice``) moves to its first user's segment:
-    ``split_module`` does not pass such values between submodules.
+    Segment ids then never decrease along the graph, which ``split_module`` (emitting submodules in the order
+    of their first node) needs.  A value used inside a container argument (``x[:n]`` holds ``n`` in a
+    ``slice``) is recomputed right before that user: ``split_module`` passes only direct arguments between
+    submodules.
     """
+    g = module.graph
+    for n in list(g.nodes):
+        for u in list(n.users):
+            if n.op not in ("placeholder", "get_attr") and n not in u.args and n not in u.kwargs.values():
+                with g.inserting_before(u):
+                    twin = g.node_copy(n)
+                u.replace_input_with(n, twin)
+    g.eliminate_dead_code()
     seg: dict = {}
-    next_id = 0
-    for n in module.graph.nodes:
+    current = 0
+    for n in g.nodes:
         if n.op in ("placeholder", "output"):
             continue
         if n.target in GATHER_OPS:
-            next_id += 1
-            seg[n] = next_id
-        else:
-            seg[n] = max((seg.get(x, 0) for x in n.all_input_nodes), default=0)
-    for n in reversed(list(module.graph.nodes)):
-        nested = [u for u in n.users if u in seg and n not in u.args and n not in u.kwargs.values()]
-        if n in seg and nested:
-            seg[n] = min(seg[u] for u in n.users if u in seg)
+            current += 1
+        seg[n] = current
+    module.recompile()
     from torch.fx.passes.split_module import split_module
     return split_module(module, module, lambda n: seg[n], keep_original_order=True)

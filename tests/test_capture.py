@@ -191,6 +191,7 @@ def test_required_argument_missing_is_a_clear_error():
 
 def test_einops_rearrange_traces():
     einops = pytest.importorskip("einops")
+    pytest.importorskip("einops.layers.torch")
 
     class M(nn.Module):
         def __init__(self):
@@ -205,6 +206,71 @@ def test_einops_rearrange_traces():
     m = scale_weights(M())
     build_quietly(m, 20)
     check_model(m, 20)
+
+
+def test_einops_keeps_working_on_tensors_after_a_trace():
+    """The trace lends einops a backend for proxies, and gives it back: einops on real tensors still works,
+    also when the first einops call of the process is inside a trace."""
+    einops = pytest.importorskip("einops")
+    import subprocess
+    import sys
+    code = ("import torch, torch.nn as nn, einops, fastism_torch as ft\n"
+            "class M(nn.Module):\n"
+            "    def forward(self, x):\n"
+            "        return einops.rearrange(torch.relu(x), 'b c l -> b l c').sum(-1)\n"
+            "ft.FastISM(M(), 12)\n"
+            "print(einops.rearrange(torch.zeros(2, 3, 4), 'b c l -> b l c').shape)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "torch.Size([2, 4, 3])" in r.stdout, r.stderr[-2000:]
+
+
+def test_aliasing_the_trace_cannot_see_falls_back_to_exact():
+    """``h = x; x += y; return x + h``: eager mutates both names. The graph reads the in-place add through
+    both; if a trace ever disagrees with the model on the example, the model runs as one op (exact)."""
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv1d(4, 4, 3, padding=1), nn.Conv1d(4, 4, 3, padding=1)
+            self.r = nn.ReLU(inplace=True)
+
+        def forward(self, x):
+            x = self.c1(x)
+            h = x
+            x += self.c2(x)
+            y = self.c2(self.r(x))
+            return x + h + y
+    m = scale_weights(M())
+    x = random_onehot(2, 20)
+    fast = ft.FastISM(m, 20, test_correctness=False)
+    assert_close_to_naive(fast.predict(x), m(x).detach())
+    assert_close_to_naive(fast.saturation_mutagenesis(x), ft.NaiveISM(m, 20).saturation_mutagenesis(x))
+
+
+def test_batch_statistics_after_a_stop_point_are_refused():
+    m = nn.Sequential(nn.Conv1d(4, 4, 3), nn.AvgPool1d(3, 1, 1, count_include_pad=False),
+                      nn.BatchNorm1d(4, track_running_stats=False))
+    with pytest.raises(ValueError, match="statistics of the batch"):
+        ft.FastISM(m, 30)
+
+
+@pytest.mark.parametrize("case", ["param_scale", "crop_in_cat", "stop_in_cat"])
+def test_segments_across_constants_crops_and_stops(case):
+    """Once internal errors of the segment split (found by tests/test_fuzz.py)."""
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv1d(4, 4, 3, padding=1), nn.Conv1d(4, 4, 3, padding=1)
+            self.c3 = nn.Conv1d(4, 2, 2)
+            self.p = nn.Parameter(torch.rand(4) + 0.5)
+
+        def forward(self, x):
+            if case == "param_scale":
+                return self.c2(self.c1(x) * self.p[None, :, None]) * self.p.view(1, -1, 1)
+            if case == "crop_in_cat":
+                return self.c2(torch.cat([self.c3(x), x[:, :2, 1:]], 1))
+            h = self.c1(x)
+            return torch.cat([h.amax(1, keepdim=True), self.c2(h)], 1)
+    check_model(scale_weights(M()), 20)
 
 
 def test_construction_builds_once(monkeypatch):

@@ -11,9 +11,9 @@ import operator
 import torch
 from torch import nn
 
-from .registry import (Decision, ISMUndefinedError, Read, RuleContext, functions, methods, module_types, register,
-                       stop)
+from .registry import Decision, Read, RuleContext, functions, methods, module_types, register, stop
 
+# analysis refuses such models up front (ISMUndefinedError), wherever the op is
 BATCH_STATS = ("normalises with the statistics of the batch (no running statistics): each prediction depends on "
                "the other sequences of its batch, so ISM is not defined; give it running statistics "
                "(track_running_stats=True) or use it in training mode only")
@@ -122,8 +122,6 @@ def batch_norm(ctx: RuleContext) -> Decision:
     dec = elementwise(ctx)
     if dec.kind != "pointwise":
         return dec
-    if isinstance(mod, nn.BatchNorm1d | nn.BatchNorm2d) and mod.running_mean is None:
-        raise ISMUndefinedError(f"{ctx.node.target}: {BATCH_STATS}")
     if isinstance(mod, nn.InstanceNorm1d) or mod.training:
         return stop("normalisation statistics over the length axis")
     if dec.laxis == 1:
@@ -133,8 +131,6 @@ def batch_norm(ctx: RuleContext) -> Decision:
 
 @register(*functions("batch_norm", modules=(nn.functional,)))
 def batch_norm_fn(ctx: RuleContext) -> Decision:
-    if ctx.arg(1, "running_mean") is None:
-        raise ISMUndefinedError(f"{ctx.node.name} (batch_norm): {BATCH_STATS}")
     dec = elementwise(ctx)
     if dec.kind == "pointwise" and (dec.laxis == 1 or ctx.arg(5, "training", False)):
         return stop("batch statistics over the length axis")
