@@ -237,7 +237,8 @@ class ISMBase:
                          torch.empty(res[lo:hi].shape, dtype=res.dtype, device=self.device) for res in results]
                 for part, r in zip(parts, ref):
                     part.copy_(r.reshape(r.shape[0], *(1,) * len(lead), *r.shape[1:]).expand_as(part))
-                sinks = [part.view(-1, *part.shape[1 + len(lead):]) for part in parts]
+                rows = (hi - lo) * int(np.prod(lead))
+                sinks = [part.view(rows, *part.shape[1 + len(lead):]) for part in parts]   # (also empty outputs)
                 self._run_edits(chunk, ranges, edits, sinks, bar)
                 for res, part in zip(results, parts):
                     if part.data_ptr() != res[lo:hi].data_ptr():
@@ -561,6 +562,8 @@ class FastISM(ISMBase):
         slow_out = naive.edit_outputs(chk, s_idx, np.tile(pick, n_seqs), values)
         worst = 0.0
         for f, s in zip(fast_out, slow_out):
+            if not s.numel():
+                continue
             scale = float(s.abs().max()) or 1.0
             diff = float((f - s).abs().max())
             worst = max(worst, diff)

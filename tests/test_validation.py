@@ -86,3 +86,21 @@ def test_numpy_in_numpy_out_and_identity_edits(ism):
     rep = x[0, :, 5].numpy()
     out = ism(x[:1], replace_with=rep)
     torch.testing.assert_close(out[0, 5], ref[0])
+
+
+def test_an_empty_output_head_does_not_break_the_rest():
+    """bpnet-lite's BPNet below its design length crops its profile to nothing: (N, 1, 0) beside the counts."""
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = torch.nn.Conv1d(4, 3, 5, padding=2)
+
+        def forward(self, x):
+            h = self.c(x)
+            return h[:, :1, 30:-30], h.mean(-1)
+    m = M()
+    x = torch.nn.functional.one_hot(torch.randint(0, 4, (2, 40)), 4).float().transpose(1, 2)
+    prof, counts = ft.FastISM(m, 40).saturation_mutagenesis(x)
+    assert prof.shape == (2, 4, 40, 1, 0)
+    want = ft.NaiveISM(m, 40).saturation_mutagenesis(x)[1]
+    assert torch.allclose(counts, want, atol=1e-6)

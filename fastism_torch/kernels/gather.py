@@ -12,13 +12,19 @@ with one ``index_copy_`` along the batch axis.
 """
 from __future__ import annotations
 
+import math
+
 import torch
+
+
+def _as_3d(x: torch.Tensor) -> torch.Tensor:
+    """``(N, ..., L)`` -> ``(N, F, L)`` (also when a dim is 0, where ``reshape(N, -1, L)`` is ambiguous)."""
+    return x.reshape(x.shape[0], math.prod(x.shape[1:-1]), x.shape[-1])
 
 
 def to_cache(x: torch.Tensor, laxis: int, pad_left: int = 0, pad_right: int = 0, value: float = 0.0):
     """``(N, ..., L, ...)`` -> ``(N, F, pad_left + L + pad_right)``, contiguous."""
-    x = x.movedim(laxis, -1)
-    x = x.reshape(x.shape[0], -1, x.shape[-1])
+    x = _as_3d(x.movedim(laxis, -1))
     if pad_left or pad_right:
         x = torch.nn.functional.pad(x, (pad_left, pad_right), value=value)
     return x.contiguous()
@@ -34,8 +40,7 @@ def gather_window(cache: torch.Tensor, new: torch.Tensor | None, seq_idx: torch.
     """
     out = cache.unfold(2, width, 1)[seq_idx, :, start]                       # (B, F, width), contiguous
     if new is not None:
-        nv = new.movedim(new_laxis, -1)
-        nv = nv.reshape(nv.shape[0], -1, nv.shape[-1])                      # (B, F, Win)
+        nv = _as_3d(new.movedim(new_laxis, -1))                             # (B, F, Win)
         assign_shifted(out, nv, shift)
     out = out.view(out.shape[0], *feat_shape, width)
     return out.movedim(-1, laxis)
@@ -105,8 +110,7 @@ def gather_window_static(cache: torch.Tensor, new: torch.Tensor | None, seq_idx:
     f = torch.arange(cache.shape[1], device=cache.device)
     out = cache[seq_idx[:, None, None], f[:, None], (start[:, None] + p)[:, None, :]]      # (B, F, width)
     if new is not None:
-        nv = new.movedim(new_laxis, -1)
-        nv = nv.reshape(nv.shape[0], -1, nv.shape[-1])                      # (B, F, Win)
+        nv = _as_3d(new.movedim(new_laxis, -1))                             # (B, F, Win)
         win = nv.shape[-1]
         j = p - shift[:, None]                                              # (B, width): index into new
         valid = ((j >= 0) & (j < win))[:, None, :]
