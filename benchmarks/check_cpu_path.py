@@ -8,7 +8,7 @@ import fastism_torch as ft
 from fastism_torch import models
 torch.set_num_threads(1)
 res = {}
-for name in ["basset", "bpnet"]:
+for name in sys.argv[2:] or ["basset", "bpnet"]:
     m = models.bpnet(seq_len=1000) if name == "bpnet" else models.basset(seq_len=1000)
     x = models.random_onehot(2, 1000)
     ism = ft.FastISM(m, 1000)
