@@ -45,6 +45,7 @@ def capture(model: nn.Module, example_args: list) -> fx.GraphModule:
         gm = _trace(model, example_args, concrete)
     _drop_unused_var_args(gm)
     functionalize(gm)
+    drop_identities(gm)
     out = _propagate(gm, example_args)
     if gm is not model:
         with torch.no_grad():
@@ -363,6 +364,22 @@ def _params(fn) -> list:
         return list(inspect.signature(fn).parameters)
     except (TypeError, ValueError):
         return []
+
+
+IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
+
+
+def drop_identities(gm: fx.GraphModule) -> None:
+    """Remove identity modules (``nn.Identity``; dropout in eval mode): their readers read the input itself,
+    so two branches that read one tensor through different identities share one gathered window."""
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or len(node.args) != 1 or node.kwargs or not isinstance(node.args[0], fx.Node):
+            continue
+        mod = gm.get_submodule(node.target)
+        if isinstance(mod, IDENTITY_MODULES) and not mod.training:
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+    gm.recompile()
 
 
 def functionalize(gm: fx.GraphModule) -> None:

@@ -273,6 +273,26 @@ def test_segments_across_constants_crops_and_stops(case):
     check_model(scale_weights(M()), 20)
 
 
+def test_identities_are_removed_so_branches_share_one_gather():
+    """gReLU's blocks read one tensor through nn.Identity / eval-mode Dropout placeholders: once removed, a
+    residual add reads a slice of its conv's gathered window instead of a gather of its own."""
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv1d(4, 4, 3, padding=2, dilation=2)
+            self.pool, self.drop, self.transform = nn.Identity(), nn.Dropout(0.1), nn.Identity()
+
+        def forward(self, x):
+            return self.drop(self.conv(self.pool(x))) + self.transform(x)
+
+    m = nn.Sequential(nn.Conv1d(4, 4, 5, padding=2), Block(), Block())
+    fast = build_quietly(scale_weights(m), 30)
+    assert not any(n.op == "call_module" and isinstance(fast.gm.get_submodule(n.target), (nn.Identity, nn.Dropout))
+                   for n in fast.gm.graph.nodes)
+    assert sum(g.reuse is None and g.kind == "window" for g in fast.plan.gathers) == 3   # per conv; adds: slices
+    check_model(m, 30)
+
+
 def test_construction_builds_once(monkeypatch):
     from fastism_torch import capture
     calls = []

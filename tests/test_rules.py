@@ -109,7 +109,7 @@ def test_crop_rule(length, crop):
 
 @pytest.mark.parametrize("op,kind", [
     (nn.ReLU(), "pointwise"), (nn.GELU(), "pointwise"), (nn.Softplus(), "pointwise"), (nn.ELU(), "pointwise"),
-    (nn.BatchNorm1d(3).eval(), "pointwise"), (nn.Dropout(0.2).eval(), "pointwise"),
+    (nn.BatchNorm1d(3).eval(), "pointwise"), (nn.Hardtanh(), "pointwise"),
     (nn.Flatten(), "stop"), (nn.AdaptiveAvgPool1d(1), "inc_mean"), (nn.AdaptiveMaxPool1d(1), "stop"),
     (nn.Linear(16, 2), "stop"), (nn.Softmax(dim=1), "pointwise"), (nn.Softmax(dim=-1), "stop"),
 ])

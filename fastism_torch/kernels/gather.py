@@ -12,14 +12,15 @@ with one ``index_copy_`` along the batch axis.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 
 def _as_3d(x: torch.Tensor) -> torch.Tensor:
     """``(N, ..., L)`` -> ``(N, F, L)`` (also when a dim is 0, where ``reshape(N, -1, L)`` is ambiguous)."""
-    return x.reshape(x.shape[0], math.prod(x.shape[1:-1]), x.shape[-1])
+    features = 1
+    for d in x.shape[1:-1]:           # (not math.prod: torch.compile cannot trace it on symbolic sizes)
+        features = features * d
+    return x.reshape(x.shape[0], features, x.shape[-1])
 
 
 def to_cache(x: torch.Tensor, laxis: int, pad_left: int = 0, pad_right: int = 0, value: float = 0.0):
