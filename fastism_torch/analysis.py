@@ -68,7 +68,8 @@ def _check_batch_independent(gm: fx.GraphModule) -> None:
 def _inc_linear_user(node: fx.Node, gm: fx.GraphModule, early: set):
     """The Linear that consumes ``node`` (a flatten) as its only user, if any."""
     users = list(node.users)
-    if len(users) != 1:
+    tm = node.meta.get("tensor_meta")
+    if len(users) != 1 or tm is None or len(getattr(tm, "shape", ())) != 2:    # (N, F): the update is (N, out)
         return None
     u = users[0]
     if not u.args or u.args[0] is not node or u in early:

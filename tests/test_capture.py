@@ -293,6 +293,20 @@ def test_identities_are_removed_so_branches_share_one_gather():
     check_model(m, 30)
 
 
+def test_dense_on_a_3d_flatten_runs_in_full():
+    """gReLU's ConvMLP flattens to (N, 1, C*L) before its Linear: not the (N, F) -> (N, out) update the
+    incremental dense assumes (it crashed once the Dropout in between was dropped)."""
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv1d(4, 3, 5, padding=2)
+            self.fc = nn.Linear(3 * 20, 2)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.c(x)).reshape(x.shape[0], 1, -1))
+    check_model(scale_weights(M()), 20)
+
+
 def test_construction_builds_once(monkeypatch):
     from fastism_torch import capture
     calls = []
