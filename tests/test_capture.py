@@ -134,7 +134,7 @@ class BpnetLiteLike(nn.Module):
     def forward(self, X, X_ctl=None):
         if X.shape[1] != 4:
             raise ValueError("expected one-hot DNA")
-        start, end = self.trimming, X.shape[2] - self.trimming
+        start = self.trimming
         X = torch.relu(self.iconv(X))
         for conv in self.rconvs:
             X_conv = torch.relu(conv(X))
@@ -211,7 +211,7 @@ def test_einops_rearrange_traces():
 def test_einops_keeps_working_on_tensors_after_a_trace():
     """The trace lends einops a backend for proxies, and gives it back: einops on real tensors still works,
     also when the first einops call of the process is inside a trace."""
-    einops = pytest.importorskip("einops")
+    pytest.importorskip("einops")
     import subprocess
     import sys
     code = ("import torch, torch.nn as nn, einops, fastism_torch as ft\n"
