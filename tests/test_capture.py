@@ -307,6 +307,23 @@ def test_dense_on_a_3d_flatten_runs_in_full():
     check_model(scale_weights(M()), 20)
 
 
+@pytest.mark.parametrize("glu", [lambda h: F.glu(h, dim=1), nn.GLU(dim=1)], ids=["F.glu", "nn.GLU"])
+def test_channel_gates_are_pointwise(glu):
+    """A gated linear unit over channels (found as a stop point by the fuzzer) keeps the fast path."""
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv1d(4, 8, 5, padding=2), nn.Conv1d(4, 2, 3, padding=1)
+            self.glu = glu if isinstance(glu, nn.Module) else None
+
+        def forward(self, x):
+            h = self.c1(x)
+            return self.c2(self.glu(h) if self.glu is not None else glu(h))
+    m = scale_weights(M())
+    assert len(build_quietly(m, 20).plan.stops) == 0
+    check_model(m, 20)
+
+
 def test_construction_builds_once(monkeypatch):
     from fastism_torch import capture
     calls = []

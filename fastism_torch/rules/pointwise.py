@@ -152,6 +152,9 @@ register(*functions("layer_norm", "rms_norm", modules=(nn.functional,)))(acting_
 
 
 register(*module_types(nn.Softmax, nn.LogSoftmax))(acting_along(_one_dim(lambda c: c.module().dim)))
+# GLU halves one dim (a gate over channels is pointwise along the length; its default dim=-1 usually is the length)
+register(*module_types(nn.GLU))(acting_along(_one_dim(lambda c: c.module().dim)))
+register(*functions("glu", modules=(nn.functional,)))(acting_along(_one_dim(lambda c: c.arg(1, "dim", -1))))
 register(*functions("softmax", "log_softmax"), *methods("softmax", "log_softmax"))(
     acting_along(_one_dim(lambda c: c.arg(1, "dim"))))
 
