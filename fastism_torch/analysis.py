@@ -18,7 +18,17 @@ from torch import fx, nn
 import torch.nn.functional as F
 
 from .rules import Decision, RuleContext, describe, lookup, stop
-from .rules.registry import ISMUndefinedError, Read
+from .rules.registry import Read
+
+
+class ISMUndefinedError(ValueError):
+    """The model's prediction for one sequence depends on the other sequences of its batch (e.g. BatchNorm
+    with batch statistics in eval mode): no ISM, fast or naive, is defined for it."""
+
+
+BATCH_STATS = ("normalises with the statistics of the batch (no running statistics): each prediction depends on "
+               "the other sequences of its batch, so ISM is not defined; give it running statistics "
+               "(track_running_stats=True) or use it in training mode only")
 
 
 class UnsupportedOpWarning(UserWarning):
@@ -53,7 +63,6 @@ def _early_stop_nodes(gm: fx.GraphModule, names) -> set:
 
 def _check_batch_independent(gm: fx.GraphModule) -> None:
     """Refuse a model whose predictions depend on the other sequences of their batch, wherever the op is."""
-    from .rules.pointwise import BATCH_STATS
     for node in gm.graph.nodes:
         if node.op == "call_module":
             mod = gm.get_submodule(node.target)
@@ -125,8 +134,6 @@ def _classify(node, gm, infos, early, strict) -> NodeInfo:
     else:
         try:
             dec = rule(RuleContext(node, gm, infos))
-        except ISMUndefinedError:
-            raise
         except Exception as e:  # a rule that cannot read its op's settings must not give a wrong answer
             dec = stop(f"rule failed ({type(e).__name__}: {e})")
     if dec.kind == "stop":

@@ -23,12 +23,14 @@ the error says so and names the model.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import operator
 import warnings
 
 import torch
 from torch import fx, nn
+from torch.fx.experimental import meta_tracer
 from torch.fx.experimental.meta_tracer import MetaProxy, MetaTracer
 from torch.fx.passes.shape_prop import ShapeProp
 
@@ -88,10 +90,11 @@ def _difference(got, want, rtol: float = 1e-5) -> str | None:
 
 def _drop_unused_var_args(gm: fx.GraphModule) -> None:
     """``forward(x, *args, **kwargs)``: the ``*args`` / ``**kwargs`` placeholders, when nothing reads them."""
-    for n in list(gm.graph.nodes):
-        if n.op == "placeholder" and str(n.target).startswith("*") and not n.users:
-            gm.graph.erase_node(n)
-    gm.recompile()
+    unused = [n for n in gm.graph.nodes if n.op == "placeholder" and str(n.target).startswith("*") and not n.users]
+    for n in unused:
+        gm.graph.erase_node(n)
+    if unused:
+        gm.recompile()
 
 
 def _concrete_args(model: nn.Module, example_args: list) -> dict:
@@ -207,8 +210,7 @@ def _relu_meta(x, inplace=False):
 
 
 # MetaTracer refuses F.relu(inplace=True) on meta tensors (the output then has no shape); out of place is the same
-meta_tracer_overrides = __import__("torch.fx.experimental.meta_tracer", fromlist=["x"]).manual_meta_overrides
-meta_tracer_overrides[torch.nn.functional.relu] = _relu_meta
+meta_tracer.manual_meta_overrides[torch.nn.functional.relu] = _relu_meta
 
 
 class _ShapeTracer(MetaTracer):
@@ -238,7 +240,7 @@ def _shape_aware_trace(model: nn.Module, example_args: list, concrete: dict) -> 
             value = _get_attr(meta_model, node.target)
             if isinstance(value, torch.Tensor) and value.is_meta:
                 raise ValueError(f"{node.target}: a constant computed from the model's weights while tracing")
-            setattr(model, node.target, value) if "." not in node.target else None
+            setattr(model, node.target, value)                  # (fx names them _tensor_constant<k>)
     return fx.GraphModule(model, graph, type(model).__name__)
 
 
@@ -286,26 +288,18 @@ class _einops_on_proxies:
         return False
 
 
-_FX_BACKEND_CLASS = None
-
-
+@functools.cache
 def _fx_backend_class(torch_backend):
-    global _FX_BACKEND_CLASS
-    if _FX_BACKEND_CLASS is None:
-        class FxProxyBackend(torch_backend):
-            framework_name = _FX_BACKEND
+    """einops' torch backend for fx proxies (one class per process: einops keeps finding its subclasses)."""
+    class FxProxyBackend(torch_backend):
+        framework_name = _FX_BACKEND
 
-            def __init__(self):
-                import torch as _torch
-                self.torch = _torch
+        def is_appropriate_type(self, tensor):
+            return isinstance(tensor, fx.Proxy)
 
-            def is_appropriate_type(self, tensor):
-                return isinstance(tensor, fx.Proxy)
-
-            def shape(self, x):
-                return tuple(x.shape)
-        _FX_BACKEND_CLASS = FxProxyBackend
-    return _FX_BACKEND_CLASS
+        def shape(self, x):
+            return tuple(x.shape)
+    return FxProxyBackend
 
 
 # ------------------------------------------------------------------------------------------ functionalisation
@@ -372,14 +366,14 @@ IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Alph
 def drop_identities(gm: fx.GraphModule) -> None:
     """Remove identity modules (``nn.Identity``; dropout in eval mode): their readers read the input itself,
     so two branches that read one tensor through different identities share one gathered window."""
-    for node in list(gm.graph.nodes):
-        if node.op != "call_module" or len(node.args) != 1 or node.kwargs or not isinstance(node.args[0], fx.Node):
-            continue
-        mod = gm.get_submodule(node.target)
-        if isinstance(mod, IDENTITY_MODULES) and not mod.training:
-            node.replace_all_uses_with(node.args[0])
-            gm.graph.erase_node(node)
-    gm.recompile()
+    identities = [n for n in gm.graph.nodes if n.op == "call_module" and len(n.args) == 1 and not n.kwargs
+                  and isinstance(n.args[0], fx.Node) and isinstance(gm.get_submodule(n.target), IDENTITY_MODULES)
+                  and not gm.get_submodule(n.target).training]
+    for node in identities:
+        node.replace_all_uses_with(node.args[0])
+        gm.graph.erase_node(node)
+    if identities:
+        gm.recompile()
 
 
 def functionalize(gm: fx.GraphModule) -> None:

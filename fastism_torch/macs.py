@@ -23,6 +23,10 @@ def _shape(n):
     return tuple(tm.shape) if tm is not None and hasattr(tm, "shape") else None
 
 
+def _elements(kernel_size) -> int:
+    return math.prod(kernel_size) if isinstance(kernel_size, (tuple, list)) else int(kernel_size)
+
+
 def _per_output(node, gm) -> int:
     """MACs per output element of ``node`` (0 for ops counted otherwise or not at all)."""
     if node.op == "call_module":
@@ -34,21 +38,17 @@ def _per_output(node, gm) -> int:
         if isinstance(m, nn.Linear):
             return m.in_features
         if isinstance(m, (nn.MaxPool1d, nn.AvgPool1d, nn.MaxPool2d, nn.AvgPool2d)):
-            k = m.kernel_size
-            return math.prod(k) if isinstance(k, tuple) else k
+            return _elements(m.kernel_size)
     if node.op == "call_function":
         if node.target in (F.conv1d, F.conv2d):
             return math.prod(_shape(node.args[1])[1:])
         if node.target is F.linear:
             return _shape(node.args[1])[-1]
-        if node.target in (torch.matmul, operator.matmul, torch.bmm):
-            a = _shape(node.args[0])
-            return a[-1] if a else 0
         if node.target in (F.max_pool1d, F.avg_pool1d):
-            k = node.args[1] if len(node.args) > 1 else node.kwargs.get("kernel_size", 1)
-            return math.prod(k) if isinstance(k, (tuple, list)) else int(k)
-    if node.op == "call_method" and node.target in ("matmul", "bmm"):
-        a = _shape(node.args[0])
+            return _elements(node.args[1] if len(node.args) > 1 else node.kwargs.get("kernel_size", 1))
+    if (node.op == "call_function" and node.target in (torch.matmul, operator.matmul, torch.bmm)
+            or node.op == "call_method" and node.target in ("matmul", "bmm")):
+        a = _shape(node.args[0])                   # a product of two tensors: the contracted size per output
         return a[-1] if a else 0
     return 0
 

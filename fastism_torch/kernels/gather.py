@@ -128,11 +128,9 @@ def inc_linear_static(new: torch.Tensor, ref_window: torch.Tensor, ref_out: torc
     multiplied by the matching ``span`` columns of the weight, ``y_ref + W[:, base:base+span] @ frame``."""
     width = new.shape[laxis]
     B, n_out = new.shape[0], weight.shape[0]
-    delta = (new - ref_window).movedim(laxis, -1)
-    delta = delta.reshape(B, -1, width)                                     # (B, F, width)
-    w = weight.view(n_out, *in_shape).movedim(laxis, -1)                    # laxis counted without batch
+    delta = _as_3d((new - ref_window).movedim(laxis, -1))                  # (B, F, width)
+    w = _as_3d(weight.view(n_out, *in_shape).movedim(laxis, -1))            # (out, F, L); laxis without batch
     length = w.shape[-1]
-    w = w.reshape(n_out, -1, length)                                        # (out, F, L)
     base = starts.min().clamp(max=length - span)
     offset = (starts - base)[:, None, None] + torch.arange(width, device=new.device)
     frame = delta.new_zeros(B, delta.shape[1], span).scatter_(2, offset.expand(-1, delta.shape[1], -1), delta)

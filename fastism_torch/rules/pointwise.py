@@ -13,11 +13,6 @@ from torch import nn
 
 from .registry import Decision, Read, RuleContext, functions, methods, module_types, register, stop
 
-# analysis refuses such models up front (ISMUndefinedError), wherever the op is
-BATCH_STATS = ("normalises with the statistics of the batch (no running statistics): each prediction depends on "
-               "the other sequences of its batch, so ISM is not defined; give it running statistics "
-               "(track_running_stats=True) or use it in training mode only")
-
 
 def _norm_dim(d, ndim):
     return d + ndim if d < 0 else d

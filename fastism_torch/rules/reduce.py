@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..capture import WholeModel
 from ..ranges import IDENTITY
 from .registry import Decision, Read, RuleContext, functions, methods, module_types, register, stop
 
@@ -105,6 +106,6 @@ def known_stop(ctx: RuleContext) -> Decision:
     return stop("global or sequence-wide op", quiet=True)
 
 
-@register(("module", __import__("fastism_torch.capture", fromlist=["WholeModel"]).WholeModel))
+@register(("module", WholeModel))
 def whole_model(ctx: RuleContext) -> Decision:
     return stop(f"the whole model, which could not be traced ({ctx.module().reason})", quiet=True)

@@ -46,11 +46,6 @@ class Decision:
     extra: dict = field(default_factory=dict)    # rule-specific data (e.g. the weight of an inc_linear)
 
 
-class ISMUndefinedError(ValueError):
-    """The model's prediction for one sequence depends on the other sequences of its batch (e.g. BatchNorm
-    with batch statistics in eval mode): no ISM, fast or naive, is defined for it."""
-
-
 def stop(reason: str, quiet: bool = False) -> Decision:
     """A stop point. ``quiet`` for the expected ones (flatten, dense, global pooling, attention)."""
     return Decision("stop", reason=reason, extra={"quiet": quiet})
