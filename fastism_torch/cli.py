@@ -1,312 +1,42 @@
-"""The ``fastism-torch`` command: ``ism`` (FASTA in, ISM maps and modisco-ready files out) and ``plot``.
+"""The ``fastism-torch`` command: a parser over library calls.
 
-``fastism-torch ism -m MODEL -s SEQS -o PREFIX`` writes ``PREFIX.h5`` (see :class:`fastism_torch.io.ResultFile`),
-``PREFIX.ohe.npz``, ``PREFIX.attr.npz``, ``PREFIX.regions.bed`` and ``PREFIX.args.json``.  The work is done in
-chunks of sequences, each written as soon as it is done, so an interrupted run resumes where it stopped when
-the same command is run again.  Under ``torchrun`` the sequences are sharded across ranks.
+* ``ism``: sequences (FASTA, one-hot, or BED regions of a genome) in; ``PREFIX.h5`` and modisco-,
+  chrombpnet- and browser-ready files out (:mod:`fastism_torch.runner`, :mod:`fastism_torch.pipeline`).
+* ``plot``: heatmap and logo of one sequence (:mod:`fastism_torch.plot`).
+* ``bigwig``: the projected scores as a bigWig track (:func:`fastism_torch.outputs.write_bigwig`).
 
 User errors (bad files, options or models) print one line and exit with status 1, without a traceback.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import inspect
 import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+import warnings
 
-import numpy as np
+from . import distributed, inputs, outputs, pipeline, runner, scores
+from .errors import UserError
+from .loading import EngineOptions, load_model
 
-from . import io as fio
-from . import scores
-from .io import UserError
-
-PROG = "fastism-torch"
+PROG = runner.PROG
 
 # Options that change results: a resumed or existing output must agree on all of them.
-RESULT_OPTIONS = ("seq_len", "n_policy", "center_crop", "pad", "start", "end", "replace_with", "target",
-                  "reduction", "profile_axis", "rc_average", "hypothetical", "raw", "dtype")
+RESULT_OPTIONS = ("seq_len", "n_policy", "center_crop", "pad", "rna", "start", "end", "replace_with", "target",
+                  "reduction", "profile_axis", "rc_average", "raw", "dtype", "engine", "no_check")
 
 
-# ------------------------------------------------------------------------------------------- models
-@dataclass
-class LoadedModel:
-    """A model ready to be wrapped in an ISM engine.
-
-    ``make_engine(change_ranges)`` returns an object with the :class:`fastism_torch.FastISM` API.
-    """
-    kind: str                      # "torch", "keras" or "onnx"
-    seq_len: int | None
-    layout: str
-    target_names: list | None
-    digest: str | None
-    make_engine: object = None
-    instantiate: object = None     # torch: seq_len -> None (sets make_engine)
-    engines: dict = field(default_factory=dict)
-
-    def engine(self, change_ranges):
-        key = None if change_ranges is None else tuple(change_ranges)
-        if key not in self.engines:
-            self.engines[key] = self.make_engine(change_ranges)
-        return self.engines[key]
+def _version():
+    from . import __version__
+    return __version__
 
 
-def _warn(msg: str) -> None:
-    print(f"{PROG}: warning: {msg}", file=sys.stderr, flush=True)
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
 
 
-def _info(args, msg: str) -> None:
-    if getattr(args, "verbose", False) and getattr(args, "_is_main", True):
-        print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
-
-
-def _torch_dtype(name):
-    import torch
-    return None if name in (None, "float32") else getattr(torch, name)
-
-
-def _engine_kwargs(args, device):
-    return dict(device=device, batch_size=args.batch_size, dtype=_torch_dtype(args.dtype))
-
-
-def _build_engine(model, seq_len, layout, change_ranges, args, device):
-    """The ISM engine for a PyTorch model: FastISM, or NaiveISM with ``--engine naive`` or as a fallback."""
-    import fastism_torch as ft
-    kw = dict(seq_len=seq_len, num_chars=4, layout=layout, change_ranges=change_ranges,
-              **_engine_kwargs(args, device))
-    if args.engine == "fast" and getattr(ft, "FastISM", None) is not None:
-        try:
-            return ft.FastISM(model, test_correctness=not args.no_check, **kw)
-        except Exception as e:  # an unsupported model: the exact but slower engine still works
-            _warn(f"FastISM cannot run this model ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
-                  f"using NaiveISM")
-    return ft.NaiveISM(model, **kw)
-
-
-def _split_factory(spec: str):
-    """``path/to/file.py:factory`` -> (path, factory) or None."""
-    if ":" not in spec:
-        return None
-    path, _, name = spec.rpartition(":")
-    if path.endswith(".py") and name.isidentifier():
-        return path, name
-    return None
-
-
-def load_model(spec: str, args, device: str) -> LoadedModel:
-    """Load MODEL: ``file.py:factory`` (PyTorch), ``.onnx``, or a Keras ``.h5``/``.keras``/SavedModel folder."""
-    fac = _split_factory(spec)
-    if fac is not None:
-        return _load_torch(*fac, args, device)
-    if spec.endswith(".py"):
-        raise UserError(f"model {spec!r}: name the factory function too, as {spec}:make_model")
-    if not os.path.exists(spec):
-        raise UserError(f"model {spec!r}: no such file or folder")
-    low = spec.lower().rstrip("/")
-    if low.endswith(".onnx"):
-        kind, loader = "onnx", "from_onnx"
-    elif low.endswith((".h5", ".hdf5", ".keras")) or os.path.isdir(spec):
-        kind, loader = "keras", "from_keras"
-    else:
-        raise UserError(f"model {spec!r}: unknown model format; use a .h5/.keras file, a SavedModel folder, "
-                        f"a .onnx file or file.py:factory")
-    import fastism_torch as ft
-    kw = _engine_kwargs(args, device)
-
-    def make(change_ranges):
-        fn = getattr(ft, loader)
-        try:
-            try:
-                return fn(spec, change_ranges=change_ranges, **kw)
-            except TypeError:
-                return fn(spec)
-        except UserError:
-            raise
-        except ImportError as e:
-            raise UserError(f"model {spec!r}: loading {kind} models needs extra packages "
-                            f"(pip install 'fastism-torch[{kind}]'): {e}") from None
-        except Exception as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            raise UserError(f"model {spec!r} does not load: {type(e).__name__}: {msg}") from None
-
-    eng = make(None)   # load once to learn the length, layout and output names
-    lm = LoadedModel(kind, int(eng.seq_len), getattr(eng, "layout", "NLC"),
-                     getattr(eng, "output_names", None) or getattr(eng, "target_names", None),
-                     fio.file_digest(spec), make_engine=make)
-    lm.engines[None] = eng
-    return lm
-
-
-def _load_torch(path: str, name: str, args, device: str) -> LoadedModel:
-    from torch import nn
-    if not os.path.isfile(path):
-        raise UserError(f"model file {path!r}: no such file")
-    mod_name = "_fastism_user_model_" + str(abs(hash(os.path.abspath(path))))
-    spec = importlib.util.spec_from_file_location(mod_name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
-    try:
-        spec.loader.exec_module(module)
-    except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise UserError(f"model file {path!r} does not load: {type(e).__name__}: {msg}") from None
-    finally:
-        sys.path.pop(0)
-    factory = getattr(module, name, None)
-    if not callable(factory):
-        raise UserError(f"model file {path!r} has no function {name!r}")
-    try:
-        takes_len = "seq_len" in inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        takes_len = False
-    lm = LoadedModel("torch", getattr(module, "SEQ_LEN", None), getattr(module, "LAYOUT", "NCL"),
-                     getattr(module, "TARGET_NAMES", None), fio.file_digest(path))
-
-    def instantiate(seq_len):
-        try:
-            model = factory(seq_len=seq_len) if takes_len else factory()
-        except Exception as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            raise UserError(f"model factory {path}:{name} failed: {type(e).__name__}: {msg}") from None
-        if not isinstance(model, nn.Module):
-            raise UserError(f"model factory {path}:{name} returned {type(model).__name__}, not a torch.nn.Module")
-        lm.layout = getattr(model, "layout", lm.layout)
-        lm.target_names = getattr(model, "target_names", None) or lm.target_names
-        if getattr(model, "seq_len", None) not in (None, seq_len):
-            raise UserError(f"model factory {path}:{name} made a model for length {model.seq_len}, "
-                            f"but the sequences have length {seq_len}")
-        lm.seq_len = seq_len
-        lm.make_engine = lambda ranges: _build_engine(model, seq_len, lm.layout, ranges, args, device)
-    lm.instantiate = instantiate
-    if lm.layout not in ("NCL", "NLC"):
-        raise UserError(f"model file {path!r}: LAYOUT must be 'NCL' or 'NLC'; got {lm.layout!r}")
-    return lm
-
-
-# ------------------------------------------------------------------------------------------- compute
-@dataclass
-class Job:
-    """Everything the per-chunk computation needs."""
-    model: LoadedModel
-    seq_len: int
-    window: tuple
-    replace: np.ndarray | None     # (4,) replacement vector, or None for full saturation
-    reduction: str
-    profile_axis: int
-    targets: list | None
-    rc_average: bool
-    hypothetical: bool
-    raw: bool
-
-
-def _to_model_layout(x, layout):
-    return x if layout == "NCL" else np.ascontiguousarray(x.transpose(0, 2, 1))
-
-
-def _as_list(out):
-    return list(out) if isinstance(out, (tuple, list)) else [out]
-
-
-def _raw_edits(job: Job, x: np.ndarray, window: tuple, replace) -> list:
-    """Raw model outputs per head, ``(n, K, Lw, *out)`` in forward (NCL) base/position order."""
-    s, e = window
-    full = (s, e) == (0, job.seq_len)
-    ranges = None if full else [(i, i + 1) for i in range(s, e)]
-    eng = job.model.engine(ranges)
-    eng_ranges = getattr(eng, "change_ranges", None)
-    if eng_ranges is not None and len(eng_ranges) == job.seq_len and not full:
-        pick = np.arange(s, e)        # an engine that cannot restrict its ranges: slice the full result
-    else:
-        pick = None
-    layout = getattr(eng, "layout", "NCL")
-    xin = _to_model_layout(x, layout)
-    if replace is None and (full or pick is not None):
-        outs = _as_list(eng.saturation_mutagenesis(xin))
-        if layout == "NLC":
-            outs = [np.swapaxes(o, 1, 2) for o in outs]            # (n, 4, L, *out)
-        if pick is not None:
-            outs = [o[:, :, pick] for o in outs]
-        return outs
-    reps = [replace] if replace is not None else list(np.eye(4, dtype=np.float32))
-    per_base = []
-    for r in reps:
-        o = _as_list(eng(xin, replace_with=r))                     # (n, R, *out)
-        if pick is not None:
-            o = [a[:, pick] for a in o]
-        per_base.append(o)
-    return [np.stack(hs, axis=1) for hs in zip(*per_base)]
-
-
-def _strand_values(job: Job, x: np.ndarray, window: tuple, replace):
-    """Reduced values ``(n, K, Lw, T_all)`` for the edits and ``(n, T_all)`` for the references."""
-    import torch
-    eng = job.model.engine(None if window == (0, job.seq_len) else [(i, i + 1) for i in range(*window)])
-    refs = [torch.from_numpy(np.asarray(r)) for r in _as_list(eng.predict(_to_model_layout(x, eng.layout)))]
-    muts = [torch.from_numpy(np.asarray(m)) for m in _raw_edits(job, x, window, replace)]
-    try:
-        v_ref = scores.reduce_outputs(refs, refs, job.reduction, 1, job.profile_axis)
-        v_mut = scores.reduce_outputs(muts, [r[:, None, None] for r in refs], job.reduction, 3, job.profile_axis)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    return v_mut.numpy(), v_ref.numpy()
-
-
-def compute_chunk(job: Job, x: np.ndarray):
-    """``(ism, attr, y_ref, raw)`` for one chunk of one-hot sequences ``x`` (n, 4, L)."""
-    v_mut, v_ref = _strand_values(job, x, job.window, job.replace)
-    if job.rc_average:
-        s, e = job.window
-        rc_window = (job.seq_len - e, job.seq_len - s)
-        rc_rep = None if job.replace is None else job.replace[::-1].copy()
-        m2, r2 = _strand_values(job, scores.reverse_complement(x), rc_window, rc_rep)
-        v_mut = (v_mut + scores.from_reverse_strand(m2)) / 2
-        v_ref = (v_ref + r2) / 2
-    v_mut = scores.select_targets(v_mut, job.targets)
-    v_ref = scores.select_targets(v_ref, job.targets)
-    ism = scores.ism_scores(v_mut, v_ref, centre=job.replace is None)
-    attr = scores.attributions(ism, x[:, :, job.window[0]:job.window[1]], job.hypothetical)
-    return (ism.astype(np.float32), attr, v_ref.astype(np.float32),
-            v_mut.astype(np.float32) if job.raw else None)
-
-
-# ------------------------------------------------------------------------------------------- options
-def _parse_targets(spec, names: list, n: int):
-    if spec is None or spec == "":
-        return None
-    out = []
-    for tok in str(spec).split(","):
-        tok = tok.strip()
-        if tok in names:
-            out.append(names.index(tok))
-        elif tok.lstrip("-").isdigit() and -n <= int(tok) < n:
-            out.append(int(tok) % n)
-        else:
-            shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
-            raise UserError(f"--target {tok!r} does not exist; the model has {n} target(s): {shown}")
-    return out
-
-
-def _parse_replace(spec):
-    if spec is None:
-        return None
-    txt = str(spec).strip().upper()
-    if txt in ("0", "ZERO", "N"):
-        return np.zeros(4, dtype=np.float32)
-    if txt in ("UNIFORM",):
-        return np.full(4, 0.25, dtype=np.float32)
-    try:
-        v = np.asarray([float(t) for t in txt.split(",")], dtype=np.float32)
-    except ValueError:
-        v = None
-    if v is None or v.shape != (4,) or not np.isfinite(v).all():
-        raise UserError(f"--replace-with must be 0, N, uniform or 4 comma-separated numbers (A,C,G,T); got {spec!r}")
-    return v
-
-
-def _resolve_device(name, ctx):
+def resolve_device(name, ctx) -> str:
     """``--device`` as a device string with an index for CUDA (``cuda`` -> this rank's or the current GPU)."""
     import torch
     if name in (None, "", "auto"):
@@ -326,318 +56,138 @@ def _resolve_device(name, ctx):
     return str(dev)
 
 
-def _settings(args, seqs, model: LoadedModel, target_names, window, n_bases) -> dict:
-    s = {k: getattr(args, k) for k in RESULT_OPTIONS}
-    s["seq_len"] = int(seqs.onehot.shape[2])
-    s.update(model=os.path.basename(args.model.rstrip("/")), model_kind=model.kind, model_digest=model.digest,
-             input_digest=seqs.digest(), n_sequences=len(seqs), window=list(window), n_bases=n_bases,
-             target_names=[str(t) for t in target_names], convention="mutant-reference, mean-centred over bases",
-             format_version=1)
-    return s
-
-
-def _differences(a: dict, b: dict) -> list:
-    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-
-
 # ------------------------------------------------------------------------------------------- ism
-def cmd_ism(args) -> int:
-    from . import distributed
-    ctx = distributed.context()
-    args._is_main = ctx.is_main
+def _check_ism_args(args) -> None:
     for opt in ("model", "seqs", "output"):
         if not getattr(args, opt):
             raise UserError(f"ism: -{opt[0]}/--{opt} is required (on the command line or in -p params.json)")
-    if args.hypothetical and args.replace_with is not None:
-        raise UserError("--hypothetical needs full saturation; it cannot be combined with --replace-with")
     if args.batch_size is not None and args.batch_size <= 0:
         raise UserError(f"--batch-size must be positive; got {args.batch_size}")
-    prefix = args.output
-    out_dir = os.path.dirname(os.path.abspath(prefix))
+    out_dir = os.path.dirname(os.path.abspath(args.output))
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create output folder {out_dir}: {e.strerror}") from None
     if not os.access(out_dir, os.W_OK):
         raise UserError(f"output folder {out_dir} is not writable")
-    device = _resolve_device(args.device, ctx)
-    replace = _parse_replace(args.replace_with)
 
+
+def _settings(args, seqs, model, device: str, target_names, window, n_bases) -> dict:
+    s = {k: getattr(args, k) for k in RESULT_OPTIONS}
+    s.update(seq_len=int(seqs.onehot.shape[2]), device=device.split(":")[0],
+             model=os.path.basename(args.model.rstrip("/")), model_kind=model.kind, model_digest=model.digest,
+             input_digest=seqs.digest(), n_sequences=len(seqs), window=list(window), n_bases=n_bases,
+             target_names=[str(t) for t in target_names], convention="mutant-reference, mean-centred over bases",
+             format_version=outputs.FORMAT_VERSION)
+    return s
+
+
+def cmd_ism(args) -> int:
+    ctx = distributed.context()
+    _check_ism_args(args)
+    device = resolve_device(args.device, ctx)
+    opts = runner.RunOptions(prefix=args.output, overwrite=args.overwrite, chunk_size=args.chunk_size,
+                             verbose=args.verbose, formats=tuple(args.format or ()),
+                             record={"command": sys.argv, "args": {k: v for k, v in vars(args).items()
+                                                                   if not k.startswith("_") and k != "func"}})
     t0 = time.perf_counter()
-    model = load_model(args.model, args, device)
-    seq_len = args.seq_len or model.seq_len
-    seqs = fio.load_sequences(args.seqs, seq_len, args.n_policy, args.center_crop, args.pad)
-    if seqs.skipped:
-        if ctx.is_main:
-            _warn(f"--n-policy skip: left out {len(seqs.skipped)} sequence(s) with ambiguous bases "
-                  f"(first: {seqs.skipped[0]!r})")
+    model = load_model(args.model, EngineOptions(device=device, batch_size=args.batch_size, dtype=args.dtype,
+                                                 engine=args.engine, check=not args.no_check,
+                                                 allow_unsafe=args.allow_unsafe))
+    with warnings.catch_warnings():
+        if not ctx.is_main:
+            warnings.simplefilter("ignore", inputs.InputWarning)
+        seqs = inputs.load_sequences(args.seqs, args.seq_len or model.seq_len, args.n_policy, args.center_crop,
+                                     args.pad, genome=args.genome, rna=args.rna)
     seq_len = seqs.onehot.shape[2]
-    if model.instantiate is not None:
-        model.instantiate(seq_len)
-    elif model.seq_len != seq_len:
-        raise UserError(f"the model takes length {model.seq_len} but the sequences have length {seq_len}")
-    _info(args, f"read {len(seqs)} sequences of length {seq_len} in {time.perf_counter() - t0:.2f}s")
+    model.bind(seq_len)
+    runner.info(opts, f"read {len(seqs)} sequences of length {seq_len} in {time.perf_counter() - t0:.2f}s", ctx)
 
-    start = 0 if args.start is None else args.start
-    end = seq_len if args.end is None else args.end
-    if end < 0:
-        end += seq_len
-    if not (0 <= start < end <= seq_len):
-        raise UserError(f"--start/--end must satisfy 0 <= start < end <= {seq_len}; got {start}, {end}")
-    window = (start, end)
-
-    # Probe one sequence for the number of targets and their names.
-    probe = Job(model, seq_len, window, replace, args.reduction, args.profile_axis, None, args.rc_average,
-                args.hypothetical, False)
-    import torch
-    eng = model.engine(None if window == (0, seq_len) else [(i, i + 1) for i in range(*window)])
-    try:
-        ref0 = [torch.from_numpy(np.asarray(r))
-                for r in _as_list(eng.predict(_to_model_layout(seqs.onehot[:1].astype(np.float32), eng.layout)))]
-    except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise UserError(f"the model fails on the sequences ({type(e).__name__}: {msg})") from None
-    try:
-        t_all = scores.reduce_outputs(ref0, ref0, args.reduction, 1, args.profile_axis).shape[-1]
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    names_all = [str(n) for n in model.target_names] if model.target_names is not None and \
-        len(model.target_names) == t_all else [str(i) for i in range(t_all)]
-    targets = _parse_targets(args.target, names_all, t_all)
+    spec = pipeline.ScoreSpec(window=(args.start or 0, seq_len if args.end is None else args.end),
+                              replace_with=pipeline.parse_replace(args.replace_with), reduction=args.reduction,
+                              profile_axis=args.profile_axis, rc_average=args.rc_average, raw=args.raw)
+    window = spec.window_for(seq_len)
+    names_all = pipeline.target_names(model, seqs.onehot, spec)
+    targets = pipeline.parse_targets(args.target, names_all)
+    spec = pipeline.ScoreSpec(**{**spec.__dict__, "window": window,
+                                 "targets": None if targets is None else tuple(targets)})
     target_names = names_all if targets is None else [names_all[i] for i in targets]
-    job = Job(**{**probe.__dict__, "targets": targets, "raw": args.raw})
-    n_bases = 1 if replace is not None else 4
-    settings = _settings(args, seqs, model, target_names, window, n_bases)
+    settings = _settings(args, seqs, model, device, target_names, window, spec.n_bases)
 
     if ctx.active:
         distributed.init(ctx, device)
-    final = prefix + ".h5"
-    status = _prepare_output(final, prefix, settings, args, ctx)
-    if status == "complete":
+    try:
+        final = runner.run(model, seqs, spec, target_names, settings, opts, ctx)
+    finally:
         distributed.shutdown(ctx)
-        return 0
-
-    # This process's sequences and its file (the final file, or a part file under torchrun).
-    lo, hi = distributed.shard(len(seqs), ctx) if ctx.active else (0, len(seqs))
-    mine = _subset(seqs, lo, hi)
-    path = distributed.part_path(prefix, ctx) if ctx.active else final
-    ok = True
-    if len(mine):
-        ok = _run_part(job, mine, path, settings, window, n_bases, target_names, args, ctx, total=len(seqs))
-    if ctx.active:
-        if not distributed.all_ok(ctx, ok):
-            distributed.shutdown(ctx)
-            if ctx.is_main:
-                raise UserError("another rank failed; rerun the same command to resume")
-            return 1
-        if ctx.is_main:
-            parts = [distributed.part_path(prefix, distributed.Context(r, ctx.world, 0)) for r in range(ctx.world)]
-            parts = [p for p in parts if os.path.exists(p)]
-            distributed.merge_parts(parts, final)
-            for p in parts:
-                os.unlink(p)
-        distributed.barrier(ctx)
-    if ctx.is_main:
-        fio.write_sidecars(final, prefix)
-        _info(args, f"wrote {final} and {prefix}.{{ohe,attr}}.npz, {prefix}.regions.bed, {prefix}.args.json "
-                    f"in {time.perf_counter() - t0:.1f}s")
-    distributed.shutdown(ctx)
+    extra = ", PREFIX.ism_scores.h5" if "chrombpnet" in opts.formats else ""
+    runner.info(opts, f"wrote {final} and PREFIX.{{ohe,attr,proj}}.npz, PREFIX.regions.bed, PREFIX.args.json"
+                      f"{extra} in {time.perf_counter() - t0:.1f}s", ctx)
     return 0
 
 
-def _subset(seqs: fio.Sequences, lo: int, hi: int) -> fio.Sequences:
-    return fio.Sequences(names=seqs.names[lo:hi], onehot=seqs.onehot[lo:hi], index=seqs.index[lo:hi],
-                         chrom=None if seqs.chrom is None else seqs.chrom[lo:hi],
-                         start=None if seqs.start is None else seqs.start[lo:hi],
-                         end=None if seqs.end is None else seqs.end[lo:hi])
-
-
-def _prepare_output(final: str, prefix: str, settings: dict, args, ctx) -> str:
-    """Check existing outputs against this run; returns 'complete', or 'go' after clearing what must go."""
-    from . import distributed
-    sidecars = [prefix + s for s in (".ohe.npz", ".attr.npz", ".regions.bed")]
-    existing = [p for p in (final, final + ".partial") if os.path.exists(p)]
-    if ctx.active:
-        existing += [p for p in (distributed.part_path(prefix, distributed.Context(r, ctx.world, 0))
-                                 for r in range(ctx.world)) for p in (p, p + ".partial") if os.path.exists(p)]
-    for p in existing:
-        try:
-            old = fio.ResultFile.stored_settings(p)
-        except Exception:
-            old = None   # unreadable partial file: it is replaced below
-            if p == final and not args.overwrite:
-                raise UserError(f"{final} exists but is not a readable result file; pass --overwrite to replace it")
-        if old is not None and old != settings and not args.overwrite:
-            diff = ", ".join(_differences(old, settings))
-            raise UserError(f"{p} exists with different settings ({diff}); pass --overwrite to replace it, "
-                            f"or choose another -o")
-    if args.overwrite:
-        distributed.barrier(ctx)
-        if ctx.is_main:
-            for p in existing + sidecars:
-                if os.path.exists(p):
-                    os.unlink(p)
-        distributed.barrier(ctx)
-    elif os.path.exists(final):
-        if ctx.is_main and not all(os.path.exists(p) for p in sidecars):
-            fio.write_sidecars(final, prefix)
-        if ctx.is_main:
-            print(f"{PROG}: {final} is already complete with these settings; nothing to do", file=sys.stderr)
-        return "complete"
-    if ctx.is_main:
-        record = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "func"}
-        fio.save_json(prefix + ".args.json", {"command": sys.argv, "args": record, "settings": settings,
-                                              "version": _version()})
-    return "go"
-
-
-def _version():
-    from . import __version__
-    return __version__
-
-
-def _chunk_size(args, n_values_per_seq: int) -> int:
-    if args.chunk_size:
-        return max(1, int(args.chunk_size))
-    budget = 256 << 20          # bytes of raw outputs held per chunk (float64 while reducing)
-    return int(np.clip(budget // max(1, 8 * n_values_per_seq), 1, 64))
-
-
-def _run_part(job: Job, seqs: fio.Sequences, path: str, settings: dict, window, n_bases, target_names, args,
-              ctx, total: int) -> bool:
-    """Compute this process's sequences into ``path`` (resuming ``path.partial``); True on success."""
-    rf = fio.ResultFile(path)
-    if os.path.exists(path):      # a complete part file from an interrupted torchrun: reuse it
-        return True
-    resumed = False
-    if os.path.exists(rf.partial):
-        if rf.open_partial() is not None and fio.ResultFile.stored_settings(rf.partial) == settings \
-                and rf.h5["ism"].shape[0] == len(seqs):
-            resumed = True
-        else:
-            rf.close()
-            _warn(f"{rf.partial} is unreadable or from another run; starting over")
-    try:
-        if not resumed:
-            rf.create(seqs, window, n_bases, target_names, settings, job.raw)
-        done = rf.done_mask()
-        if resumed:
-            _info(args, f"resuming: {int(done.sum())} of {len(seqs)} sequences already in {rf.partial}")
-        # Raw outputs per sequence decide how many sequences a chunk holds.
-        eng = job.model.engine(None if window == (0, job.seq_len) else [(i, i + 1) for i in range(*window)])
-        ref0 = _as_list(eng.predict(_to_model_layout(seqs.onehot[:1].astype(np.float32), eng.layout)))
-        per_seq = n_bases * (window[1] - window[0]) * sum(int(np.prod(np.shape(r)[1:])) for r in ref0)
-        step = _chunk_size(args, per_seq)
-        bar = _progress(args, ctx, len(seqs), int(done.sum()))
-        try:
-            for lo in range(0, len(seqs), step):
-                hi = min(len(seqs), lo + step)
-                if done[lo:hi].all():
-                    continue
-                x = seqs.onehot[lo:hi].astype(np.float32)
-                ism, attr, y_ref, raw = compute_chunk(job, x)
-                rf.write_chunk(lo, hi, ism, attr, y_ref, raw)
-                bar.update(int((~done[lo:hi]).sum()))
-        finally:
-            bar.close()
-        rf.finish()
-    except KeyboardInterrupt:
-        n_done = int(rf.done_mask().sum()) if rf.h5 is not None else 0
-        rf.close()
-        print(f"\n{PROG}: interrupted; {n_done} of {len(seqs)} sequences are saved in {rf.partial}; "
-              f"rerun the same command to resume", file=sys.stderr)
-        raise SystemExit(130)
-    except OSError as e:
-        rf.close()
-        raise UserError(f"cannot write {rf.partial}: {e.strerror or e}; rerun the same command to resume "
-                        f"once fixed") from None
-    except BaseException:
-        rf.close()
-        raise
-    return True
-
-
-def _progress(args, ctx, total, initial):
-    from tqdm.auto import tqdm
-    desc = "ISM" if not ctx.active else f"ISM rank {ctx.rank}"
-    return tqdm(total=total, initial=initial, disable=not args.verbose or not ctx.is_main, unit="seq",
-                desc=desc, dynamic_ncols=True, file=sys.stderr, mininterval=0.2)
-
-
-# ------------------------------------------------------------------------------------------- plot
+# ------------------------------------------------------------------------------------------- plot, bigwig
 def cmd_plot(args) -> int:
-    import h5py
     from . import plot
-    if not os.path.isfile(args.result):
-        raise UserError(f"{args.result}: no such file")
-    try:
-        f = h5py.File(args.result, "r")
-    except OSError:
-        raise UserError(f"{args.result}: not an HDF5 result file") from None
-    with f:
-        if "ism" not in f or "names" not in f:
-            raise UserError(f"{args.result}: not a fastism-torch result file (no 'ism' dataset)")
-        if not bool(f.attrs.get("complete", False)):
-            _warn(f"{args.result} is not complete")
-        names = [n.decode() if isinstance(n, bytes) else str(n) for n in f["names"][...]]
-        if args.seq is None:
-            i = 0
-        elif args.seq in names:
-            i = names.index(args.seq)
-        elif args.seq.isdigit() and int(args.seq) < len(names):
-            i = int(args.seq)
-        else:
-            raise UserError(f"--seq {args.seq!r} is not in {args.result} (names: {', '.join(names[:10])}"
-                            f"{', ...' if len(names) > 10 else ''})")
-        ws, we = int(f.attrs["window_start"]), int(f.attrs["window_end"])
-        ism = f["ism"][i]                               # (K, Lw, T)
-        onehot = f["seqs"][i, :, ws:we].astype(np.float32)
-        tnames = [t.decode() if isinstance(t, bytes) else str(t) for t in f["target_names"][...]]
-        offset = int(f["start"][i]) if "start" in f else 0
-        chrom = (f["chrom"][i].decode() if isinstance(f["chrom"][i], bytes) else str(f["chrom"][i])) \
-            if "chrom" in f else None
+    with outputs.Result(args.result) as r:
+        if not r.complete:
+            warnings.warn(f"{args.result} is not complete")
+        i = r.row(args.seq)
+        ism = r.f["ism"][i]                                # (K, Lw, T)
+        onehot = r.onehot(i)
+        chrom, start, _ = r.window_coordinates()
+        ws, we = r.window
+        if args.target is not None:
+            ism = ism[..., pipeline.parse_targets(args.target, r.target_names)]
+        name = r.names[i]
     s = ws if args.start is None else args.start
     e = we if args.end is None else args.end
     if not (ws <= s < e <= we):
         raise UserError(f"--start/--end must lie in the computed window [{ws}, {we}); got {s}, {e}")
-    if args.target is not None:
-        t = _parse_targets(args.target, tnames, len(tnames))
-        ism = ism[..., t]
-    heat = ism.mean(-1)[:, s - ws:e - ws]
-    seq = onehot[:, s - ws:e - ws]
-    region = f"{chrom}:{offset + s}-{offset + e}" if chrom else None
-    title = args.title or (names[i] if region in (None, names[i]) else f"{names[i]}  ({region})")
+    region = f"{chrom[i]}:{int(start[i]) - ws + s}-{int(start[i]) - ws + e}" if r.chrom is not None else None
+    title = args.title or (name if region in (None, name) else f"{name}  ({region})")
     try:
-        plot.plot_ism(heat, seq, args.output, start=s, title=title, dpi=args.dpi)
+        plot.plot_ism(ism.mean(-1)[:, s - ws:e - ws], onehot[:, s - ws:e - ws], args.output, start=s, title=title,
+                      dpi=args.dpi)
     except OSError as e:
         raise UserError(f"cannot write {args.output}: {e.strerror or e}") from None
     print(f"{PROG}: wrote {args.output}", file=sys.stderr)
     return 0
 
 
-# ------------------------------------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Fast exact in-silico saturation mutagenesis (ISM).")
-    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = p.add_subparsers(dest="command", metavar="{ism,plot}")
-    sub.required = True
+def cmd_bigwig(args) -> int:
+    out = args.output or os.path.splitext(args.result)[0] + ".proj.bw"
+    n = outputs.write_bigwig(args.result, args.chrom_sizes, out)
+    print(f"{PROG}: wrote {out} ({n} bases)", file=sys.stderr)
+    return 0
 
-    s = sub.add_parser("ism", help="compute ISM maps for sequences in a FASTA (or one-hot) file",
+
+# ------------------------------------------------------------------------------------------- parser
+def _ism_parser(sub) -> None:
+    s = sub.add_parser("ism", help="compute ISM maps for sequences (FASTA, one-hot, or BED + genome)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     s.add_argument("-p", "--params", help="JSON file of options (keys are long option names); the command "
                                           "line overrides it")
     g = s.add_argument_group("input and output")
     g.add_argument("-m", "--model", help="Keras .h5/.keras/SavedModel folder, .onnx file, or PyTorch "
                                          "path/to/file.py:factory (factory() returns an nn.Module taking (N, 4, L))")
-    g.add_argument("-s", "--seqs", help="FASTA (plain or bgzipped) or one-hot .npy/.npz ((N, 4, L), ACGT)")
-    g.add_argument("-o", "--output", help="output prefix: writes PREFIX.h5, PREFIX.ohe.npz, PREFIX.attr.npz, "
-                                          "PREFIX.regions.bed, PREFIX.args.json")
+    g.add_argument("-s", "--seqs", help="FASTA (plain or gzipped), one-hot .npy/.npz ((N, 4, L), ACGT), or a "
+                                        "BED3/narrowPeak file with --genome")
+    g.add_argument("--genome", help="reference genome FASTA for a BED -s: windows of the model length centred "
+                                    "on each summit (narrowPeak column 10) or midpoint")
+    g.add_argument("-o", "--output", help="output prefix: writes PREFIX.h5, PREFIX.ohe.npz, PREFIX.attr.npz "
+                                          "(hypothetical, for modisco), PREFIX.proj.npz, PREFIX.regions.bed, "
+                                          "PREFIX.args.json")
+    g.add_argument("--format", action="append", choices=("chrombpnet",),
+                   help="also write PREFIX.ism_scores.h5 in chrombpnet's layout (/raw/seq, /shap/seq, "
+                        "/projected_shap/seq)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing output with other settings")
     g.add_argument("-v", "--verbose", action="store_true", help="progress bar and timings on stderr")
     g = s.add_argument_group("sequences")
     g.add_argument("--seq-len", type=int, help="model input length (default: the model's, else the sequences')")
-    g.add_argument("--n-policy", choices=fio.N_POLICIES, default="zero",
+    g.add_argument("--n-policy", choices=inputs.N_POLICIES, default="zero",
                    help="N and other ambiguous bases: all-zero column, skip the sequence, or stop with an error")
+    g.add_argument("--rna", action="store_true", help="read U as T (otherwise U is an error)")
     g.add_argument("--center-crop", action="store_true", help="centre-crop longer sequences to the model length")
     g.add_argument("--pad", action="store_true", help="pad shorter sequences with N on both sides")
     g = s.add_argument_group("mutagenesis and scores")
@@ -652,8 +202,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--profile-axis", type=int, default=-1, help="profile (length) axis of the profile output, "
                                                                  "counted over one sequence's output")
     g.add_argument("--rc-average", action="store_true", help="average with the reverse-complement strand")
-    g.add_argument("--hypothetical", action="store_true", help="attr.npz holds all 4 bases, not only the "
-                                                                "observed one")
     g.add_argument("--raw", action="store_true", help="also store raw (reduced) mutant predictions as 'raw'")
     g = s.add_argument_group("execution")
     g.add_argument("--batch-size", type=int, help="edits per forward pass (default: the engine's)")
@@ -664,7 +212,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--engine", choices=("fast", "naive"), default="fast",
                    help="FastISM, or NaiveISM (one full forward pass per edit)")
     g.add_argument("--no-check", action="store_true", help="skip FastISM's self-check against naive ISM")
+    g.add_argument("--allow-unsafe", action="store_true",
+                   help="let a Keras model file run code it carries (Lambda layers); only for files you trust")
     s.set_defaults(func=cmd_ism)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="Fast exact in-silico saturation mutagenesis (ISM).")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = p.add_subparsers(dest="command", metavar="{ism,plot,bigwig}")
+    sub.required = True
+    _ism_parser(sub)
 
     q = sub.add_parser("plot", help="heatmap and sequence logo of one sequence's ISM map")
     q.add_argument("result", help="PREFIX.h5 written by 'fastism-torch ism'")
@@ -676,6 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--title", help="figure title")
     q.add_argument("--dpi", type=int, default=150)
     q.set_defaults(func=cmd_plot)
+
+    b = sub.add_parser("bigwig", help="bigWig track of the projected scores at genome coordinates")
+    b.add_argument("result", help="PREFIX.h5 written by 'fastism-torch ism' (from BED regions or chrom:start-end "
+                                  "names)")
+    b.add_argument("--chrom-sizes", required=True, help="two-column chrom.sizes file (or the genome's .fai)")
+    b.add_argument("-o", "--output", help="bigWig file (default: PREFIX.proj.bw)")
+    b.set_defaults(func=cmd_bigwig)
     return p
 
 
@@ -708,8 +273,10 @@ def _apply_params(parser, argv):
 def main(argv=None) -> int:
     parser = build_parser()
     try:
-        args = _apply_params(parser, argv)
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            args = _apply_params(parser, argv)
+            return args.func(args)
     except UserError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1

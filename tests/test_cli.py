@@ -17,6 +17,11 @@ from fastism_torch.cli import main
 from _cli_helpers import (EXAMPLE_FA, EXAMPLE_MODEL, REPO, random_seqs, run_cli, write_fasta, write_model)
 
 
+def ism_mean(path):
+    with h5py.File(path) as f:
+        return f["ism"][...].mean(-1)
+
+
 def _ism(tmp_path, *extra, model=None, fa=None, prefix="out"):
     model = model or f"{EXAMPLE_MODEL}:make_model"
     fa = fa or EXAMPLE_FA
@@ -26,7 +31,7 @@ def _ism(tmp_path, *extra, model=None, fa=None, prefix="out"):
 def test_example_end_to_end(tmp_path):
     assert _ism(tmp_path) == 0
     p = tmp_path / "out"
-    for ext in (".h5", ".ohe.npz", ".attr.npz", ".regions.bed", ".args.json"):
+    for ext in (".h5", ".ohe.npz", ".attr.npz", ".proj.npz", ".regions.bed", ".args.json"):
         assert os.path.exists(str(p) + ext), ext
     assert not os.path.exists(str(p) + ".h5.partial")
     with h5py.File(str(p) + ".h5") as f:
@@ -41,9 +46,13 @@ def test_example_end_to_end(tmp_path):
         np.testing.assert_allclose(f["ism"][...].sum(1), 0, atol=1e-5)           # centred across bases
         settings = json.loads(f.attrs["settings_json"])
         assert settings["reduction"] == "none" and f.attrs["n_policy"] == "zero"
-        attr = f["attr"][...]
+        attr, proj = f["attr"][...], f["proj"][...]
         seqs = f["seqs"][...]
     np.testing.assert_array_equal(np.load(str(p) + ".attr.npz")["arr_0"], attr)
+    np.testing.assert_array_equal(np.load(str(p) + ".proj.npz")["arr_0"], proj)
+    mean = ism_mean(str(p) + ".h5")
+    np.testing.assert_allclose(attr, mean, rtol=1e-5, atol=1e-8)   # hypothetical: every base
+    np.testing.assert_allclose(proj, mean * seqs, rtol=1e-5, atol=1e-8)   # projected: the observed base
     np.testing.assert_array_equal(np.load(str(p) + ".ohe.npz")["arr_0"], seqs)
     bed = open(str(p) + ".regions.bed").read().splitlines()
     assert len(bed) == 12 and bed[0].split("\t") == ["chr1", "10000", "10300", "chr1:10000-10300"]
@@ -100,7 +109,9 @@ def test_replace_with_and_onehot_input(tmp_path):
         np.testing.assert_allclose(f["ism"][:, 0], want, rtol=1e-5, atol=1e-6)
         assert [n.decode() for n in f["names"][...]] == ["seq0", "seq1", "seq2"]
     attr = np.load(tmp_path / "out.attr.npz")["arr_0"]
-    np.testing.assert_allclose(attr, x * want.mean(-1)[:, None], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(attr, np.broadcast_to(want.mean(-1)[:, None], x.shape), rtol=1e-5, atol=1e-6)
+    proj = np.load(tmp_path / "out.proj.npz")["arr_0"]
+    np.testing.assert_allclose(proj, x * want.mean(-1)[:, None], rtol=1e-5, atol=1e-6)
 
 
 def test_n_policy_skip_keeps_input_index(tmp_path):
@@ -251,7 +262,7 @@ def test_device_resolution_with_a_mocked_gpu(monkeypatch, given, active, want):
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(torch.cuda._get_device_index(d)))
     ctx = distributed.Context(1, 2, 1) if active else distributed.Context()
-    assert cli._resolve_device(given, ctx) == want
+    assert cli.resolve_device(given, ctx) == want
     assert calls == ([int(want[-1])] if want.startswith("cuda") else [])
 
 
@@ -261,9 +272,9 @@ def test_device_resolution_errors(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(cli.UserError, match="has 1 CUDA device"):
-        cli._resolve_device("cuda:3", distributed.Context())
+        cli.resolve_device("cuda:3", distributed.Context())
     with pytest.raises(cli.UserError, match="not a device torch knows"):
-        cli._resolve_device("gpu0", distributed.Context())
+        cli.resolve_device("gpu0", distributed.Context())
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(cli.UserError, match="CUDA is not available"):
-        cli._resolve_device("cuda", distributed.Context())
+        cli.resolve_device("cuda", distributed.Context())

@@ -29,7 +29,7 @@ def test_torchrun_two_cpu_processes_matches_single_process(tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
     assert sorted(os.listdir(tmp_path)) == sorted(
-        ["dist" + e for e in (".h5", ".ohe.npz", ".attr.npz", ".regions.bed", ".args.json")])   # parts removed
+        ["dist" + e for e in (".h5", ".ohe.npz", ".attr.npz", ".proj.npz", ".regions.bed", ".args.json")])   # parts removed
     single = str(tmp_path / "single")
     assert main(["ism", "-m", f"{EXAMPLE_MODEL}:make_model", "-s", EXAMPLE_FA, "-o", single, "--device", "cpu",
                  "--start", "100", "--end", "200"]) == 0

@@ -74,7 +74,6 @@ def test_reverse_strand_mapping():
 @pytest.mark.parametrize("opts,tkw", [
     ([], {}),
     (["--target", "1"], {"target": 1}),
-    (["--hypothetical"], {"hypothetical": True}),
     (["--start", "40", "--end", "90", "--target", "ebox"], {"start": 40, "end": 90, "target": 1}),
 ])
 def test_default_scores_equal_tangermeme(tmp_path, opts, tkw):
@@ -88,13 +87,17 @@ def test_default_scores_equal_tangermeme(tmp_path, opts, tkw):
                  *opts]) == 0
     ohe = np.load(prefix + ".ohe.npz")["arr_0"]
     attr = np.load(prefix + ".attr.npz")["arr_0"]
+    proj = np.load(prefix + ".proj.npz")["arr_0"]
     import h5py
     with h5py.File(prefix + ".h5") as f:
         X = torch.from_numpy(f["seqs"][...])
-    want = tangermeme.saturation_mutagenesis(mod.make_model(), X, batch_size=256, device="cpu", fast=False,
-                                             **tkw).numpy()
-    assert attr.shape == want.shape == ohe.shape
-    np.testing.assert_allclose(attr, want, rtol=1e-4, atol=1e-6)
+    def tm(**kw):
+        return tangermeme.saturation_mutagenesis(mod.make_model(), X, batch_size=256, device="cpu", fast=False,
+                                                 **tkw, **kw).numpy()
+    hyp, want = tm(hypothetical=True), tm()
+    assert attr.shape == want.shape == proj.shape == ohe.shape
+    np.testing.assert_allclose(attr, hyp, rtol=1e-4, atol=1e-6)      # attr.npz: hypothetical (modisco -a)
+    np.testing.assert_allclose(proj, want, rtol=1e-4, atol=1e-6)     # proj.npz: on the observed base
 
 
 def test_profile_reductions_and_rc_average_through_cli(tmp_path):
@@ -115,8 +118,8 @@ def test_profile_reductions_and_rc_average_through_cli(tmp_path):
     prefix = str(tmp_path / "rc")
     assert main(["ism", "-m", f"{model}:make_model", "-s", fa, "-o", prefix, "--reduction", "counts",
                  "--rc-average", "--raw"]) == 0
-    from fastism_torch import io as fio
-    seqs = fio.load_sequences(fa)
+    from fastism_torch import inputs
+    seqs = inputs.load_sequences(fa)
     rc_fa = write_fasta(tmp_path / "rc.fa", ["".join("ACGT"[3 - b] for b in np.argmax(s, 0)[::-1]) for s in seqs.onehot])
     assert main(["ism", "-m", f"{model}:make_model", "-s", rc_fa, "-o", str(tmp_path / "rev"),
                  "--reduction", "counts", "--raw"]) == 0

@@ -1,20 +1,21 @@
-"""FASTA / one-hot reading, encoding, the N policy, lengths, and the resumable result file."""
+"""Sequences in: FASTA / one-hot reading, encoding, the N policy, RNA, lengths, BED regions of a genome."""
 import gzip
-import os
 import time
+import warnings
 
 import numpy as np
 import pytest
 
-from fastism_torch import io as fio
-from fastism_torch.io import UserError
+from fastism_torch import inputs as fio
+from fastism_torch.errors import InputWarning, UserError
 
 from _cli_helpers import random_seqs, write_fasta
 
 
 def test_encoding_lookup_table(tmp_path):
     fa = write_fasta(tmp_path / "a.fa", ["ACGTacgtN", "TTTTGGGGC"], names=["s1", "s2"], width=4)
-    s = fio.load_sequences(fa)
+    with pytest.warns(InputWarning, match="1 ambiguous base"):
+        s = fio.load_sequences(fa)
     assert s.onehot.dtype == np.int8 and s.onehot.shape == (2, 4, 9)
     assert "".join("ACGT"[i] for i in s.onehot[0, :, :8].argmax(0)) == "ACGTACGT"
     assert s.onehot[0, :, 8].sum() == 0                                 # N -> all-zero column
@@ -23,12 +24,27 @@ def test_encoding_lookup_table(tmp_path):
 
 
 def test_n_policy(tmp_path):
-    fa = write_fasta(tmp_path / "n.fa", ["ACGTA", "ACRTA", "ACGTA"], names=["a", "b", "c"])
-    assert len(fio.load_sequences(fa, n_policy="zero")) == 3
-    s = fio.load_sequences(fa, n_policy="skip")
+    fa = write_fasta(tmp_path / "n.fa", ["ACGTA", "ACRTN", "ACGTA"], names=["a", "b", "c"])
+    with pytest.warns(InputWarning, match=r"2 ambiguous base\(s\) .* in 1 of 3 sequence\(s\) are all-zero"):
+        assert len(fio.load_sequences(fa, n_policy="zero")) == 3
+    with pytest.warns(InputWarning, match=r"skipped 1 of 3 sequence\(s\) .*first: 'b'"):
+        s = fio.load_sequences(fa, n_policy="skip")
     assert s.names == ["a", "c"] and list(s.index) == [0, 2] and s.skipped == ["b"]
-    with pytest.raises(UserError, match=r"'b' has an ambiguous base \(R\) at position 3"):
+    with pytest.raises(UserError, match=r"'b' has an ambiguous base .* at position 3"):
         fio.load_sequences(fa, n_policy="error")
+    clean = write_fasta(tmp_path / "clean.fa", ["ACGTA"], names=["a"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # nothing zeroed: no warning
+        fio.load_sequences(clean)
+
+
+def test_rna_needs_asking(tmp_path):
+    fa = write_fasta(tmp_path / "r.fa", ["ACGUA", "UUUUA"], names=["r1", "r2"])
+    with pytest.raises(UserError, match=r"'r1' has U \(RNA\) at position 4; pass --rna"):
+        fio.load_sequences(fa)
+    s = fio.load_sequences(fa, rna=True)
+    dna = fio.load_sequences(write_fasta(tmp_path / "d.fa", ["ACGTA", "TTTTA"], names=["r1", "r2"]))
+    assert np.array_equal(s.onehot, dna.onehot)
 
 
 @pytest.mark.parametrize("content,match", [
@@ -106,26 +122,40 @@ def test_fasta_speed_10000_sequences(tmp_path):
     assert dt < 2.0, f"reading and encoding 10,000 x 1 kb took {dt:.2f}s"
 
 
-def test_result_file_resumes(tmp_path):
-    seqs = fio.encode(["a", "b", "c", "d"], [s.encode() for s in random_seqs(4, 10)])
-    path = str(tmp_path / "r.h5")
-    rf = fio.ResultFile(path)
-    rf.create(seqs, (0, 10), 4, ["t"], {"k": 1}, raw=False)
-    rf.write_chunk(0, 2, np.ones((2, 4, 10, 1)), np.ones((2, 4, 10)), np.ones((2, 1)))
-    rf.close()
-    assert not os.path.exists(path) and os.path.exists(path + ".partial")
-    rf2 = fio.ResultFile(path)
-    assert rf2.open_partial() is not None
-    assert list(rf2.done_mask()) == [True, True, False, False]
-    assert fio.ResultFile.stored_settings(path + ".partial") == {"k": 1}
-    rf2.write_chunk(2, 4, 2 * np.ones((2, 4, 10, 1)), np.ones((2, 4, 10)), np.ones((2, 1)))
-    rf2.finish()
-    import h5py
-    with h5py.File(path) as f:
-        assert f.attrs["complete"] and f["ism"][0, 0, 0, 0] == 1 and f["ism"][3, 0, 0, 0] == 2
-        assert f["seqs"].dtype == np.int8 and [n.decode() for n in f["names"][...]] == ["a", "b", "c", "d"]
-    fio.write_sidecars(path, str(tmp_path / "r"))
-    ohe = np.load(tmp_path / "r.ohe.npz")
-    assert list(ohe.keys()) == ["arr_0"] and ohe["arr_0"].shape == (4, 4, 10)
-    assert np.load(tmp_path / "r.attr.npz")["arr_0"].shape == (4, 4, 10)
-    assert open(tmp_path / "r.regions.bed").read().splitlines()[0] == "a\t0\t10\ta"
+def _genome(tmp_path, sizes=(("chr1", 400), ("chr2", 250)), seed=0):
+    rng = np.random.default_rng(seed)
+    seqs = {c: "".join(rng.choice(list("ACGT"), n)) for c, n in sizes}
+    path = write_fasta(tmp_path / "genome.fa", list(seqs.values()), names=list(seqs), width=50)
+    return path, seqs
+
+
+def test_bed_regions_centred_on_summit_or_midpoint(tmp_path):
+    genome, g = _genome(tmp_path)
+    bed = tmp_path / "peaks.narrowPeak"
+    bed.write_text("track name=x\n"
+                   "chr1\t100\t200\tp1\t0\t.\t1\t1\t1\t30\n"     # summit 130
+                   "chr2\t50\t90\n"                               # BED3: midpoint 70
+                   "chr1\t390\t399\tp3\t0\t.\t1\t1\t1\t-1\n"      # runs off chr1's end: skipped
+                   "chr1\t0\t40\tp4\t0\t.\t1\t1\t1\t5\n")         # runs off the start: skipped
+    with pytest.warns(InputWarning, match=r"skipped 2 of 4 region\(s\)"):
+        s = fio.load_sequences(str(bed), seq_len=20, genome=genome)
+    assert s.names == ["chr1:120-140", "chr2:60-80"] and list(s.index) == [0, 1]
+    assert s.chrom == ["chr1", "chr2"] and list(s.start) == [120, 60] and list(s.end) == [140, 80]
+    decoded = ["".join("ACGT"[i] for i in row.argmax(0)) for row in s.onehot]
+    assert decoded == [g["chr1"][120:140], g["chr2"][60:80]]
+
+
+def test_bed_errors(tmp_path):
+    genome, _ = _genome(tmp_path)
+    bed = tmp_path / "p.bed"
+    bed.write_text("chrX\t10\t20\n")
+    with pytest.raises(UserError, match=r"chromosome\(s\) chrX are not in"):
+        fio.load_sequences(str(bed), seq_len=10, genome=genome)
+    bed.write_text("chr1\tten\t20\n")
+    with pytest.raises(UserError, match="line 1 is not BED"):
+        fio.load_sequences(str(bed), seq_len=10, genome=genome)
+    bed.write_text("chr1\t10\t20\n")
+    with pytest.raises(UserError, match="needs the reference genome"):
+        fio.load_sequences(str(bed), seq_len=10)
+    with pytest.raises(UserError, match="no region fits"):
+        fio.load_sequences(str(bed), seq_len=1000, genome=genome)
