@@ -74,6 +74,11 @@ def test_existing_output_is_refused_or_reused(tmp_path, capsys):
     assert _ism(tmp_path, *base, "--target", "t1", "--overwrite", model=f"{model}:make_model", fa=fa) == 0
     with h5py.File(tmp_path / "out.h5") as f:
         assert f["ism"].shape == (3, 4, 16, 1)
+    capsys.readouterr()
+    # engine, dtype and the self-check are settings too: one file never mixes FastISM and NaiveISM results
+    assert _ism(tmp_path, "--target", "t1", model=f"{model}:make_model", fa=fa) == 1
+    err = capsys.readouterr().err
+    assert "different settings (engine)" in err
 
 
 def test_params_json_and_command_line_override(tmp_path):
@@ -278,3 +283,50 @@ def test_device_resolution_errors(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(cli.UserError, match="CUDA is not available"):
         cli.resolve_device("cuda", distributed.Context())
+
+
+def test_bed_regions_to_chrombpnet_h5_and_bigwig(tmp_path):
+    pyBigWig = pytest.importorskip("pyBigWig")
+    rng = np.random.default_rng(0)
+    genome = {"chr1": "".join(rng.choice(list("ACGT"), 2000)), "chr2": "".join(rng.choice(list("ACGT"), 900))}
+    fa = write_fasta(tmp_path / "genome.fa", list(genome.values()), names=list(genome))
+    bed = tmp_path / "peaks.narrowPeak"
+    bed.write_text("chr1\t400\t800\tp1\t0\t.\t1\t1\t1\t150\n"     # summit 550: window 400-700
+                   "chr1\t500\t900\tp2\t0\t.\t1\t1\t1\t200\n"     # summit 700: overlaps the first
+                   "chr2\t100\t500\tp3\t0\t.\t1\t1\t1\t-1\n")     # midpoint 300
+    prefix = str(tmp_path / "peaks")
+    assert main(["ism", "-m", f"{EXAMPLE_MODEL}:make_model", "-s", str(bed), "--genome", fa, "-o", prefix,
+                 "--format", "chrombpnet", "--engine", "naive", "--start", "100", "--end", "200"]) == 0
+    with h5py.File(prefix + ".h5") as f:
+        assert [n.decode() for n in f["names"][...]] == ["chr1:400-700", "chr1:550-850", "chr2:150-450"]
+        assert list(f["start"][...]) == [400, 550, 150]
+        proj, attr, seqs = f["proj"][...], f["attr"][...], f["seqs"][...]
+    decoded = "".join("ACGT"[i] for i in seqs[2].argmax(0))
+    assert decoded == genome["chr2"][150:450]
+    assert open(prefix + ".regions.bed").read().splitlines()[0].split("\t")[:3] == ["chr1", "500", "600"]
+    with h5py.File(prefix + ".ism_scores.h5") as f:
+        np.testing.assert_array_equal(f["raw/seq"][...], seqs[:, :, 100:200])
+        np.testing.assert_array_equal(f["shap/seq"][...], attr)
+        np.testing.assert_array_equal(f["projected_shap/seq"][...], proj)
+    sizes = tmp_path / "chrom.sizes"
+    sizes.write_text("chr1\t2000\nchr2\t900\n")
+    assert main(["bigwig", prefix + ".h5", "--chrom-sizes", str(sizes)]) == 0
+    bw = pyBigWig.open(prefix + ".proj.bw")
+    track = proj.sum(1)
+    np.testing.assert_allclose(bw.values("chr1", 500, 600), track[0], rtol=1e-6)   # windows do not overlap
+    np.testing.assert_allclose(bw.values("chr1", 650, 750), track[1], rtol=1e-6)
+    np.testing.assert_allclose(bw.values("chr2", 250, 350), track[2], rtol=1e-6)
+    bw.close()
+
+
+def test_allow_unsafe_reaches_the_loader(tmp_path, monkeypatch):
+    from fastism_torch import cli
+    seen = []
+
+    def fake_load(spec, options):
+        seen.append(options)
+        raise cli.UserError("stop here")
+    monkeypatch.setattr(cli, "load_model", fake_load)
+    assert _ism(tmp_path, "--allow-unsafe", model="m.h5") == 1
+    assert _ism(tmp_path, model="m.h5") == 1
+    assert [o.allow_unsafe for o in seen] == [True, False]
