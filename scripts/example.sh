@@ -12,7 +12,7 @@ VENV=${VENV:-.venv}
 
 if [ ! -x "$VENV/bin/fastism-torch" ]; then
     [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install --quiet -e .
+    "$VENV/bin/python" -m pip install --quiet -c constraints.txt -e .
 fi
 FT="$VENV/bin/fastism-torch"
 
