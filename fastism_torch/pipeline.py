@@ -4,7 +4,7 @@ What the ``fastism-torch ism`` command computes, callable from Python::
 
     from fastism_torch import pipeline
     model = pipeline.Model.from_module(net, seq_len=1000)        # or loading.load_model("model.h5")
-    spec = pipeline.ScoreSpec(reduction="logcounts", rc_average=True)
+    spec = pipeline.ScoreSpec(reduction="counts", rc_average=True)
     s = pipeline.score(model, onehot, spec)                       # onehot: (N, 4, L)
     s.ism            # (N, 4, Lw, T) mutant - reference, mean-centred over the 4 bases
     s.hypothetical   # (N, 4, Lw) averaged over targets: modisco's hypothetical contributions
