@@ -72,11 +72,11 @@ def _check_ism_args(args) -> None:
         raise UserError(f"output folder {out_dir} is not writable")
 
 
-def _settings(args, seqs, model, device: str, target_names, window, n_bases) -> dict:
+def _settings(args, seqs, model, device: str, spec, target_names) -> dict:
     s = {k: getattr(args, k) for k in RESULT_OPTIONS}
     s.update(seq_len=int(seqs.onehot.shape[2]), device=device.split(":")[0],
              model=os.path.basename(args.model.rstrip("/")), model_kind=model.kind, model_digest=model.digest,
-             input_digest=seqs.digest(), n_sequences=len(seqs), window=list(window), n_bases=n_bases,
+             input_digest=seqs.digest(), n_sequences=len(seqs), window=list(spec.window), n_bases=spec.n_bases,
              target_names=[str(t) for t in target_names], convention="mutant-reference, mean-centred over bases",
              format_version=outputs.FORMAT_VERSION)
     return s
@@ -97,8 +97,8 @@ def cmd_ism(args) -> int:
     with warnings.catch_warnings():
         if not ctx.is_main:
             warnings.simplefilter("ignore", inputs.InputWarning)
-        seqs = inputs.load_sequences(args.seqs, args.seq_len or model.seq_len, args.n_policy, args.center_crop,
-                                     args.pad, genome=args.genome, rna=args.rna)
+        read = inputs.ReadOptions(args.seq_len or model.seq_len, args.n_policy, args.center_crop, args.pad, args.rna)
+        seqs = inputs.load_sequences(args.seqs, read, genome=args.genome)
     seq_len = seqs.onehot.shape[2]
     model.bind(seq_len)
     runner.info(opts, f"read {len(seqs)} sequences of length {seq_len} in {time.perf_counter() - t0:.2f}s", ctx)
@@ -112,12 +112,12 @@ def cmd_ism(args) -> int:
     spec = pipeline.ScoreSpec(**{**spec.__dict__, "window": window,
                                  "targets": None if targets is None else tuple(targets)})
     target_names = names_all if targets is None else [names_all[i] for i in targets]
-    settings = _settings(args, seqs, model, device, target_names, window, spec.n_bases)
+    settings = _settings(args, seqs, model, device, spec, target_names)
 
     if ctx.active:
         distributed.init(ctx, device)
     try:
-        final = runner.run(model, seqs, spec, target_names, settings, opts, ctx)
+        final = runner.run(runner.Job(model, seqs, spec, target_names, settings, opts, ctx))
     finally:
         distributed.shutdown(ctx)
     extra = ", PREFIX.ism_scores.h5" if "chrombpnet" in opts.formats else ""

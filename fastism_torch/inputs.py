@@ -39,6 +39,18 @@ _LUT[ord("U")] = _LUT[ord("u")] = _U
 _REGION = re.compile(r"^(?P<chrom>[^:\s]+):(?P<start>[\d,]+)-(?P<end>[\d,]+)(?:\([+\-.]\))?$")
 
 
+@dataclass(frozen=True)
+class ReadOptions:
+    """How sequences become model inputs: ``seq_len`` (None: the sequences' own length, which must agree),
+    ``n_policy`` for ambiguous bases, ``center_crop`` longer and ``pad`` shorter sequences (with N), and
+    ``rna`` to read U as T."""
+    seq_len: int | None = None
+    n_policy: str = "zero"
+    center_crop: bool = False
+    pad: bool = False
+    rna: bool = False
+
+
 @dataclass
 class Sequences:
     """Encoded sequences in input order.
@@ -192,14 +204,11 @@ def _apply_n_policy(names, codes, n_policy: str, path: str, zeroed: bool = True)
     return index, [names[i] for i in bad] if n_policy == "skip" else []
 
 
-def encode(names, raw_seqs, seq_len: int | None = None, n_policy: str = "zero", center_crop: bool = False,
-           pad: bool = False, path: str = "<input>", rna: bool = False) -> Sequences:
-    """Encode raw sequences to int8 one-hot ``(N, 4, L)`` with the N policy and length handling applied.
-
-    ``seq_len=None`` takes the length of the sequences, which must then all agree.
-    """
-    codes = _codes(names, raw_seqs, path, rna)
-    index, skipped = _apply_n_policy(names, codes, n_policy, path)
+def encode(names, raw_seqs, opts: ReadOptions = ReadOptions(), path: str = "<input>") -> Sequences:
+    """Encode raw sequences (bytes) to int8 one-hot ``(N, 4, L)`` with the N policy and lengths applied."""
+    seq_len, center_crop, pad = opts.seq_len, opts.center_crop, opts.pad
+    codes = _codes(names, raw_seqs, path, opts.rna)
+    index, skipped = _apply_n_policy(names, codes, opts.n_policy, path)
     names = [names[i] for i in index]
     codes = [codes[i] for i in index]
     lengths = np.fromiter((len(c) for c in codes), dtype=np.int64, count=len(codes))
@@ -280,12 +289,12 @@ def _fit_onehot(x: np.ndarray, seq_len: int | None, center_crop: bool, pad: bool
                     f"pass --center-crop or --pad")
 
 
-def _load_onehot_sequences(path, seq_len, n_policy, center_crop, pad) -> Sequences:
+def _load_onehot_sequences(path: str, opts: ReadOptions) -> Sequences:
     names, x = load_onehot(path)
-    x, offset = _fit_onehot(x, seq_len, center_crop, pad, path)
+    x, offset = _fit_onehot(x, opts.seq_len, opts.center_crop, opts.pad, path)
     amb = x.sum(1) != 1                                       # (N, L): N columns and soft values
     codes = [np.where(a, _AMB, 0).astype(np.uint8) for a in amb]
-    index, skipped = _apply_n_policy(names, codes, n_policy, path, zeroed=False)
+    index, skipped = _apply_n_policy(names, codes, opts.n_policy, path, zeroed=False)
     xi = x[index]
     onehot = xi.astype(np.int8) if np.array_equal(xi, np.round(xi)) else xi.astype(np.float32)
     seqs = Sequences(names=[names[i] for i in index], onehot=onehot, index=index, skipped=skipped)
@@ -326,13 +335,14 @@ def read_bed(path: str) -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:
     return chrom, np.asarray(start), np.asarray(end), np.asarray(centre)
 
 
-def load_loci(bed: str, genome: str, seq_len: int, n_policy: str = "zero", rna: bool = False) -> Sequences:
-    """Sequences of ``seq_len`` bp centred on each BED region's summit (or midpoint), from ``genome``.
+def load_loci(bed: str, genome: str, opts: ReadOptions) -> Sequences:
+    """Sequences of ``opts.seq_len`` bp centred on each BED region's summit (or midpoint), from ``genome``.
 
     Regions that run off their chromosome are skipped with a warning (as chrombpnet does); a chromosome
     that is not in the genome is an error.  Names are ``chrom:start-end`` of the model window.
     """
     import pyfaidx
+    seq_len = opts.seq_len
     chrom, _, _, centre = read_bed(bed)
     lo = centre - seq_len // 2
     try:
@@ -357,21 +367,20 @@ def load_loci(bed: str, genome: str, seq_len: int, n_policy: str = "zero", rna: 
         raw = [fa[chrom[i]][int(lo[i]):int(lo[i]) + seq_len].encode() for i in keep]
     finally:
         fa.close()
-    seqs = encode(names, raw, seq_len, n_policy, path=bed, rna=rna)
+    seqs = encode(names, raw, ReadOptions(seq_len, opts.n_policy, rna=opts.rna), path=bed)
     seqs.index = keep[seqs.index]
     return seqs
 
 
-def load_sequences(path: str, seq_len: int | None = None, n_policy: str = "zero", center_crop: bool = False,
-                   pad: bool = False, genome: str | None = None, rna: bool = False) -> Sequences:
+def load_sequences(path: str, opts: ReadOptions = ReadOptions(), genome: str | None = None) -> Sequences:
     """Read FASTA, one-hot ``.npy``/``.npz``, or (with ``genome``) a BED file into :class:`Sequences`."""
     if genome is not None:
-        if seq_len is None:
+        if opts.seq_len is None:
             raise UserError("BED input needs the model length (the model's, or --seq-len)")
-        return load_loci(path, genome, seq_len, n_policy, rna)
+        return load_loci(path, genome, opts)
     if path.lower().endswith((".bed", ".bed.gz", ".narrowpeak", ".narrowpeak.gz")):
         raise UserError(f"{path}: a BED file needs the reference genome: pass --genome genome.fa")
     if path.endswith((".npy", ".npz")):
-        return _load_onehot_sequences(path, seq_len, n_policy, center_crop, pad)
+        return _load_onehot_sequences(path, opts)
     names, raw = read_fasta(path)
-    return encode(names, raw, seq_len, n_policy, center_crop, pad, path, rna)
+    return encode(names, raw, opts, path)

@@ -122,7 +122,8 @@ def _reduce(outs: list, refs: list, spec: ScoreSpec, batch_ndims: int):
         raise UserError(str(e)) from None
 
 
-def _predict(model: Model, x: np.ndarray, window) -> list:
+def predict(model: Model, x: np.ndarray, window) -> list:
+    """The reference predictions per head (numpy), from the engine for ``window``."""
     eng = model.engine(window)
     return [np.asarray(r) for r in as_list(eng.predict(to_layout(x, eng.layout)))]
 
@@ -133,7 +134,7 @@ def target_names(model, x: np.ndarray, spec: ScoreSpec = ScoreSpec()) -> list[st
     model = _as_model(model, x.shape[2])
     window = spec.window_for(x.shape[2])
     try:
-        refs = _predict(model, x[:1].astype(np.float32), window)
+        refs = predict(model, x[:1].astype(np.float32), window)
     except UserError:
         raise
     except Exception as e:
@@ -164,7 +165,7 @@ def _raw_edits(model: Model, x: np.ndarray, window: tuple, replace) -> list:
 
 def _strand(model: Model, x: np.ndarray, window: tuple, replace, spec: ScoreSpec):
     """Reduced values ``(n, K, Lw, T_all)`` for the edits and ``(n, T_all)`` for the references."""
-    refs = _predict(model, x, window)
+    refs = predict(model, x, window)
     muts = _raw_edits(model, x, window, replace)
     return _reduce(muts, [r[:, None, None] for r in refs], spec, 3), _reduce(refs, refs, spec, 1)
 

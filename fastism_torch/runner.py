@@ -32,6 +32,19 @@ class RunOptions:
     record: dict = field(default_factory=dict)
 
 
+@dataclass
+class Job:
+    """One run: the model, its sequences, what to score (``spec``, the reduced ``target_names``), the
+    ``settings`` a resumed file must match, where to write (``opts``) and this process's rank (``ctx``)."""
+    model: object
+    seqs: Sequences
+    spec: object
+    target_names: list
+    settings: dict
+    opts: RunOptions
+    ctx: distributed.Context = distributed.Context()
+
+
 def info(opts: RunOptions, msg: str, ctx=distributed.Context()) -> None:
     if opts.verbose and ctx.is_main:
         print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
@@ -109,37 +122,44 @@ def _progress(opts: RunOptions, ctx, total: int, initial: int):
                 desc=desc, dynamic_ncols=True, file=sys.stderr, mininterval=0.2)
 
 
-def _open(rf: outputs.ResultFile, seqs: Sequences, spec, target_names, settings) -> bool:
+def _open(rf: outputs.ResultFile, job: Job, seqs: Sequences) -> bool:
     """Reopen ``rf``'s partial file if it is from this run (True), else create it afresh (False)."""
     if os.path.exists(rf.partial):
-        if rf.open_partial() is not None and outputs.ResultFile.stored_settings(rf.partial) == settings \
+        if rf.open_partial() is not None and outputs.ResultFile.stored_settings(rf.partial) == job.settings \
                 and rf.h5["ism"].shape[0] == len(seqs):
             return True
         rf.close()
         print(f"{PROG}: warning: {rf.partial} is unreadable or from another run; starting over", file=sys.stderr)
-    rf.create(seqs, spec.window_for(seqs.onehot.shape[2]), spec.n_bases, target_names, settings, spec.raw)
+    spec = job.spec
+    rf.create(seqs, spec.window_for(seqs.onehot.shape[2]), spec.n_bases, job.target_names, job.settings, spec.raw)
     return False
 
 
-def run_part(model, seqs: Sequences, path: str, spec, target_names: list, settings: dict, opts: RunOptions,
-             ctx=distributed.Context()) -> None:
-    """Score ``seqs`` into ``path`` chunk by chunk, resuming ``path.partial``."""
+def _chunks(job: Job, seqs: Sequences) -> range:
+    window = job.spec.window_for(seqs.onehot.shape[2])
+    refs = pipeline.predict(job.model, seqs.onehot[:1].astype(np.float32), window)
+    per_seq = job.spec.n_bases * (window[1] - window[0]) * sum(int(np.prod(r.shape[1:])) for r in refs)
+    return range(0, len(seqs), chunk_size(job.opts, per_seq))
+
+
+def run_part(job: Job, seqs: Sequences, path: str) -> None:
+    """Score ``seqs`` (this process's share of ``job.seqs``) into ``path`` chunk by chunk, resuming
+    ``path.partial``."""
     rf = outputs.ResultFile(path)
     if os.path.exists(path):      # a complete part file from an interrupted torchrun: reuse it
         return
     try:
-        if _open(rf, seqs, spec, target_names, settings):
-            info(opts, f"resuming: {int(rf.done_mask().sum())} of {len(seqs)} sequences already in {rf.partial}", ctx)
+        if _open(rf, job, seqs):
+            info(job.opts, f"resuming: {int(rf.done_mask().sum())} of {len(seqs)} sequences already in "
+                           f"{rf.partial}", job.ctx)
         done = rf.done_mask()
-        window = spec.window_for(seqs.onehot.shape[2])
-        refs = pipeline._predict(model, seqs.onehot[:1].astype(np.float32), window)
-        step = chunk_size(opts, spec.n_bases * (window[1] - window[0]) * sum(int(np.prod(r.shape[1:])) for r in refs))
-        bar = _progress(opts, ctx, len(seqs), int(done.sum()))
+        chunks = _chunks(job, seqs)
+        bar = _progress(job.opts, job.ctx, len(seqs), int(done.sum()))
         try:
-            for lo in range(0, len(seqs), step):
-                hi = min(len(seqs), lo + step)
+            for lo in chunks:
+                hi = min(len(seqs), lo + chunks.step)
                 if not done[lo:hi].all():
-                    rf.write_chunk(lo, hi, pipeline.score(model, seqs.onehot[lo:hi], spec))
+                    rf.write_chunk(lo, hi, pipeline.score(job.model, seqs.onehot[lo:hi], job.spec))
                     bar.update(int((~done[lo:hi]).sum()))
         finally:
             bar.close()
@@ -159,18 +179,18 @@ def run_part(model, seqs: Sequences, path: str, spec, target_names: list, settin
         raise
 
 
-def run(model, seqs: Sequences, spec, target_names: list, settings: dict, opts: RunOptions,
-        ctx=distributed.Context()) -> str:
+def run(job: Job) -> str:
     """The whole run: returns ``PREFIX.h5`` once it and its derived files are written (on rank 0)."""
+    opts, ctx, seqs = job.opts, job.ctx, job.seqs
     final = opts.prefix + ".h5"
-    if prepare_output(final, settings, opts, ctx) == "complete":
+    if prepare_output(final, job.settings, opts, ctx) == "complete":
         return final
     lo, hi = distributed.shard(len(seqs), ctx) if ctx.active else (0, len(seqs))
     path = distributed.part_path(opts.prefix, ctx) if ctx.active else final
     ok = True
     try:
         if hi > lo:
-            run_part(model, seqs.subset(lo, hi), path, spec, target_names, settings, opts, ctx)
+            run_part(job, seqs.subset(lo, hi), path)
     except UserError as e:
         if not ctx.active:
             raise

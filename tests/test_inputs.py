@@ -25,12 +25,12 @@ def test_encoding_lookup_table(tmp_path):
 def test_n_policy(tmp_path):
     fa = write_fasta(tmp_path / "n.fa", ["ACGTA", "ACRTN", "ACGTA"], names=["a", "b", "c"])
     with pytest.warns(InputWarning, match=r"2 ambiguous base\(s\) .* in 1 of 3 sequence\(s\) are all-zero"):
-        assert len(fio.load_sequences(fa, n_policy="zero")) == 3
+        assert len(fio.load_sequences(fa, fio.ReadOptions(n_policy="zero"))) == 3
     with pytest.warns(InputWarning, match=r"skipped 1 of 3 sequence\(s\) .*first: 'b'"):
-        s = fio.load_sequences(fa, n_policy="skip")
+        s = fio.load_sequences(fa, fio.ReadOptions(n_policy="skip"))
     assert s.names == ["a", "c"] and list(s.index) == [0, 2] and s.skipped == ["b"]
     with pytest.raises(UserError, match=r"'b' has an ambiguous base .* at position 3"):
-        fio.load_sequences(fa, n_policy="error")
+        fio.load_sequences(fa, fio.ReadOptions(n_policy="error"))
     clean = write_fasta(tmp_path / "clean.fa", ["ACGTA"], names=["a"])
     with warnings.catch_warnings():
         warnings.simplefilter("error")          # nothing zeroed: no warning
@@ -41,7 +41,7 @@ def test_rna_needs_asking(tmp_path):
     fa = write_fasta(tmp_path / "r.fa", ["ACGUA", "UUUUA"], names=["r1", "r2"])
     with pytest.raises(UserError, match=r"'r1' has U \(RNA\) at position 4; pass --rna"):
         fio.load_sequences(fa)
-    s = fio.load_sequences(fa, rna=True)
+    s = fio.load_sequences(fa, fio.ReadOptions(rna=True))
     dna = fio.load_sequences(write_fasta(tmp_path / "d.fa", ["ACGTA", "TTTTA"], names=["r1", "r2"]))
     assert np.array_equal(s.onehot, dna.onehot)
 
@@ -69,8 +69,8 @@ def test_missing_file():
 def test_crop_pad_and_coordinates(tmp_path):
     fa = write_fasta(tmp_path / "c.fa", ["AAAACCCCGG", "ACGTAC"], names=["chr2:100-110", "chr2:200-206"])
     with pytest.raises(UserError, match="--center-crop"):
-        fio.load_sequences(fa, seq_len=8, pad=True)
-    s = fio.load_sequences(fa, seq_len=8, center_crop=True, pad=True)
+        fio.load_sequences(fa, fio.ReadOptions(seq_len=8, pad=True))
+    s = fio.load_sequences(fa, fio.ReadOptions(seq_len=8, center_crop=True, pad=True))
     assert s.onehot.shape == (2, 4, 8)
     assert "".join("ACGT"[i] for i in s.onehot[0].argmax(0)) == "AAACCCCG"        # offset 1
     assert s.onehot[1, :, 0].sum() == 0 and s.onehot[1, :, 7].sum() == 0          # one N each side
@@ -134,7 +134,7 @@ def test_bed_regions_centred_on_summit_or_midpoint(tmp_path):
                    "chr1\t390\t399\tp3\t0\t.\t1\t1\t1\t-1\n"      # runs off chr1's end: skipped
                    "chr1\t0\t40\tp4\t0\t.\t1\t1\t1\t5\n")         # runs off the start: skipped
     with pytest.warns(InputWarning, match=r"skipped 2 of 4 region\(s\)"):
-        s = fio.load_sequences(str(bed), seq_len=20, genome=genome)
+        s = fio.load_sequences(str(bed), fio.ReadOptions(seq_len=20), genome=genome)
     assert s.names == ["chr1:120-140", "chr2:60-80"] and list(s.index) == [0, 1]
     assert s.chrom == ["chr1", "chr2"] and list(s.start) == [120, 60] and list(s.end) == [140, 80]
     decoded = ["".join("ACGT"[i] for i in row.argmax(0)) for row in s.onehot]
@@ -146,12 +146,12 @@ def test_bed_errors(tmp_path):
     bed = tmp_path / "p.bed"
     bed.write_text("chrX\t10\t20\n")
     with pytest.raises(UserError, match=r"chromosome\(s\) chrX are not in"):
-        fio.load_sequences(str(bed), seq_len=10, genome=genome)
+        fio.load_sequences(str(bed), fio.ReadOptions(seq_len=10), genome=genome)
     bed.write_text("chr1\tten\t20\n")
     with pytest.raises(UserError, match="line 1 is not BED"):
-        fio.load_sequences(str(bed), seq_len=10, genome=genome)
+        fio.load_sequences(str(bed), fio.ReadOptions(seq_len=10), genome=genome)
     bed.write_text("chr1\t10\t20\n")
     with pytest.raises(UserError, match="needs the reference genome"):
-        fio.load_sequences(str(bed), seq_len=10)
+        fio.load_sequences(str(bed), fio.ReadOptions(seq_len=10))
     with pytest.raises(UserError, match="no region fits"):
-        fio.load_sequences(str(bed), seq_len=1000, genome=genome)
+        fio.load_sequences(str(bed), fio.ReadOptions(seq_len=1000), genome=genome)
