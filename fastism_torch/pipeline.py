@@ -138,7 +138,7 @@ def target_names(model, x: np.ndarray, spec: ScoreSpec = ScoreSpec()) -> list[st
     except UserError:
         raise
     except Exception as e:
-        raise UserError(f"the model fails on the sequences ({type(e).__name__}: {e})") from None
+        raise UserError(f"the model fails on the sequences ({first_line(e)})") from None
     n = _reduce(refs, refs, spec, 1).shape[-1]
     names = model.target_names
     return [str(t) for t in names] if names is not None and len(names) == n else [str(i) for i in range(n)]

@@ -15,7 +15,7 @@ from torch import nn
 
 import fastism_torch as ft
 from fastism_torch.analysis import UnsupportedOpWarning
-from conftest import assert_close_to_naive, check_model, random_onehot, scale_weights
+from helpers import assert_close_to_naive, check_model, random_onehot, scale_weights
 
 
 def build_quietly(model, L, **kw):

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import fastism_torch as ft
-from conftest import assert_close_to_naive, random_onehot, scale_weights
+from helpers import assert_close_to_naive, random_onehot, scale_weights
 
 def small_model():
     return scale_weights(nn.Sequential(

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastism_torch as ft
-from conftest import assert_close_to_naive, random_onehot, scale_weights
+from helpers import assert_close_to_naive, random_onehot, scale_weights
 
 try:                                   # optional: rearrange is only drawn when einops is importable
     from einops import rearrange

@@ -13,7 +13,7 @@ import torch
 import fastism_torch as ft
 from fastism_torch import models
 from fastism_torch.execute import Edits
-from conftest import assert_close_to_naive as _close, random_onehot
+from helpers import assert_close_to_naive as _close, random_onehot
 from fastism_torch.precision import GPU_FLOAT32_RTOL
 
 

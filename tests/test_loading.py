@@ -1,6 +1,5 @@
 """Models from files: formats, factories, digests that cover weights, the NaiveISM fallback."""
 import copy
-import os
 
 import numpy as np
 import pytest

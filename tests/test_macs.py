@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import fastism_torch as ft
-from conftest import scale_weights
+from helpers import scale_weights
 
 
 class DanQLike(nn.Module):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import check_model, scale_weights
+from helpers import check_model, scale_weights
 
 pytestmark = pytest.mark.usefixtures("kernel_form")   # every test with the CPU eager and the static kernels
 

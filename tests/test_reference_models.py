@@ -6,7 +6,7 @@ import pytest
 
 import fastism_torch as ft
 from fastism_torch import models
-from conftest import check_model
+from helpers import check_model
 
 pytestmark = pytest.mark.usefixtures("kernel_form")   # every test with the CPU eager and the static kernels
 

@@ -15,7 +15,7 @@ from torch import nn
 from fastism_torch.analysis import analyse
 from fastism_torch.capture import capture
 from fastism_torch.ranges import Window, hull, window_starts
-from conftest import Lambda
+from helpers import Lambda
 
 
 def decision_of(model, x, laxis=2):

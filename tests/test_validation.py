@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import fastism_torch as ft
-from conftest import random_onehot, scale_weights
+from helpers import random_onehot, scale_weights
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import fastism_torch as ft
-from conftest import assert_close_to_naive, random_onehot
+from helpers import assert_close_to_naive, random_onehot
 from zoo_models import EXTRA_INPUTS, PACKAGES, ZOO
 
 #: windows tested per model where the full length is too slow for naive ISM on a 2-core CPU

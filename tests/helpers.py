@@ -1,0 +1,77 @@
+"""Helpers shared by the tests: well-scaled random models, random one-hot input, the naive-ISM oracle comparison."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import fastism_torch as ft
+
+
+class Lambda(nn.Module):
+    """A module around a function or another module (what fx traces as one op or a few)."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+def scale_weights(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Kaiming-scaled weights and non-trivial BatchNorm statistics, so mutations move the outputs."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.Linear)):
+            fan_in = m.weight[0].numel() if not isinstance(m, nn.ConvTranspose1d) else m.weight.shape[0] * m.weight.shape[2]
+            with torch.no_grad():
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and m.running_mean is not None:
+            with torch.no_grad():
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+        elif isinstance(m, nn.LayerNorm) and m.elementwise_affine:
+            with torch.no_grad():
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+    return model.eval()
+
+
+def random_onehot(n: int, length: int, layout: str = "NCL", seed: int = 1, c: int = 4) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = nn.functional.one_hot(torch.randint(0, c, (n, length), generator=g), c).float()
+    return x.transpose(1, 2).contiguous() if layout == "NCL" else x
+
+
+def _as_tuple(x):
+    return x if isinstance(x, tuple) else (x,)
+
+
+def assert_close_to_naive(fast_out, naive_out, rtol: float = 1e-5):
+    for f, s in zip(_as_tuple(fast_out), _as_tuple(naive_out)):
+        f, s = torch.as_tensor(f), torch.as_tensor(s)
+        assert f.shape == s.shape, (f.shape, s.shape)
+        scale = float(s.abs().max()) or 1.0
+        diff = float((f - s).abs().max())
+        assert diff <= rtol * scale + 1e-7, f"max |fast - naive| = {diff:.3g} at scale {scale:.3g}"
+
+
+def check_model(model, length, n=2, layout="NCL", saturation=True, seqs=None, rtol=1e-5, min_spread=1e-4,
+                **kw):
+    """FastISM == NaiveISM for the default windows (and full saturation), on random one-hot input."""
+    model = model.eval()
+    fast = ft.FastISM(model, length, layout=layout, test_correctness=False, **kw)
+    naive_kw = {k: v for k, v in kw.items() if k not in ("early_stop_layers", "strict")}
+    naive = ft.NaiveISM(model, length, layout=layout, **naive_kw)
+    x = random_onehot(n, length, layout) if seqs is None else seqs
+    a, b = fast(x), naive(x)
+    assert_close_to_naive(a, b, rtol)
+    spread = max(float((torch.as_tensor(o) - torch.as_tensor(o)[:, :1]).abs().max()) for o in _as_tuple(b))
+    assert spread > min_spread, f"outputs barely move under mutation ({spread:.2g}): the test checks nothing"
+    if saturation:
+        assert_close_to_naive(fast.saturation_mutagenesis(x), naive.saturation_mutagenesis(x), rtol)
+    return fast
