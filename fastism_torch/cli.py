@@ -120,9 +120,10 @@ def cmd_ism(args) -> int:
         final = runner.run(runner.Job(model, seqs, spec, target_names, settings, opts, ctx))
     finally:
         distributed.shutdown(ctx)
-    extra = ", PREFIX.ism_scores.h5" if "chrombpnet" in opts.formats else ""
-    runner.info(opts, f"wrote {final} and PREFIX.{{ohe,attr,proj}}.npz, PREFIX.regions.bed, PREFIX.args.json"
-                      f"{extra} in {time.perf_counter() - t0:.1f}s", ctx)
+    p = opts.prefix
+    extra = f", {p}.ism_scores.h5" if "chrombpnet" in opts.formats else ""
+    runner.info(opts, f"wrote {final} and {p}.{{ohe,attr,proj}}.npz, {p}.regions.bed, {p}.args.json{extra} "
+                      f"in {time.perf_counter() - t0:.1f}s", ctx)
     return 0
 
 
