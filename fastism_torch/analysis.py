@@ -1,11 +1,9 @@
 """Analysis pass: classify every fx node and decide, with the per-op rules, how it is recomputed.
 
-States:
-- ``const``: depends on no input (parameters, constants);
-- ``static``: depends on model inputs other than the sequence (replayed for each batch of edits);
-- ``window``: depends on the sequence and is recomputed only on a window of its length axis;
-- ``flat``: a flatten of a window node whose only user is a Linear updated incrementally;
-- ``full``: from a stop point on: recomputed in full for every edit.
+States (:class:`~fastism_torch.kinds.State`): ``CONST`` (depends on no input), ``STATIC`` (on model inputs
+other than the sequence: replayed for each batch of edits), ``WINDOW`` (on the sequence: recomputed on a
+window of its length axis), ``FLAT`` (a flatten of a window node whose only user is a Linear updated
+incrementally), ``FULL`` (from a stop point on: recomputed in full for every edit), ``OUTPUT``.
 
 The result is a :class:`NodeInfo` per node in ``node.meta["fastism"]``; the graph itself is never edited.
 """
@@ -17,8 +15,9 @@ from dataclasses import dataclass
 from torch import fx, nn
 import torch.nn.functional as F
 
+from .kinds import Kind, State
 from .rules import Decision, RuleContext, describe, lookup, stop
-from .rules.registry import Read
+from .rules.dense import inc_linear, inc_linear_user
 
 
 class ISMUndefinedError(ValueError):
@@ -37,7 +36,7 @@ class UnsupportedOpWarning(UserWarning):
 
 @dataclass(frozen=True)
 class NodeInfo:
-    state: str
+    state: State
     laxis: int | None = None
     length: int | None = None
     decision: Decision | None = None
@@ -74,23 +73,6 @@ def _check_batch_independent(gm: fx.GraphModule) -> None:
                 raise ISMUndefinedError(f"{node.name} (batch_norm): {BATCH_STATS}")
 
 
-def _inc_linear_user(node: fx.Node, gm: fx.GraphModule, early: set):
-    """The Linear that consumes ``node`` (a flatten) as its only user, if any."""
-    users = list(node.users)
-    tm = node.meta.get("tensor_meta")
-    if len(users) != 1 or tm is None or len(getattr(tm, "shape", ())) != 2:    # (N, F): the update is (N, out)
-        return None
-    u = users[0]
-    if not u.args or u.args[0] is not node or u in early:
-        return None
-    if u.op == "call_module" and isinstance(gm.get_submodule(u.target), nn.Linear):
-        return u
-    if u.op == "call_function" and u.target is F.linear and isinstance(u.args[1] if len(u.args) > 1 else None,
-                                                                       fx.Node) and u.args[1].op == "get_attr":
-        return u
-    return None
-
-
 def analyse(gm: fx.GraphModule, seq_node: fx.Node, seq_laxis: int, seq_len: int,
             early_stop_layers=None, strict: bool = False) -> dict:
     """Annotate ``node.meta["fastism"]`` for every node; return ``{node: NodeInfo}``."""
@@ -99,11 +81,11 @@ def analyse(gm: fx.GraphModule, seq_node: fx.Node, seq_laxis: int, seq_len: int,
     early = _early_stop_nodes(gm, early_stop_layers)
     for node in gm.graph.nodes:
         if node.op == "placeholder":
-            info = NodeInfo("window", seq_laxis, seq_len) if node is seq_node else NodeInfo("static")
+            info = NodeInfo(State.WINDOW, seq_laxis, seq_len) if node is seq_node else NodeInfo(State.STATIC)
         elif node.op == "get_attr":
-            info = NodeInfo("const")
+            info = NodeInfo(State.CONST)
         elif node.op == "output":
-            info = NodeInfo("output")
+            info = NodeInfo(State.OUTPUT)
         else:
             info = _classify(node, gm, infos, early, strict)
         infos[node] = info
@@ -113,21 +95,16 @@ def analyse(gm: fx.GraphModule, seq_node: fx.Node, seq_laxis: int, seq_len: int,
 
 def _classify(node, gm, infos, early, strict) -> NodeInfo:
     states = {infos[n].state for n in node.all_input_nodes}
-    if states <= {"const"}:
-        return NodeInfo("const")
-    if states <= {"const", "static"}:
-        return NodeInfo("static")
-    if "flat" in states:
-        flat = next(n for n in node.all_input_nodes if infos[n].state == "flat")
-        x = flat.all_input_nodes[0]
-        weight = (gm.get_submodule(node.target).weight if node.op == "call_module" else None)
-        return NodeInfo("full", decision=Decision(
-            "inc_linear", reads={x: Read(laxis=infos[x].laxis)},
-            extra={"flat": flat, "weight": weight, "weight_node": None if weight is not None else node.args[1]}))
-    if "full" in states:
-        return NodeInfo("full", decision=stop("after a stop point", quiet=True))
+    if states <= {State.CONST}:
+        return NodeInfo(State.CONST)
+    if states <= {State.CONST, State.STATIC}:
+        return NodeInfo(State.STATIC)
+    if State.FLAT in states:
+        return NodeInfo(State.FULL, decision=inc_linear(node, infos))
+    if State.FULL in states:
+        return NodeInfo(State.FULL, decision=stop("after a stop point", quiet=True))
     if node in early:
-        return NodeInfo("full", decision=stop("early_stop_layers", quiet=True))
+        return NodeInfo(State.FULL, decision=stop("early_stop_layers", quiet=True))
     rule = lookup(node, gm)
     if rule is None:
         dec = stop("no change-range rule for this op")
@@ -136,18 +113,18 @@ def _classify(node, gm, infos, early, strict) -> NodeInfo:
             dec = rule(RuleContext(node, gm, infos))
         except Exception as e:  # a rule that cannot read its op's settings must not give a wrong answer
             dec = stop(f"rule failed ({type(e).__name__}: {e})")
-    if dec.kind == "stop":
-        if dec.extra.get("flatten") and _inc_linear_user(node, gm, early) is not None:
-            return NodeInfo("flat", decision=dec)
-        if not dec.extra.get("quiet"):
+    if dec.kind == Kind.STOP:
+        if dec.flatten and inc_linear_user(node, gm, early) is not None:
+            return NodeInfo(State.FLAT, decision=dec)
+        if not dec.quiet:
             msg = (f"fastism_torch: {describe(node, gm)}: {dec.reason}; it becomes a stop point "
                    "(it and everything after it run in full)")
             if strict:
                 raise ValueError(msg.replace("; it becomes a stop point", " (strict mode)"))
             warnings.warn(msg, UnsupportedOpWarning, stacklevel=4)
-        return NodeInfo("full", decision=dec)
-    if dec.kind == "meta":
-        return NodeInfo("static", decision=dec)
-    if dec.kind in ("inc_mean", "inc_linear"):
-        return NodeInfo("full", decision=dec)
-    return NodeInfo("window", dec.laxis, dec.length, dec)
+        return NodeInfo(State.FULL, decision=dec)
+    if dec.kind == Kind.META:
+        return NodeInfo(State.STATIC, decision=dec)
+    if dec.kind in (Kind.INC_MEAN, Kind.INC_LINEAR):
+        return NodeInfo(State.FULL, decision=dec)
+    return NodeInfo(State.WINDOW, dec.laxis, dec.length, dec)

@@ -15,6 +15,7 @@ import torch
 from torch import fx
 
 from .kernels import to_cache
+from .kinds import GatherKind, State
 from .plan import Plan
 from .rewrite import EditModule
 
@@ -43,7 +44,7 @@ class _Recorder(fx.Interpreter):
 class Executor:
     def __init__(self, gm: fx.GraphModule, plan: Plan, edit: EditModule, device: torch.device, seq_laxis: int):
         self.gm, self.plan, self.edit, self.device, self.seq_laxis = gm, plan, edit, device, seq_laxis
-        self.keep = {ga.source for ga in plan.gathers if ga.source_state == "window" and ga.reuse is None} \
+        self.keep = {ga.source for ga in plan.gathers if ga.source_state == State.WINDOW and ga.reuse is None} \
             | set(edit.ref_nodes)
         self.placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
         # a defaulted argument the caller did not give (traced as a constant) is fed its default
@@ -58,7 +59,7 @@ class Executor:
         out = rec.run(*args)
         caches = {}
         for ga in self.plan.gathers:
-            if ga.source_state != "window" or ga.reuse is not None:
+            if ga.source_state != State.WINDOW or ga.reuse is not None:
                 continue
             key = self._cache_key(ga)
             if key not in caches:
@@ -124,15 +125,15 @@ class Executor:
         for k, ga in enumerate(self.plan.gathers):
             if ga.reuse is not None:
                 continue
-            if ga.kind == "window":
+            if ga.kind == GatherKind.WINDOW:
                 r, wreq = ga.window.backward(starts[ga.consumer][pos], widths[ga.consumer])
-            elif ga.kind == "full":
+            elif ga.kind == GatherKind.FULL:
                 r, wreq = np.zeros(len(e), dtype=np.int64), ga.length
             else:
                 r, wreq = starts[ga.source][pos], widths[ga.source]
-            arrays[f"g{k}_start"] = r + ga.pad[0] if ga.source_state == "window" else r
+            arrays[f"g{k}_start"] = r + ga.pad[0] if ga.source_state == State.WINDOW else r
             ints[f"g{k}_width"] = int(wreq)
-            if ga.kind != "ref" and ga.source_state == "window":
+            if ga.kind != GatherKind.REF and ga.source_state == State.WINDOW:
                 arrays[f"g{k}_shift"] = starts[ga.source][pos] - r
         return arrays, ints
 
@@ -149,7 +150,7 @@ class Executor:
         for k, ga in enumerate(self.plan.gathers):
             if ga.reuse is not None:
                 continue
-            if ga.source_state == "window":
+            if ga.source_state == State.WINDOW:
                 feed[f"g{k}_cache"] = ref.caches[self._cache_key(ga)]
                 feed[f"g{k}_seq"] = st
             else:                                       # static source: the edits' own rows, unpadded

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .execute import Edits, as_output_list, check_output_shape, to_device
+from .kinds import State
 from .precision import TF32_RTOL, cudnn_benchmark, float32_precision, float32_rtol
 from .validate import (as_tensor, check_change_ranges, check_layout, check_replace_with,
                        check_seqs)
@@ -478,7 +479,7 @@ class FastISM(ISMBase):
             per_edit += feat * (float((r.hi - r.lo).max()) + 1)
         for n in self.gm.graph.nodes:
             tm = n.meta.get("tensor_meta")
-            if self.infos[n].state == "full" and tm is not None and hasattr(tm, "shape"):
+            if self.infos[n].state == State.FULL and tm is not None and hasattr(tm, "shape"):
                 per_edit += int(np.prod(tm.shape[1:]))
         return int(8 * per_edit) + 64          # float32, x2 for gathered copies and conv workspaces
 

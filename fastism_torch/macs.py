@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .kinds import Kind, State
+
 
 def _shape(n):
     tm = n.meta.get("tensor_meta") if hasattr(n, "meta") else None
@@ -95,12 +97,12 @@ def mac_summary(ism) -> dict:
             continue
         full += per_item
         info = infos[node]
-        if info.state == "window":
+        if info.state == State.WINDOW:
             r = plan.nodes[node.name]
             fast += per_item / r.length * float(np.mean(r.hi - r.lo))
-        elif info.state == "full":
+        elif info.state == State.FULL:
             dec = info.decision
-            if dec is not None and dec.kind == "inc_linear":
+            if dec is not None and dec.kind == Kind.INC_LINEAR:
                 x = next(iter(dec.reads))
                 r = plan.nodes[x.name]
                 fast += per_item / r.length * float(np.mean(r.hi - r.lo))

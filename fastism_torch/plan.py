@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from torch import fx
 
+from .kinds import GatherKind, Kind, State
 from .ranges import IDENTITY, Window, hull, window_starts
 
 
@@ -24,12 +25,12 @@ class Gather:
     """How ``consumer`` reads ``source``: a window of ``source`` (or all of it) with recomputed parts."""
     consumer: str
     source: str
-    kind: str                 # window: op input | full: materialise for a stop | ref: reference only (inc ops)
+    kind: GatherKind
     window: Window            # sliding window of the consumer over the source (IDENTITY for full/ref)
     laxis: int                # source's length axis
     length: int               # source's full length
     pad: tuple                # (left, right) padding the reference cache needs
-    source_state: str         # window | static
+    source_state: State       # WINDOW (a reference cache) or STATIC (the edits' own rows of another input)
     reuse: tuple | None = None  # (k, offset, shrink): a slice of gather k's window instead of a new gather
 
 
@@ -48,7 +49,6 @@ class Plan:
     nodes: dict               # name -> NodeRanges, for every windowed node
     gathers: tuple            # Gather, in graph order
     stops: tuple              # (node name, reason) of the stop points reached from the sequence
-    outputs: tuple            # state of each model output
 
     def widths(self, idx: np.ndarray) -> dict:
         """Window width of every windowed node for a group of mutations ``idx``."""
@@ -91,10 +91,10 @@ def build_plan(gm: fx.GraphModule, infos: dict, seq_node: fx.Node, ranges) -> Pl
     for node in gm.graph.nodes:
         info = infos[node]
         dec = info.decision
-        if info.state == "window" and node is not seq_node:
+        if info.state == State.WINDOW and node is not seq_node:
             changed = []
             for x, read in dec.reads.items():
-                if infos[x].state == "window":
+                if infos[x].state == State.WINDOW:
                     r = nodes[x.name]
                     changed.append(read.window.forward(r.lo, r.hi, info.length))
             lo, hi = hull(changed)
@@ -102,39 +102,38 @@ def build_plan(gm: fx.GraphModule, infos: dict, seq_node: fx.Node, ranges) -> Pl
             nodes[node.name] = me
             for x, read in dec.reads.items():
                 xs = infos[x].state
-                if xs == "window":
+                if xs == State.WINDOW:
                     r = nodes[x.name]
                     if (read.window == IDENTITY and r.length == info.length and np.array_equal(r.lo, lo)
                             and np.array_equal(r.hi, hi)):
                         continue                                   # reads its input's own window
-                    gathers.append(Gather(node.name, x.name, "window", read.window, r.laxis, r.length,
-                                          cache_pad(r, me, read.window), "window"))
+                    gathers.append(Gather(node.name, x.name, GatherKind.WINDOW, read.window, r.laxis, r.length,
+                                          cache_pad(r, me, read.window), State.WINDOW))
                 else:                                              # a static input that has the length axis
                     length = tuple(x.meta["tensor_meta"].shape)[read.laxis]
-                    gathers.append(Gather(node.name, x.name, "window", read.window, read.laxis, length, (0, 0),
-                                          "static"))
-        elif info.state == "full":
+                    gathers.append(Gather(node.name, x.name, GatherKind.WINDOW, read.window, read.laxis, length, (0, 0),
+                                          State.STATIC))
+        elif info.state == State.FULL:
             for x in node.all_input_nodes:
-                if infos[x].state != "window":
+                if infos[x].state != State.WINDOW:
                     continue
                 r = nodes[x.name]
-                if dec is not None and dec.kind in ("inc_mean", "inc_linear") and x in dec.reads:
-                    gathers.append(Gather(node.name, x.name, "ref", IDENTITY, r.laxis, r.length, (0, 0), "window"))
+                if dec is not None and dec.kind in (Kind.INC_MEAN, Kind.INC_LINEAR) and x in dec.reads:
+                    gathers.append(Gather(node.name, x.name, GatherKind.REF, IDENTITY, r.laxis, r.length, (0, 0), State.WINDOW))
                 else:
-                    gathers.append(Gather(node.name, x.name, "full", IDENTITY, r.laxis, r.length, (0, 0), "window"))
-            if dec is not None and dec.kind == "stop" and all(infos[x].state != "full" for x in node.all_input_nodes):
+                    gathers.append(Gather(node.name, x.name, GatherKind.FULL, IDENTITY, r.laxis, r.length, (0, 0), State.WINDOW))
+            if dec is not None and dec.kind == Kind.STOP and all(infos[x].state != State.FULL for x in node.all_input_nodes):
                 stops.append((node.name, dec.reason))
-            if dec is not None and dec.kind == "inc_linear":
+            if dec is not None and dec.kind == Kind.INC_LINEAR:
                 x = next(iter(dec.reads))
                 r = nodes[x.name]
-                gathers.append(Gather(node.name, x.name, "ref", IDENTITY, r.laxis, r.length, (0, 0), "window"))
+                gathers.append(Gather(node.name, x.name, GatherKind.REF, IDENTITY, r.laxis, r.length, (0, 0), State.WINDOW))
         elif node.op == "output":
             for x in node.all_input_nodes:
-                if infos[x].state == "window":
+                if infos[x].state == State.WINDOW:
                     r = nodes[x.name]
-                    gathers.append(Gather("output", x.name, "full", IDENTITY, r.laxis, r.length, (0, 0), "window"))
-    outputs = tuple(infos[x].state for x in next(n for n in gm.graph.nodes if n.op == "output").all_input_nodes)
-    return Plan(tuple(ranges), nodes, tuple(_share_gathers(gathers, nodes)), tuple(stops), outputs)
+                    gathers.append(Gather("output", x.name, GatherKind.FULL, IDENTITY, r.laxis, r.length, (0, 0), State.WINDOW))
+    return Plan(tuple(ranges), nodes, tuple(_share_gathers(gathers, nodes)), tuple(stops))
 
 
 def _same_windows(a: NodeRanges, b: NodeRanges) -> bool:
@@ -150,11 +149,11 @@ def _share_gathers(gathers: list, nodes: dict) -> list:
     """
     out = list(gathers)
     for kb, b in enumerate(gathers):
-        if b.kind != "window" or b.source_state != "window" or b.window.stride != 1:
+        if b.kind != GatherKind.WINDOW or b.source_state != State.WINDOW or b.window.stride != 1:
             continue
         for ka, a in enumerate(gathers):
-            if (ka == kb or a.reuse is not None or out[ka].reuse is not None or a.kind != "window"
-                    or a.source != b.source or a.window.stride != 1 or a.source_state != "window"
+            if (ka == kb or a.reuse is not None or out[ka].reuse is not None or a.kind != GatherKind.WINDOW
+                    or a.source != b.source or a.window.stride != 1 or a.source_state != State.WINDOW
                     or a.window.pad_value != b.window.pad_value          # the cache is padded with a's value
                     or not _same_windows(nodes[a.consumer], nodes[b.consumer])):
                 continue

@@ -20,6 +20,7 @@ from torch import fx
 
 from . import kernels
 from .kernels import ops  # noqa: F401  (registers torch.ops.fastism.*)
+from .kinds import GatherKind, Kind, State
 from .plan import Plan
 
 
@@ -70,12 +71,12 @@ def build_edit_module(gm: fx.GraphModule, infos: dict, plan: Plan, seq_node: fx.
             base, off, shrink = ga.reuse
             made[k] = g.call_function(kernels.narrow_window, (gathered(base), ga.laxis, off, shrink))
             return made[k]
-        if ga.source_state == "static":          # rows of the edits themselves (replayed static input)
+        if ga.source_state == State.STATIC:          # rows of the edits themselves (replayed static input)
             src = g.call_function(kernels.to_cache, (env[src_node], ga.laxis))
         else:
             src = g.placeholder(f"g{k}_cache")
         new = shift = None
-        if ga.kind != "ref" and ga.source_state == "window":
+        if ga.kind != GatherKind.REF and ga.source_state == State.WINDOW:
             new, shift = env[src_node], g.placeholder(f"g{k}_shift")
         shape = list(src_node.meta["tensor_meta"].shape)
         feat = [s for i, s in enumerate(shape) if i not in (0, ga.laxis)]
@@ -84,7 +85,7 @@ def build_edit_module(gm: fx.GraphModule, infos: dict, plan: Plan, seq_node: fx.
             g.placeholder(f"g{k}_width"), ga.laxis, feat, ga.laxis))
         return made[k]
 
-    def mapped(node: fx.Node, kind: str):
+    def mapped(node: fx.Node, kind: GatherKind):
         sub = {}
         for x in node.all_input_nodes:
             k = by_key.get((node.name, x.name, kind))
@@ -103,24 +104,24 @@ def build_edit_module(gm: fx.GraphModule, infos: dict, plan: Plan, seq_node: fx.
                 env[node] = g.placeholder(f"in_{node.name}")
                 static_inputs.append(node.name)
         elif node.op == "output":
-            args, _, _ = mapped(node, "full")
+            args, _, _ = mapped(node, GatherKind.FULL)
             g.output(args[0])
-        elif info.state == "flat":
+        elif info.state == State.FLAT:
             continue
-        elif dec is not None and dec.kind == "inc_mean":
+        elif dec is not None and dec.kind == Kind.INC_MEAN:
             x = next(iter(dec.reads))
             ref_nodes.append(node.name)
             env[node] = g.call_function(kernels.inc_mean, (
-                env[x], gathered(by_key[(node.name, x.name, "ref")]), g.placeholder(f"ref_{node.name}"),
-                infos[x].laxis, dec.extra["scale"]))
-        elif dec is not None and dec.kind == "inc_linear":
+                env[x], gathered(by_key[(node.name, x.name, GatherKind.REF)]), g.placeholder(f"ref_{node.name}"),
+                infos[x].laxis, dec.scale))
+        elif dec is not None and dec.kind == Kind.INC_LINEAR:
             x = next(iter(dec.reads))
             ref_nodes.append(node.name)
             start_nodes[node.name] = x.name
             weight = (g.get_attr(node.target + ".weight") if node.op == "call_module"
-                      else env[dec.extra["weight_node"]])
+                      else env[dec.weight_node])
             in_shape = tuple(x.meta["tensor_meta"].shape)[1:]
-            args = (env[x], gathered(by_key[(node.name, x.name, "ref")]), g.placeholder(f"ref_{node.name}"),
+            args = (env[x], gathered(by_key[(node.name, x.name, GatherKind.REF)]), g.placeholder(f"ref_{node.name}"),
                     weight, g.placeholder(f"start_{node.name}"))
             if static:
                 env[node] = g.call_function(kernels.inc_linear_static, (
@@ -128,9 +129,9 @@ def build_edit_module(gm: fx.GraphModule, infos: dict, plan: Plan, seq_node: fx.
             else:
                 env[node] = g.call_function(torch.ops.fastism.inc_linear, (*args, list(in_shape), infos[x].laxis))
         else:
-            kind = "window" if info.state == "window" else "full"
+            kind = GatherKind.WINDOW if info.state == State.WINDOW else GatherKind.FULL
             args, kwargs, sub = mapped(node, kind)
-            if dec is not None and dec.emit is not None and info.state in ("window", "static"):
+            if dec is not None and dec.emit is not None and info.state in (State.WINDOW, State.STATIC):
                 env[node] = dec.emit(b, node, args, kwargs)
             else:
                 env[node] = g.node_copy(node, lambda n: sub[n])

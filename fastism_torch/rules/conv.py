@@ -8,6 +8,7 @@ import copy
 import torch.nn.functional as F
 from torch import nn
 
+from ..kinds import Kind
 from ..ranges import Window
 from .registry import Decision, Read, RuleContext, functions, module_types, register, stop
 
@@ -28,7 +29,7 @@ def _pad_left(padding, kernel, dilation, dim=0):
 def sliding(ctx: RuleContext, x, window: Window, emit, out_laxis=None) -> Decision:
     out = ctx.out_shape
     lax = ctx.laxis(x) if out_laxis is None else out_laxis
-    return Decision("sliding", laxis=lax, length=out[lax], reads={x: Read(window, ctx.laxis(x))}, emit=emit)
+    return Decision(Kind.SLIDING, laxis=lax, length=out[lax], reads={x: Read(window, ctx.laxis(x))}, emit=emit)
 
 
 def emit_module(new_module):
@@ -36,12 +37,6 @@ def emit_module(new_module):
     def emit(builder, node, args, kwargs):
         name = builder.add_module(node.name + "_valid", new_module)
         return builder.graph.call_module(name, args, kwargs)
-    return emit
-
-
-def emit_function(fn, **overrides):
-    def emit(builder, node, args, kwargs):
-        return builder.graph.call_function(fn, args, {**kwargs, **overrides})
     return emit
 
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kinds import Kind
 from ..ranges import IDENTITY, Window
 from .conv import sliding
 from .registry import Decision, Read, RuleContext, functions, methods, module_types, register, stop
@@ -18,7 +19,7 @@ def _layout(ctx: RuleContext, x, out_laxis: int) -> Decision:
     out = ctx.out_shape
     if out is None or not (0 < out_laxis < len(out)) or out[out_laxis] != ctx.length(x):
         return stop("layout op that moves the batch or changes the length axis")
-    return Decision("layout", laxis=out_laxis, length=out[out_laxis], reads={x: Read(IDENTITY, ctx.laxis(x))})
+    return Decision(Kind.LAYOUT, laxis=out_laxis, length=out[out_laxis], reads={x: Read(IDENTITY, ctx.laxis(x))})
 
 
 def _only_input(ctx: RuleContext):
@@ -87,7 +88,6 @@ def reshape_window(x, template, lax_in: int, lax_out: int):
     return x.reshape(shape)
 
 
-
 def _reshape_like(ctx: RuleContext) -> Decision:
     x = _only_input(ctx)
     if x is None:
@@ -95,14 +95,14 @@ def _reshape_like(ctx: RuleContext) -> Decision:
     lax = ctx.laxis(x)
     o = _kept_axis(ctx.shape(x), ctx.out_shape, lax)
     if o is None:
-        return Decision("stop", reason=f"reshape {ctx.shape(x)} -> {ctx.out_shape} merges the length axis",
-                        extra={"flatten": True, "quiet": True})
+        return Decision(Kind.STOP, reason=f"reshape {ctx.shape(x)} -> {ctx.out_shape} merges the length axis",
+                        flatten=True, quiet=True)
     dec = _layout(ctx, x, o)
     template = tuple(ctx.out_shape)
 
     def emit(builder, node, args, kwargs):
         return builder.graph.call_function(reshape_window, (args[0], template, lax, o))
-    return Decision(dec.kind, dec.laxis, dec.length, dec.reads, emit) if dec.kind == "layout" else dec
+    return Decision(dec.kind, dec.laxis, dec.length, dec.reads, emit) if dec.kind == Kind.LAYOUT else dec
 
 
 register(*methods("view", "reshape", "squeeze", "flatten", "unflatten"),
@@ -211,14 +211,13 @@ def full_size(x, laxis: int, length: int, dim=None):
     return torch.Size(s) if dim is None else s[dim]
 
 
-
 @register(*methods("size"), ("function", getattr))
 def shape_query(ctx: RuleContext) -> Decision:
     x = _only_input(ctx)
     if x is None:
         return stop("shape query")
     if ctx.node.op == "call_function" and ctx.node.args[1] in ("dtype", "device", "ndim", "is_cuda"):
-        return Decision("meta")                         # the same for a window as for the full tensor
+        return Decision(Kind.META)                         # the same for a window as for the full tensor
     if ctx.node.op == "call_function" and ctx.node.args[1] != "shape":
         return stop(f"attribute {ctx.node.args[1]!r} of a windowed tensor")
     dim = ctx.arg(1, "dim") if ctx.node.op == "call_method" else None
@@ -226,9 +225,9 @@ def shape_query(ctx: RuleContext) -> Decision:
 
     def emit(builder, node, args, kwargs):
         return builder.graph.call_function(full_size, (args[0], lax, length, dim))
-    return Decision("meta", emit=emit)
+    return Decision(Kind.META, emit=emit)
 
 
 @register(*methods("dim"))
 def ndim_query(ctx: RuleContext) -> Decision:
-    return Decision("meta")
+    return Decision(Kind.META)

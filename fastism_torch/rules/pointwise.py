@@ -11,6 +11,7 @@ import operator
 import torch
 from torch import nn
 
+from ..kinds import Kind, State
 from .registry import Decision, Read, RuleContext, functions, methods, module_types, register, stop
 
 
@@ -36,15 +37,15 @@ def elementwise(ctx: RuleContext) -> Decision:
             continue
         info = ctx.infos[n]
         d = lax - (len(out) - len(s))          # n's dim aligned with the output's length axis
-        if info.state == "window":
+        if info.state == State.WINDOW:
             if d != info.laxis or info.length != length:
                 return stop(f"inputs' length axes differ ({n.name}: axis {info.laxis}, length {info.length})")
             reads[n] = Read(laxis=d)
         elif d >= 0 and s[d] != 1:
-            if s[d] != length or info.state != "static" or len(s) != len(out):   # needs its own batch axis
+            if s[d] != length or info.state != State.STATIC or len(s) != len(out):   # needs its own batch axis
                 return stop(f"input {n.name} of shape {s} has the length axis but does not depend on the batch")
             reads[n] = Read(laxis=d)
-    return Decision("pointwise", laxis=lax, length=length, reads=reads)
+    return Decision(Kind.POINTWISE, laxis=lax, length=length, reads=reads)
 
 
 def acting_along(dims_of):
@@ -54,7 +55,7 @@ def acting_along(dims_of):
     """
     def rule(ctx: RuleContext) -> Decision:
         dec = elementwise(ctx)
-        if dec.kind != "pointwise":
+        if dec.kind != Kind.POINTWISE:
             return dec
         dims = dims_of(ctx, len(ctx.out_shape))
         if dims is None or dec.laxis in dims:
@@ -115,7 +116,7 @@ register(*functions("max", "min", modules=(torch,)), *methods("max", "min"))(_ma
 def batch_norm(ctx: RuleContext) -> Decision:
     mod = ctx.module()
     dec = elementwise(ctx)
-    if dec.kind != "pointwise":
+    if dec.kind != Kind.POINTWISE:
         return dec
     if isinstance(mod, nn.InstanceNorm1d) or mod.training:
         return stop("normalisation statistics over the length axis")
@@ -127,7 +128,7 @@ def batch_norm(ctx: RuleContext) -> Decision:
 @register(*functions("batch_norm", modules=(nn.functional,)))
 def batch_norm_fn(ctx: RuleContext) -> Decision:
     dec = elementwise(ctx)
-    if dec.kind == "pointwise" and (dec.laxis == 1 or ctx.arg(5, "training", False)):
+    if dec.kind == Kind.POINTWISE and (dec.laxis == 1 or ctx.arg(5, "training", False)):
         return stop("batch statistics over the length axis")
     return dec
 
@@ -157,7 +158,7 @@ register(*functions("softmax", "log_softmax"), *methods("softmax", "log_softmax"
 @register(*functions("cat", "concat", "concatenate", modules=(torch,)))
 def cat(ctx: RuleContext) -> Decision:
     dec = elementwise(ctx)
-    if dec.kind != "pointwise":
+    if dec.kind != Kind.POINTWISE:
         return dec
     dim = _norm_dim(ctx.arg(1, "dim", 0), len(ctx.out_shape))
     if dim == dec.laxis:

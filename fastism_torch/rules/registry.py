@@ -25,6 +25,7 @@ from typing import Any, Callable
 import torch
 from torch import fx, nn
 
+from ..kinds import Kind, State
 from ..ranges import IDENTITY, Window
 
 
@@ -37,18 +38,21 @@ class Read:
 
 @dataclass(frozen=True)
 class Decision:
-    kind: str                                    # pointwise | sliding | layout | meta | inc_linear | inc_mean | stop
+    kind: Kind
     laxis: int | None = None                     # length axis of the output (windowed kinds)
     length: int | None = None                    # full length of the output along laxis
     reads: dict = field(default_factory=dict)    # input Node -> Read (inputs that carry the length axis)
     emit: Callable | None = None                 # (graph, node, args, kwargs) -> new node, for ops rewritten
-    reason: str = ""                             # why a stop is a stop
-    extra: dict = field(default_factory=dict)    # rule-specific data (e.g. the weight of an inc_linear)
+    reason: str = ""                             # STOP: why
+    quiet: bool = False                          # STOP: an expected one (dense, global pooling, ...): no warning
+    flatten: bool = False                        # STOP: merges the length axis; a dense user may update it
+    scale: float = 1.0                           # INC_MEAN: 1/L for a mean, 1 for a sum
+    weight_node: Any = None                      # INC_LINEAR of F.linear: the weight's node (None: the module's)
 
 
 def stop(reason: str, quiet: bool = False) -> Decision:
     """A stop point. ``quiet`` for the expected ones (flatten, dense, global pooling, attention)."""
-    return Decision("stop", reason=reason, extra={"quiet": quiet})
+    return Decision(Kind.STOP, reason=reason, quiet=quiet)
 
 
 class RuleContext:
@@ -77,7 +81,7 @@ class RuleContext:
         return list(self.node.all_input_nodes)
 
     def windowed(self) -> list[fx.Node]:
-        return [n for n in self.input_nodes() if self.infos[n].state == "window"]
+        return [n for n in self.input_nodes() if self.infos[n].state == State.WINDOW]
 
     def arg(self, i: int, name: str, default=None):
         """Positional-or-keyword argument of a call_function / call_method node."""

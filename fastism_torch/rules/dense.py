@@ -1,0 +1,67 @@
+"""Dense layers: position-wise over channels when the length is not their last axis; a stop across the length
+axis, except the first dense layer after a flatten of a windowed tensor, which is linear in the changed
+positions and is updated from them only (``INC_LINEAR``: ``y_ref + W[:, window] @ delta``).
+
+The incremental update spans two nodes: the flatten (a quiet stop marked ``flatten``, state ``FLAT``) and its
+only user, the Linear.  :func:`inc_linear_user` finds that pair; :func:`inc_linear` is the Linear's decision.
+"""
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from ..kinds import Kind, State
+from ..ranges import IDENTITY
+from .registry import Decision, Read, RuleContext, functions, methods, module_types, register, stop
+
+
+@register(*module_types(nn.Linear), *functions("linear", modules=(F,)))
+def linear(ctx: RuleContext) -> Decision:
+    """Position-wise when the length is not the last axis; otherwise a stop (see :func:`inc_linear`)."""
+    x = ctx.the_window_input()
+    if x is None or ctx.node.args[0] is not x:
+        return stop("dense layer whose weights depend on the sequence")
+    nd = len(ctx.shape(x))
+    if ctx.laxis(x) == nd - 1:
+        return stop("dense layer across the length axis", quiet=True)
+    return Decision(Kind.POINTWISE, laxis=ctx.laxis(x), length=ctx.length(x),
+                    reads={x: Read(IDENTITY, ctx.laxis(x))})
+
+
+@register(*functions("matmul", modules=(torch,)), ("function", operator.matmul), *methods("matmul"))
+def matmul(ctx: RuleContext) -> Decision:
+    x = ctx.the_window_input()
+    w = ctx.node.args[1] if len(ctx.node.args) > 1 else None
+    if x is None or ctx.node.args[0] is not x or ctx.infos.get(w) is None or ctx.infos[w].state != State.CONST:
+        return stop("matmul with a sequence-dependent right operand")
+    if len(ctx.shape(w)) != 2 or ctx.laxis(x) == len(ctx.shape(x)) - 1:
+        return stop("matmul across the length axis")
+    return Decision(Kind.POINTWISE, laxis=ctx.laxis(x), length=ctx.length(x), reads={x: Read(IDENTITY, ctx.laxis(x))})
+
+
+def inc_linear_user(node: fx.Node, gm: fx.GraphModule, early: set) -> fx.Node | None:
+    """The Linear that consumes ``node`` (a flatten to ``(N, F)``) as its only user, if any."""
+    users = list(node.users)
+    tm = node.meta.get("tensor_meta")
+    if len(users) != 1 or tm is None or len(getattr(tm, "shape", ())) != 2:    # (N, F): the update is (N, out)
+        return None
+    u = users[0]
+    if not u.args or u.args[0] is not node or u in early:
+        return None
+    if u.op == "call_module" and isinstance(gm.get_submodule(u.target), nn.Linear):
+        return u
+    if u.op == "call_function" and u.target is F.linear and isinstance(u.args[1] if len(u.args) > 1 else None,
+                                                                       fx.Node) and u.args[1].op == "get_attr":
+        return u
+    return None
+
+
+def inc_linear(node: fx.Node, infos: dict) -> Decision:
+    """The decision for the Linear user of a ``FLAT`` node: read the flatten's input's reference window."""
+    flat = next(n for n in node.all_input_nodes if infos[n].state == State.FLAT)
+    x = flat.all_input_nodes[0]
+    return Decision(Kind.INC_LINEAR, reads={x: Read(laxis=infos[x].laxis)},
+                    weight_node=None if node.op == "call_module" else node.args[1])
