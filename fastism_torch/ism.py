@@ -90,7 +90,7 @@ class ISMBase:
     #: window shapes, each autotuned anew (measured 28x slower on an H100 with it on)
     cudnn_benchmark = True
 
-    def __init__(self, model: nn.Module, seq_len: int, num_chars: int = 4, layout: str = "NCL",
+    def __init__(self, model: nn.Module, seq_len: int, *, num_chars: int = 4, layout: str = "NCL",
                  seq_input_idx: int = 0, change_ranges=None, device=None, batch_size: int | None = None,
                  dtype: torch.dtype | None = None, verbose: bool = False, tf32: bool = False):
         if not isinstance(model, nn.Module):
@@ -376,12 +376,13 @@ class FastISM(ISMBase):
     static_kernels: bool | None = None
     cudnn_benchmark = False
 
-    def __init__(self, model: nn.Module, seq_len: int, num_chars: int = 4, layout: str = "NCL",
+    def __init__(self, model: nn.Module, seq_len: int, *, num_chars: int = 4, layout: str = "NCL",
                  seq_input_idx: int = 0, change_ranges=None, early_stop_layers=None, test_correctness=True,
                  device=None, batch_size: int | None = None, strict: bool = False, compile: bool = False,
                  dtype: torch.dtype | None = None, verbose: bool = False, tf32: bool = False):
-        super().__init__(model, seq_len, num_chars, layout, seq_input_idx, change_ranges, device, batch_size,
-                         dtype, verbose, tf32)
+        super().__init__(model, seq_len, num_chars=num_chars, layout=layout, seq_input_idx=seq_input_idx,
+                         change_ranges=change_ranges, device=device, batch_size=batch_size, dtype=dtype,
+                         verbose=verbose, tf32=tf32)
         self.early_stop_layers = list(early_stop_layers or [])
         self.strict = strict
         self.compile = compile
@@ -422,6 +423,10 @@ class FastISM(ISMBase):
                              self.strict)
         if self._test_correctness:
             self.check_correctness(inp)
+
+    def plan_for(self, ranges):
+        """The plan for mutation windows ``ranges`` (a tuple of ``(start, end)``); built once per ranges."""
+        return self._engine(tuple(tuple(r) for r in ranges)).plan
 
     def _engine(self, ranges):
         from .execute import Executor
@@ -581,5 +586,5 @@ class FastISM(ISMBase):
     def mac_summary(self) -> dict:
         """MACs of one full forward pass vs the MACs the plan recomputes per mutation (averaged)."""
         from .macs import mac_summary
-        return mac_summary(self)
+        return mac_summary(self.gm, self.infos, self.plan_for((i, i + 1) for i in range(self.seq_len)))
 
