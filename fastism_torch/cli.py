@@ -214,7 +214,9 @@ def _ism_parser(sub) -> None:
                    help="FastISM, or NaiveISM (one full forward pass per edit)")
     g.add_argument("--no-check", action="store_true", help="skip FastISM's self-check against naive ISM")
     g.add_argument("--allow-unsafe", action="store_true",
-                   help="let a Keras model file run code it carries (Lambda layers); only for files you trust")
+                   help="let Python code stored in a Keras model file (Lambda layers) run when it loads; only for "
+                        "files you trust. Without it every Keras format is checked for Lambda layers first "
+                        "(refused, naming them) and loaded in safe mode")
     s.set_defaults(func=cmd_ism)
 
 

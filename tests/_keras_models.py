@@ -93,6 +93,15 @@ def lambda_model(L=50):
     return K.Model(x0, L_.Dense(1)(L_.Flatten()(x)))
 
 
+def lambda_marker(L=20, marker="lambda_ran"):
+    """A Lambda layer whose code (a Python lambda, stored as bytecode) leaves a file behind when it runs: shows
+    whether loading ran code from the file."""
+    x0 = K.Input((L, 4))
+    touch = L_.Lambda(lambda t: (__import__("pathlib").Path(marker).touch(), t * 2.0)[1], name="touch")
+    x = touch(L_.Conv1D(2, 3, padding="same", name="c1")(x0))
+    return K.Model(x0, L_.Dense(1)(L_.Flatten()(x)))
+
+
 def no_sequence():
     x0 = K.Input((10,))
     return K.Model(x0, L_.Dense(1)(x0))
@@ -117,7 +126,7 @@ def custom_layer(L=60):
 
 
 def rnn(L=40):
-    """An LSTM: no PyTorch converter for ONNX's LSTM op."""
+    """An LSTM (exported unrolled: a stop point with a warning)."""
     x0 = K.Input((L, 4))
     x = L_.Conv1D(4, 3, padding="same", name="c1")(x0)
     x = L_.LSTM(5, name="lstm")(x)
@@ -147,3 +156,54 @@ def zoo(L=96):
     x = L_.Softmax(axis=-1, name="softmax")(x)
     x = L_.Reshape((-1,), name="flat")(x)
     return K.Model(x0, L_.Dense(2, name="out")(x))
+
+
+def gelu_pool(L=60):
+    """Keras 3's exact GELU (ONNX ``Erfc``) before a pooling layer (issue 11's smallest repro)."""
+    return K.Sequential([
+        K.Input((L, 4)),
+        L_.Conv1D(8, 5, activation="gelu", name="c1"),
+        L_.MaxPooling1D(2, name="mp1"),
+        L_.Flatten(),
+        L_.Dense(2, name="out"),
+    ])
+
+
+def grouped_conv(L=60):
+    """Grouped and depthwise ``Conv1D(groups > 1)`` (Keras 3 runs them through XLA on CPU)."""
+    x0 = K.Input((L, 4))
+    x = L_.Conv1D(8, 5, padding="same", name="c1")(x0)
+    x = L_.Conv1D(8, 3, padding="same", groups=4, activation="relu", name="grouped")(x)
+    x = L_.Conv1D(8, 3, padding="valid", dilation_rate=2, groups=8, name="depthwise")(x)
+    x = L_.MaxPooling1D(2, name="mp")(x)
+    return K.Model(x0, L_.Dense(2, name="out")(L_.Flatten()(x)))
+
+
+def recurrent(L=40):
+    """A Bidirectional LSTM returning sequences, then a GRU: a stop point at the first recurrent layer."""
+    x0 = K.Input((L, 4))
+    x = L_.Conv1D(6, 5, padding="same", activation="relu", name="c1")(x0)
+    x = L_.MaxPooling1D(2, name="mp1")(x)
+    x = L_.Bidirectional(L_.LSTM(4, return_sequences=True), name="bilstm")(x)
+    x = L_.GRU(3, name="gru")(x)
+    return K.Model(x0, L_.Dense(2, name="out")(x))
+
+
+def keras3_layers(L=48):
+    """More of Keras 3's standard layers in one model: causal dilated and strided grouped convs, SiLU/softplus/
+    exponential/GELU activations, pooling after each, TimeDistributed(Dense) (a stop point), Add, BatchNorm,
+    ZeroPadding/Cropping, LayerNormalization."""
+    x0 = K.Input((L, 4))
+    x = L_.Conv1D(8, 4, padding="causal", dilation_rate=2, activation="silu", name="causal")(x0)
+    x = L_.AveragePooling1D(2, name="ap1")(x)
+    x = L_.Conv1D(8, 3, strides=2, padding="same", groups=2, activation="softplus", name="grouped_strided")(x)
+    x = L_.MaxPooling1D(2, padding="same", name="mp1")(x)
+    y = L_.TimeDistributed(L_.Dense(8, activation="exponential"), name="td")(x)
+    x = L_.Add(name="add")([x, y])
+    x = L_.BatchNormalization(name="bn")(x)
+    x = L_.Activation("gelu", name="gelu")(x)
+    x = L_.MaxPooling1D(2, name="mp2")(x)
+    x = L_.ZeroPadding1D(1, name="zpad")(x)
+    x = L_.Cropping1D((2, 0), name="crop")(x)
+    x = L_.LayerNormalization(name="ln")(x)
+    return K.Model(x0, L_.Dense(2, name="out")(L_.Flatten()(x)))

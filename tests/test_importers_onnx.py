@@ -158,14 +158,14 @@ def test_conv_transpose_converter(attrs):
 
 # --------------------------------------------------------------------------- bad input
 def test_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="no such ONNX file: .*nope.onnx"):
         ft.from_onnx(tmp_path / "nope.onnx")
 
 
 def test_corrupt_file(tmp_path):
     p = tmp_path / "bad.onnx"
     p.write_bytes(b"\x08\x07garbage" * 10)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="bad.onnx is not a readable ONNX model"):
         ft.from_onnx(p)
 
 

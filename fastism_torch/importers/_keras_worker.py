@@ -19,6 +19,7 @@ exit code 2 (the model could not be loaded: the caller may retry with tf-keras) 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -67,8 +68,12 @@ def load_model(path: str, custom_objects: dict, allow_unsafe: bool):
     keras = _keras()
     try:
         if _legacy():
+            # tf-keras applies safe_mode to .keras files only; for .h5 and SavedModel folders its Lambda layers
+            # check the same flag in a scope (and the caller has pre-scanned the file for Lambda layers)
+            from tf_keras.src.saving.serialization_lib import SafeModeScope
             kw = {"safe_mode": not allow_unsafe} if path.endswith(".keras") else {}
-            return keras.models.load_model(path, custom_objects=custom_objects, compile=False, **kw)
+            with SafeModeScope(safe_mode=not allow_unsafe):
+                return keras.models.load_model(path, custom_objects=custom_objects, compile=False, **kw)
         if os.path.isdir(path):
             raise WorkerError("load", "Keras 3 cannot load a SavedModel folder as a model", EXIT_LOAD)
         return keras.saving.load_model(path, custom_objects=custom_objects, compile=False,
@@ -96,19 +101,51 @@ def _all_layers(model):
     return out
 
 
+def _unroll_recurrent(model) -> None:
+    """Trace recurrent layers (LSTM, GRU, SimpleRNN, inside Bidirectional too) unrolled over the fixed length.
+
+    Traced as a TF while-loop, tf2onnx writes them as ONNX ``Loop`` or ``LSTM``, which onnx2torch cannot convert;
+    unrolled they are plain MatMul/Sigmoid/Tanh steps (the fast engine makes them a stop point).  Only the
+    export is unrolled: Keras's naive ISM, the check, runs the layers as saved."""
+    for layer, _ in _all_layers(model):
+        for cand in (layer, getattr(layer, "forward_layer", None), getattr(layer, "backward_layer", None),
+                     getattr(layer, "layer", None)):
+            if cand is not None and hasattr(cand, "unroll"):
+                cand.unroll = True
+                if hasattr(cand, "_could_use_gpu_kernel"):      # tf-keras decides this in __init__
+                    cand._could_use_gpu_kernel = False
+
+
+@contextlib.contextmanager
+def _plain_grouped_conv():
+    """Keras 3 runs grouped convolutions (``Conv1D(groups > 1)``) on CPU inside a jit-compiled ``tf.function``,
+    which tf2onnx cannot look into (an unconvertible ``StatefulPartitionedCall``).  While tracing, call the
+    ``tf.nn.convolution`` it wraps directly: the same operation, which tf2onnx writes as a grouped ``Conv``."""
+    if _legacy():
+        yield
+        return
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import nn as tf_nn
+    orig = tf_nn.conv
+
+    def conv(inputs, kernel, strides=1, padding="valid", data_format=None, dilation_rate=1):
+        fmt = tf_nn._convert_data_format(data_format, len(inputs.shape))
+        return tf.nn.convolution(inputs, kernel, strides, padding.upper(), data_format=fmt, dilations=dilation_rate)
+    tf_nn.conv = conv
+    try:
+        yield
+    finally:
+        tf_nn.conv = orig
+
+
 def _shape(s):
     return [None if d is None else int(d) for d in s]
 
 
-def export(args) -> None:
-    import tensorflow as tf
-    import tf2onnx
-
-    model = load_model(args.model, _custom_objects(args.custom_objects), args.allow_unsafe)
-    keras_version = "tf-keras" if _legacy() else "keras3"
+def _input_specs(model, seq_len, tf) -> tuple[list[dict], list]:
+    """The model's inputs (``{"name", "shape"}``, a free length set to ``seq_len``) and their ``TensorSpec``s."""
     inputs = [{"name": getattr(t, "name", f"input_{i}"), "shape": _shape(t.shape)} for i, t in
               enumerate(model.inputs)]
-    seq_len = args.seq_len
     specs = []
     for i, inp in enumerate(inputs):
         shape = list(inp["shape"])
@@ -120,9 +157,13 @@ def export(args) -> None:
             raise WorkerError("shape", f"input {inp['name']!r} has an unknown non-batch dimension {shape}")
         inp["shape"] = [None] + shape[1:]
         specs.append(tf.TensorSpec([None] + shape[1:], tf.float32, name=f"input_{i}"))
+    return inputs, specs
 
-    # Record each layer's TF name scope while tracing, so ONNX nodes can be mapped back to Keras layers.
-    layers = _all_layers(model)
+
+@contextlib.contextmanager
+def _recording_scopes(layers, tf):
+    """Record each layer's TF name scope while tracing (``{id(layer): [scope, ...]}``), so ONNX nodes can be
+    mapped back to Keras layers; the layers' ``call`` is restored afterwards."""
     scopes: dict = {}
     for layer, _ in layers:
         orig = layer.call
@@ -137,7 +178,24 @@ def export(args) -> None:
             object.__setattr__(layer, "call", wrapped)
         except Exception:  # noqa: BLE001 - scopes are best effort
             pass
+    try:
+        yield scopes
+    finally:
+        for layer, _ in layers:
+            try:
+                object.__delattr__(layer, "call")
+            except Exception:  # noqa: BLE001
+                pass
 
+
+def export(args) -> None:
+    import tensorflow as tf
+    import tf2onnx
+
+    model = load_model(args.model, _custom_objects(args.custom_objects), args.allow_unsafe)
+    _unroll_recurrent(model)
+    inputs, specs = _input_specs(model, args.seq_len, tf)
+    layers = _all_layers(model)
     multi_in = len(model.inputs) > 1
 
     @tf.function(input_signature=specs)
@@ -147,25 +205,19 @@ def export(args) -> None:
             out = [out[k] for k in out]
         return list(out) if isinstance(out, (list, tuple)) else [out]
 
-    try:
+    with _recording_scopes(layers, tf) as scopes, _plain_grouped_conv():
         concrete = fn.get_concrete_function()
-    finally:
-        for layer, _ in layers:
-            try:
-                object.__delattr__(layer, "call")
-            except Exception:  # noqa: BLE001
-                pass
     names = list(getattr(model, "output_names", None) or [])
     outputs = [{"name": str(names[i]) if i < len(names) else f"output_{i}", "shape": _shape(t.shape)}
                for i, t in enumerate(concrete.outputs)]
     os.makedirs(args.out_dir, exist_ok=True)
-    onnx_path = os.path.join(args.out_dir, "model.onnx")
     try:
-        tf2onnx.convert.from_function(fn, input_signature=specs, opset=args.opset, output_path=onnx_path)
+        tf2onnx.convert.from_function(fn, input_signature=specs, opset=args.opset,
+                                      output_path=os.path.join(args.out_dir, "model.onnx"))
     except Exception as e:  # noqa: BLE001
         raise WorkerError("convert", f"tf2onnx could not convert the model: {type(e).__name__}: {e}") from e
     meta = {
-        "keras": keras_version,
+        "keras": "tf-keras" if _legacy() else "keras3",
         "model_name": model.name,
         "inputs": inputs,
         "outputs": outputs,

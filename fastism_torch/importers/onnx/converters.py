@@ -1,4 +1,4 @@
-"""Corrected onnx2torch converters, registered in onnx2torch's registry on import.
+"""Corrected onnx2torch converters, registered in onnx2torch's registry by :func:`register` (once).
 
 - ``ConvTranspose`` with ``output_shape``, ``auto_pad=SAME_*`` or asymmetric ``pads`` (what tf2onnx writes for
   Keras ``Conv1DTranspose``/``Conv2DTranspose(padding="same")``): onnx2torch ignores ``output_shape`` and rejects
@@ -7,16 +7,21 @@
 - ``Conv``/``MaxPool``/``AveragePool`` with ``auto_pad=SAME_UPPER/SAME_LOWER`` (tf2onnx, for strided or
   even-window Keras ``padding="same"``), and ``AveragePool`` with asymmetric pads: onnx2torch rejects them; here
   they become :class:`OnnxPadded` (the unpadded op on an explicitly padded input; pads from the input shape).
-- ``Erfc`` (tf2onnx, for Keras's exact GELU): missing in onnx2torch.
+- ``ReverseSequence`` (tf2onnx, for the backward half of a Keras ``Bidirectional`` RNN): missing in onnx2torch.
+  (``Erfc``, for Keras 3's exact GELU, is rewritten before conversion: see :mod:`.onnx_fixes`.)
 """
 from __future__ import annotations
 
 import torch
-from torch import nn
 from onnx2torch.node_converters import registry
 from onnx2torch.onnx_graph import OnnxGraph
 from onnx2torch.onnx_node import OnnxNode
-from onnx2torch.utils.common import OnnxMapping, OnnxToTorchModule, OperationConverterResult
+from onnx2torch.utils.common import (
+    OnnxMapping,
+    OnnxToTorchModule,
+    OperationConverterResult,
+)
+from torch import nn
 
 _CONV_T = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
 
@@ -56,10 +61,6 @@ class OnnxConvTransposeCropped(nn.Module, OnnxToTorchModule):
         return y[tuple(idx)]
 
 
-def _original(version):
-    return _REPLACED.get(version)
-
-
 _REPLACED: dict = {}
 
 
@@ -90,16 +91,28 @@ def _converter(version):
     return convert
 
 
-class OnnxErfc(nn.Module, OnnxToTorchModule):
-    """``erfc(x) = 1 - erf(x)``."""
+class OnnxReverseSequence(nn.Module, OnnxToTorchModule):
+    """ONNX ``ReverseSequence``: for batch entry ``b``, the first ``lens[b]`` steps along ``time_axis`` reversed
+    (tf2onnx writes it for ``tf.reverse`` on the time axis: Keras's backward RNNs)."""
 
-    def forward(self, x):
-        return torch.special.erfc(x)
+    def __init__(self, batch_axis: int = 1, time_axis: int = 0):
+        super().__init__()
+        self.batch_axis, self.time_axis = batch_axis, time_axis
+
+    def forward(self, x, lens):
+        xt = x.movedim((self.batch_axis, self.time_axis), (0, 1))
+        t = torch.arange(xt.shape[1], device=x.device)[None, :]
+        n = lens.to(t.dtype)[:, None]
+        idx = torch.where(t < n, n - 1 - t, t)                               # (batch, time)
+        idx = idx.reshape(*idx.shape, *[1] * (xt.dim() - 2)).expand_as(xt)
+        return xt.gather(1, idx).movedim((0, 1), (self.batch_axis, self.time_axis))
 
 
-def _erfc(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
-    return OperationConverterResult(torch_module=OnnxErfc(), onnx_mapping=OnnxMapping(
-        inputs=(node.input_values[0],), outputs=node.output_values))
+def _reverse_sequence(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    attrs = node.attributes
+    mod = OnnxReverseSequence(attrs.get("batch_axis", 1), attrs.get("time_axis", 0))
+    return OperationConverterResult(torch_module=mod, onnx_mapping=OnnxMapping(
+        inputs=tuple(node.input_values[:2]), outputs=node.output_values))
 
 
 def _same_pads(spatial, kernel, strides, dilations, upper: bool) -> list[int]:
@@ -137,55 +150,64 @@ class OnnxPadded(nn.Module, OnnxToTorchModule):
         return y / self.inner(torch.nn.functional.pad(torch.ones_like(x[:1, :1]), pads))
 
 
+def _auto_pad(attrs) -> str:
+    auto_pad = attrs.get("auto_pad", "NOTSET")
+    return auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+
+
+def _avg_pool(attrs, rank: int, pads, include_pad: bool) -> nn.Module:
+    """``nn.AvgPoolNd`` from the attributes (onnx2torch's converter needs the input rank from shape inference;
+    the kernel says it too)."""
+    return (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)[rank - 1](
+        attrs["kernel_shape"], attrs.get("strides", [1] * rank), padding=pads,
+        ceil_mode=attrs.get("ceil_mode", 0) == 1, count_include_pad=include_pad)
+
+
+def _unpadded_inner(op_type, version, node, graph, rank: int) -> nn.Module:
+    """The conv or pool of ``node`` without its padding (which :class:`OnnxPadded` applies)."""
+    attrs = node._proto_attributes  # pylint: disable=protected-access
+    attrs["auto_pad"] = "NOTSET"
+    attrs["pads"] = [0] * 2 * rank
+    if op_type == "AveragePool":
+        attrs["count_include_pad"] = 1
+        return _avg_pool(attrs, rank, 0, True)
+    if op_type == "MaxPool":
+        return (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)[rank - 1](
+            attrs["kernel_shape"], attrs.get("strides", [1] * rank), dilation=attrs.get("dilations", [1] * rank),
+            ceil_mode=attrs.get("ceil_mode", 0) == 1)
+    return _REPLACED_SAME[op_type, version](node, graph).torch_module
+
+
 def _with_same_pads(op_type, version):
     def convert(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
         attrs = node._proto_attributes  # pylint: disable=protected-access
-        auto_pad = attrs.get("auto_pad", "NOTSET")
-        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-        pads = attrs.get("pads")
+        auto_pad, pads = _auto_pad(attrs), attrs.get("pads")
         n = len(pads) // 2 if pads else 0
         asym_avg = op_type == "AveragePool" and pads and list(pads[:n]) != list(pads[n:])
-        if op_type == "AveragePool" and auto_pad in ("NOTSET", "VALID") and not asym_avg:
-            # onnx2torch's converter needs the input rank from shape inference; the kernel says it too
+        same_pad = auto_pad in ("SAME_UPPER", "SAME_LOWER")
+        if op_type == "AveragePool" and not same_pad and not asym_avg:
             rank = len(attrs["kernel_shape"])
-            pool = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)[rank - 1](
-                attrs["kernel_shape"], attrs.get("strides", [1] * rank),
-                padding=list(pads[:rank]) if pads and auto_pad == "NOTSET" else 0,
-                ceil_mode=attrs.get("ceil_mode", 0) == 1, count_include_pad=attrs.get("count_include_pad", 0) == 1)
+            pool = _avg_pool(attrs, rank, list(pads[:rank]) if pads and auto_pad == "NOTSET" else 0,
+                             attrs.get("count_include_pad", 0) == 1)
             return OperationConverterResult(torch_module=pool, onnx_mapping=OnnxMapping(
                 inputs=(node.input_values[0],), outputs=node.output_values))
-        if auto_pad not in ("SAME_UPPER", "SAME_LOWER") and not asym_avg:
+        if not same_pad and not asym_avg:
             return _REPLACED_SAME[op_type, version](node, graph)
-        kernel = attrs.get("kernel_shape")
-        if kernel is None:
-            kernel = list(graph.initializers[node.input_values[1]].to_torch().shape[2:])
+        kernel = attrs.get("kernel_shape") or list(graph.initializers[node.input_values[1]].to_torch().shape[2:])
         rank = len(kernel)
         exclude = op_type == "AveragePool" and attrs.get("count_include_pad", 0) == 0
-        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        same, torch_pads = None, None
+        if same_pad:
             same = (list(kernel), list(attrs.get("strides", [1] * rank)), list(attrs.get("dilations", [1] * rank)),
                     auto_pad == "SAME_UPPER")
-            torch_pads = None
         else:
             from onnx2torch.node_converters.pad import _onnx_padding_to_torch
-            same, torch_pads = None, _onnx_padding_to_torch(list(pads))
-        attrs["auto_pad"] = "NOTSET"
-        attrs["pads"] = [0] * 2 * rank
-        if op_type == "AveragePool":
-            attrs["count_include_pad"] = 1
-        strides, ceil = attrs.get("strides", [1] * rank), attrs.get("ceil_mode", 0) == 1
-        if op_type == "AveragePool":          # (onnx2torch's needs the input rank from shape inference)
-            inner = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)[rank - 1](kernel, strides, ceil_mode=ceil,
-                                                                        count_include_pad=True)
-        elif op_type == "MaxPool":
-            inner = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)[rank - 1](
-                kernel, strides, dilation=attrs.get("dilations", [1] * rank), ceil_mode=ceil)
-        else:
-            inner = _REPLACED_SAME[op_type, version](node, graph).torch_module
+            torch_pads = _onnx_padding_to_torch(list(pads))
+        inner = _unpadded_inner(op_type, version, node, graph, rank)
         value = float("-inf") if op_type == "MaxPool" else 0.0
         mod = OnnxPadded(inner, pads=torch_pads, same=same, value=value, divide_by_count=exclude)
-        inputs = tuple(node.input_values[:1]) if op_type != "Conv" else None
-        mapping = OnnxMapping(inputs=inputs, outputs=node.output_values) if inputs else \
-            _REPLACED_SAME[op_type, version](node, graph).onnx_mapping
+        mapping = OnnxMapping(inputs=tuple(node.input_values[:1]), outputs=node.output_values) \
+            if op_type != "Conv" else _REPLACED_SAME[op_type, version](node, graph).onnx_mapping
         return OperationConverterResult(torch_module=mod, onnx_mapping=mapping)
     return convert
 
@@ -193,7 +215,8 @@ def _with_same_pads(op_type, version):
 _REPLACED_SAME: dict = {}
 
 
-def _register() -> None:
+def register() -> None:
+    """Replace or add the converters above in onnx2torch's registry."""
     reg = registry._CONVERTER_REGISTRY  # pylint: disable=protected-access
     for desc in list(reg):
         if desc.operation_type == "ConvTranspose" and desc.domain in ("", "ai.onnx"):
@@ -205,11 +228,5 @@ def _register() -> None:
             _REPLACED_SAME[desc.operation_type, desc.version] = reg.pop(desc)
             registry.add_converter(operation_type=desc.operation_type, version=desc.version, domain=desc.domain)(
                 _with_same_pads(desc.operation_type, desc.version))
-    # Erfc is not a standard ONNX op, but tf2onnx writes it for Keras's exact GELU (no schema: looked up at
-    # the model's own opset version)
-    for version in range(1, 30):
-        if registry.OperationDescription("", "Erfc", version) not in reg:
-            registry.add_converter(operation_type="Erfc", version=version)(_erfc)
-
-
-_register()
+    if registry.OperationDescription("", "ReverseSequence", 10) not in reg:
+        registry.add_converter(operation_type="ReverseSequence", version=10)(_reverse_sequence)

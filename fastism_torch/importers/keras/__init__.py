@@ -1,0 +1,33 @@
+"""Keras models (``.h5`` from Keras 2/3, ``.keras``, SavedModel folders, ``keras.Model`` objects) -> FastISM.
+
+TensorFlow never enters this process: the Keras -> ONNX export (tf2onnx) and Keras's own naive ISM run in a
+subprocess (:mod:`._keras_worker`).  Keras 3 is tried first; a file Keras 3 cannot load (a Keras 2 ``.h5``, a
+SavedModel folder) is retried with tf-keras (``TF_USE_LEGACY_KERAS=1``).  The ONNX file, its sidecar
+``meta.json`` and Keras's naive-ISM check results are cached on disk, keyed by the model file's content hash
+and the options, under ``cache_dir``, ``$FASTISM_TORCH_CACHE`` or ``~/.cache/fastism_torch``.
+
+``early_stop_layers`` may name Keras layers: each is mapped to the fx nodes converted from that layer's
+TensorFlow name scope (recorded by the worker while tracing).  Layers the fast engine has no rule for
+(custom layers, RNNs, attention, ...) become stop points with a warning naming the Keras layer: from there
+the model runs in full.  Recurrent layers (``LSTM``, ``GRU``, ``SimpleRNN``, ``Bidirectional``) are exported
+unrolled over the sequence length (tf2onnx writes them as ONNX ``Loop``/``LSTM``, which onnx2torch cannot
+convert).  A Keras 3 ``Conv1D(groups > 1)`` is traced without the XLA call Keras 3 wraps it in on CPU.
+
+Modules: :mod:`.scan` (the model's config without TensorFlow; the ``Lambda`` refusal), :mod:`.jobs` (the
+worker subprocess), :mod:`.export` (Keras -> ONNX, cached), :mod:`.oracle` (Keras's own naive ISM and the
+comparison with it), :mod:`.api` (:func:`from_keras`).
+"""
+from .api import SUPPORTED_LAYERS, from_keras
+from .export import KerasExport, export_keras, export_keras_many
+from .jobs import WorkerFailed, run_jobs
+from .oracle import (
+           check_against_keras,
+           check_request,
+           compare_with_keras,
+           keras_naive_ism,
+           keras_naive_ism_many,
+)
+
+__all__ = ["from_keras", "keras_naive_ism", "keras_naive_ism_many", "export_keras", "export_keras_many",
+           "KerasExport", "check_request", "compare_with_keras", "check_against_keras", "run_jobs",
+           "WorkerFailed", "SUPPORTED_LAYERS"]
