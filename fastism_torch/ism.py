@@ -125,6 +125,10 @@ class ISMBase:
         """``(N, L, C)`` view of a sequence batch in this engine's layout."""
         return seq.transpose(1, 2) if self.layout == "NCL" else seq
 
+    def inputs(self, seqs) -> Inputs:
+        """The validated model inputs for ``seqs`` (a FastISM also builds itself for a new input pattern)."""
+        return self._inputs(seqs)
+
     def _inputs(self, seqs) -> Inputs:
         multi = isinstance(seqs, (list, tuple))
         args = list(seqs) if multi else [seqs]

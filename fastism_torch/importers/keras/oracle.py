@@ -109,7 +109,7 @@ def compare_with_keras(ism, request: tuple, keras_result, rtol: float = 1e-4) ->
     r_idx = np.array([starts_of[int(s)] for s in starts])
     with torch.no_grad():
         t_ref = ism.predict(inputs if len(inputs) > 1 else inputs[0])
-        inp = ism._inputs([torch.as_tensor(x) for x in inputs] if len(inputs) > 1 else torch.as_tensor(inputs[0]))
+        inp = ism.inputs([torch.as_tensor(x) for x in inputs] if len(inputs) > 1 else torch.as_tensor(inputs[0]))
         t_out = ism.edit_outputs(inp, s_idx, r_idx, torch.as_tensor(values))
     t_ref = t_ref if isinstance(t_ref, tuple) else (t_ref,)
     if len(k_ref) != len(t_ref):
