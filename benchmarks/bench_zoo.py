@@ -24,17 +24,24 @@ import torch
 from benchmarks import common
 
 
+def _trimming(L):
+    """bpnet-lite's own trimming at its 2114 bp (557 per side, a 1000-bp profile); at other lengths the same
+    share of flanks (e.g. 263 per side at 1000 bp: a 474-bp profile), since its default would leave none."""
+    return None if L == 2114 else (L - round(L * 1000 / 2114)) // 2
+
+
 def _bpnet(L):
     from bpnetlite import BPNet
     torch.manual_seed(0)
-    return BPNet(n_filters=64, n_layers=8, n_outputs=1, n_control_tracks=0, verbose=False)   # bpnet-lite's default
+    return BPNet(n_filters=64, n_layers=8, n_outputs=1, n_control_tracks=0, verbose=False,   # bpnet-lite's default
+                 trimming=_trimming(L))
 
 
 def _chrombpnet(L):
     from bpnetlite import BPNet, ChromBPNet
     torch.manual_seed(0)
-    bias = BPNet(n_filters=32, n_layers=4, n_outputs=1, n_control_tracks=0, verbose=False)
-    acc = BPNet(n_filters=64, n_layers=8, n_outputs=1, n_control_tracks=0, verbose=False)
+    bias = BPNet(n_filters=32, n_layers=4, n_outputs=1, n_control_tracks=0, verbose=False, trimming=_trimming(L))
+    acc = BPNet(n_filters=64, n_layers=8, n_outputs=1, n_control_tracks=0, verbose=False, trimming=_trimming(L))
     return ChromBPNet(bias, acc)
 
 
@@ -56,7 +63,7 @@ def parse_args(argv=None):
     p.add_argument("--length", type=int, default=None, help="default: each model's own (LENGTHS)")
     p.add_argument("--n-seqs", type=int, default=1)
     p.add_argument("--threads", default="1,2", help="comma-separated torch thread counts")
-    p.add_argument("--naive-batch", type=int, default=128)
+    p.add_argument("--naive-batch", default="auto", help="NaiveISM batch_size, or 'auto' (measured: its fastest)")
     p.add_argument("--tm-batch", type=int, default=128)
     p.add_argument("--out", default=common.DEFAULT_RESULTS, help="markdown file to append to ('' = don't)")
     p.add_argument("--no-malloc-env", action="store_true", help="do not re-exec with the allocator settings")
@@ -71,7 +78,8 @@ def bench(name: str, threads: int, args) -> dict:
     seqs = common.random_seqs(args.n_seqs, L)
     dev = torch.device("cpu")
     row = {"model": name, "L": L, "threads": threads}
-    tn, naive = common.run_naive(model, seqs, dev, batch_size=args.naive_batch)
+    naive_batch = None if args.naive_batch == "auto" else int(args.naive_batch)
+    tn, naive = common.run_naive(model, seqs, dev, batch_size=naive_batch)
     tf, fast = common.run_fastism(model, seqs, dev, repeat=2)
     tt, tm = common.run_tangermeme(model, seqs, dev, batch_size=args.tm_batch, repeat=2)
     row.update(naive=tn, fast=tf, tm=tt, macs=tf.extra["macs"],
@@ -106,7 +114,8 @@ def main(argv=None):
             print(table(rows[-1:]), flush=True)
     body = (f"Full saturation mutagenesis (3 alternative bases × L positions), {args.n_seqs} random "
             "sequence(s), seconds per sequence. FastISM and tangermeme: fastest of 2 steady calls; naive: one call "
-            f"(batch {args.naive_batch}); tangermeme batch {args.tm_batch}, its 30-s threshold lifted.\n\n"
+            f"(NaiveISM, batch {args.naive_batch}: 'auto' = measured on its first batches); tangermeme batch "
+            f"{args.tm_batch}, its 30-s threshold lifted.\n\n"
             + table(rows))
     print(body)
     if args.out:

@@ -3,7 +3,9 @@
 Three ways to get a full saturation mutagenesis ``(N, 4, L, *out)`` of the same model on the same sequences:
 
 - :func:`run_fastism`: ``fastism_torch.FastISM`` (build, first call and a second, steady-state call timed apart);
-- :func:`run_naive`: ``fastism_torch.NaiveISM`` (one full forward pass per edit, batched);
+- :func:`run_naive`: ``fastism_torch.NaiveISM`` (one full forward pass per edit, batched; with
+  ``batch_size=None`` it measures its fastest batch size on the call's first batches: the fastest naive
+  baseline we have, and the one every speed-up here is against);
 - :func:`run_tangermeme`: tangermeme 1.6's ``saturation_mutagenesis(model, X, fast=True, raw_outputs=True)``.
   Its set-up (``_fast_path``: a first batch through the slow path, ``torch.export`` capture and a verification
   against the slow path on one batch; done on every call) is timed by wrapping that function; the rest of the
@@ -174,7 +176,10 @@ def run_naive(model, seqs, device, batch_size=None, compile=False, label="NaiveI
         ism.model = torch.compile(ism.model)
         _, warm = timed(lambda: ism.saturation_mutagenesis(seqs), device)
     sat, t = timed(lambda: ism.saturation_mutagenesis(seqs), device)
-    return Timing(label, seqs.shape[0], setup_s=max(0.0, warm - t), steady_s=t, peak_gib=peak_gib(device)), sat
+    used = batch_size or next(iter(getattr(ism, "_tuned", {}).values()), ism.default_batch_size)
+    note = f"{used}" + ("" if batch_size else " (measured)" if getattr(ism, "_tuned", None) else "")
+    return Timing(label, seqs.shape[0], setup_s=max(0.0, warm - t), steady_s=t, peak_gib=peak_gib(device),
+                  note=note), sat
 
 
 def run_tangermeme(model, seqs, device, batch_size=32, force_fast=False, label="tangermeme fast=True", repeat=1):

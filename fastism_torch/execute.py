@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import fx
 
-from .kernels import to_cache
+from .kernels import to_cache, to_prefix_sums
 from .kinds import GatherKind, State
 from .plan import Plan
 from .rewrite import EditModule
@@ -23,7 +23,8 @@ from .rewrite import EditModule
 class Reference(NamedTuple):
     """What the reference pass leaves for the edits of one chunk of sequences."""
     outputs: object          # the model's outputs on the reference inputs
-    caches: dict             # (source, pad_left, pad_right, pad_value) -> (N, F, L_padded)
+    caches: dict             # (source, pad_left, pad_right, pad_value, is_sum) -> (N, F, L_padded), or running
+    #                          sums (N, F, L + 1) for inc_mean
     refs: dict               # node name -> reference output (incrementally updated nodes)
     statics: dict            # placeholder name -> model input (the sequences' other inputs)
 
@@ -62,15 +63,18 @@ class Executor:
             if ga.source_state != State.WINDOW or ga.reuse is not None:
                 continue
             key = self._cache_key(ga)
-            if key not in caches:
-                caches[key] = to_cache(rec.saved[ga.source], ga.laxis, ga.pad[0], ga.pad[1],
-                                       ga.window.pad_value)
+            if key in caches:
+                continue
+            if ga.kind == GatherKind.SUM:
+                caches[key] = to_prefix_sums(rec.saved[ga.source], ga.laxis)
+            else:
+                caches[key] = to_cache(rec.saved[ga.source], ga.laxis, ga.pad[0], ga.pad[1], ga.window.pad_value)
         refs = {n: rec.saved[n] for n in self.edit.ref_nodes}
         return Reference(out, caches, refs, {**self.defaults, **dict(zip(self.placeholders, args))})
 
     @staticmethod
     def _cache_key(ga):
-        return ga.source, ga.pad[0], ga.pad[1], ga.window.pad_value
+        return ga.source, ga.pad[0], ga.pad[1], ga.window.pad_value, ga.kind == GatherKind.SUM
 
     # ------------------------------------------------------------------ edits
     def run(self, ref: Reference, edits: "Edits", batch_size: int, sink: list, done: np.ndarray | None = None,
@@ -133,7 +137,7 @@ class Executor:
                 r, wreq = starts[ga.source][pos], widths[ga.source]
             arrays[f"g{k}_start"] = r + ga.pad[0] if ga.source_state == State.WINDOW else r
             ints[f"g{k}_width"] = int(wreq)
-            if ga.kind != GatherKind.REF and ga.source_state == State.WINDOW:
+            if ga.kind in (GatherKind.WINDOW, GatherKind.FULL) and ga.source_state == State.WINDOW:
                 arrays[f"g{k}_shift"] = starts[ga.source][pos] - r
         return arrays, ints
 

@@ -39,7 +39,8 @@ class GatherKind(str, Enum):
     """How a consumer reads a windowed source (:class:`~fastism_torch.plan.Gather`)."""
     WINDOW = "window"           # a window of the source around the consumer's window (op input)
     FULL = "full"               # the whole source, materialised for a stop point or an output
-    REF = "ref"                 # the source's reference window only (incremental ops)
+    REF = "ref"                 # the source's reference window only (INC_LINEAR)
+    SUM = "sum"                 # running sums of the source's reference (INC_MEAN reads one window sum per edit)
 
     def __str__(self) -> str:
         return self.value

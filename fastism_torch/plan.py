@@ -41,6 +41,11 @@ class NodeRanges:
     length: int
     lo: np.ndarray = field(repr=False)
     hi: np.ndarray = field(repr=False)
+    needed: tuple = None      # (lo, hi): the positions any output depends on (windows stay inside); None: all
+
+    @property
+    def bounds(self) -> tuple:
+        return self.needed if self.needed is not None else (0, self.length)
 
 
 @dataclass(frozen=True)
@@ -52,18 +57,20 @@ class Plan:
 
     def widths(self, idx: np.ndarray) -> dict:
         """Window width of every windowed node for a group of mutations ``idx``."""
-        return {n: int(min(max(1, (r.hi[idx] - r.lo[idx]).max()), r.length)) for n, r in self.nodes.items()}
+        return {n: int(min(max(1, (r.hi[idx] - r.lo[idx]).max()), r.bounds[1] - r.bounds[0]))
+                for n, r in self.nodes.items()}
 
     def starts(self, name: str, idx: np.ndarray, width: int) -> np.ndarray:
         r = self.nodes[name]
-        return window_starts(r.lo[idx], r.hi[idx], width, r.length)
+        return window_starts(r.lo[idx], r.hi[idx], width, r.length, r.bounds)
 
     def __str__(self) -> str:
         rows = [f"Plan for {len(self.ranges)} mutation window(s) of width {self.ranges[0][1] - self.ranges[0][0]}"]
         rows.append(f"  {'node':<28}{'axis':>5}{'length':>8}{'changed width min/mean/max':>30}")
         for r in self.nodes.values():
             w = r.hi - r.lo
-            rows.append(f"  {r.name:<28}{r.laxis:>5}{r.length:>8}{f'{w.min()}/{w.mean():.1f}/{w.max()}':>30}")
+            need = "" if r.needed is None else f"  needed [{r.needed[0]}, {r.needed[1]})"
+            rows.append(f"  {r.name:<28}{r.laxis:>5}{r.length:>8}{f'{w.min()}/{w.mean():.1f}/{w.max()}':>30}{need}")
         rows.append(f"  segments (gathers): {len(self.gathers)}")
         for g in self.gathers:
             win = "" if g.window == IDENTITY else f" extent={g.window.extent} stride={g.window.stride} " \
@@ -79,6 +86,7 @@ def build_plan(gm: fx.GraphModule, infos: dict, seq_node: fx.Node, ranges) -> Pl
     starts = np.array([s for s, _ in ranges], dtype=np.int64)
     ends = np.array([e for _, e in ranges], dtype=np.int64)
     nodes, gathers, stops = {}, [], []
+    needed = needed_ranges(gm, infos, seq_node)
     si = infos[seq_node]
     nodes[seq_node.name] = NodeRanges(seq_node.name, si.laxis, si.length, starts, ends)
 
@@ -98,14 +106,18 @@ def build_plan(gm: fx.GraphModule, infos: dict, seq_node: fx.Node, ranges) -> Pl
                     r = nodes[x.name]
                     changed.append(read.window.forward(r.lo, r.hi, info.length))
             lo, hi = hull(changed)
-            me = NodeRanges(node.name, info.laxis, info.length, lo, hi)
+            need = needed.get(node)
+            if need is not None:             # changes no output reads are not recomputed
+                lo = np.clip(lo, need[0], need[1])
+                hi = np.clip(hi, lo, need[1])
+            me = NodeRanges(node.name, info.laxis, info.length, lo, hi, need)
             nodes[node.name] = me
             for x, read in dec.reads.items():
                 xs = infos[x].state
                 if xs == State.WINDOW:
                     r = nodes[x.name]
-                    if (read.window == IDENTITY and r.length == info.length and np.array_equal(r.lo, lo)
-                            and np.array_equal(r.hi, hi)):
+                    if (read.window == IDENTITY and r.length == info.length and r.bounds == me.bounds
+                            and np.array_equal(r.lo, lo) and np.array_equal(r.hi, hi)):
                         continue                                   # reads its input's own window
                     gathers.append(Gather(node.name, x.name, GatherKind.WINDOW, read.window, r.laxis, r.length,
                                           cache_pad(r, me, read.window), State.WINDOW))
@@ -119,7 +131,8 @@ def build_plan(gm: fx.GraphModule, infos: dict, seq_node: fx.Node, ranges) -> Pl
                     continue
                 r = nodes[x.name]
                 if dec is not None and dec.kind in (Kind.INC_MEAN, Kind.INC_LINEAR) and x in dec.reads:
-                    gathers.append(Gather(node.name, x.name, GatherKind.REF, IDENTITY, r.laxis, r.length, (0, 0), State.WINDOW))
+                    kind = GatherKind.SUM if dec.kind == Kind.INC_MEAN else GatherKind.REF
+                    gathers.append(Gather(node.name, x.name, kind, IDENTITY, r.laxis, r.length, (0, 0), State.WINDOW))
                 else:
                     gathers.append(Gather(node.name, x.name, GatherKind.FULL, IDENTITY, r.laxis, r.length, (0, 0), State.WINDOW))
             if dec is not None and dec.kind == Kind.STOP and all(infos[x].state != State.FULL for x in node.all_input_nodes):
@@ -136,8 +149,40 @@ def build_plan(gm: fx.GraphModule, infos: dict, seq_node: fx.Node, ranges) -> Pl
     return Plan(tuple(ranges), nodes, tuple(_share_gathers(gathers, nodes)), tuple(stops))
 
 
+def needed_ranges(gm: fx.GraphModule, infos: dict, seq_node: fx.Node) -> dict:
+    """For each windowed node whose outputs are not all read: the positions ``(lo, hi)`` that some model output
+    depends on (e.g. bpnet-lite crops 557 bp on each side after its last convolutions, so its last dilated
+    layers need only the middle of their length).  A backward pass over the graph: a node read by a stop,
+    an incremental op or the output is needed in full; one read through a sliding window needs what that
+    window reads of its reader's needed positions.  Recomputing changes outside these positions is skipped;
+    every window then stays inside its node's needed positions, so every position it reads is right.
+    """
+    full = {}
+    for node in reversed(gm.graph.nodes):
+        info = infos[node]
+        if info.state != State.WINDOW or node is seq_node:
+            continue
+        lo, hi = info.length, 0
+        for u in node.users:
+            ui = infos[u]
+            read = ui.decision.reads.get(node) if ui.state == State.WINDOW and ui.decision is not None else None
+            if read is None or u not in full:
+                lo, hi = 0, info.length                                  # read in full
+                break
+            ulo, uhi = full[u]
+            if uhi <= ulo:
+                continue
+            start, width = read.window.backward(ulo, uhi - ulo)
+            lo, hi = min(lo, max(0, int(start))), max(hi, min(info.length, int(start + width)))
+        if hi <= lo:
+            lo, hi = 0, info.length                                      # read by nothing: keep it whole
+        full[node] = (lo, hi)
+    return {n: r for n, r in full.items() if r != (0, infos[n].length)}
+
+
 def _same_windows(a: NodeRanges, b: NodeRanges) -> bool:
-    return a.length == b.length and np.array_equal(a.lo, b.lo) and np.array_equal(a.hi, b.hi)
+    return (a.length == b.length and a.bounds == b.bounds and np.array_equal(a.lo, b.lo)
+            and np.array_equal(a.hi, b.hi))
 
 
 def _share_gathers(gathers: list, nodes: dict) -> list:

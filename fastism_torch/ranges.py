@@ -65,11 +65,13 @@ def hull(ranges):
     return np.minimum.reduce(los), np.maximum.reduce(his)
 
 
-def window_starts(lo, hi, width: int, length: int):
-    """Start of a ``width``-wide window that covers ``[lo, hi)`` and stays inside ``[0, length)``.
+def window_starts(lo, hi, width: int, length: int, bounds: tuple | None = None):
+    """Start of a ``width``-wide window that covers ``[lo, hi)`` and stays inside ``[0, length)`` (or inside
+    ``bounds = (b0, b1)``, the positions that are needed at all).
 
     Windows are shifted inward at the edges (as the original fastISM does), so every mutation of a group
     has windows of one shape.
     """
-    width = min(width, length)
-    return np.clip(np.minimum(lo, length - width), 0, None)
+    b0, b1 = bounds if bounds is not None else (0, length)
+    width = min(width, b1 - b0)
+    return np.clip(np.minimum(lo, b1 - width), b0, None)

@@ -5,13 +5,15 @@
 - every plan :class:`~fastism_torch.plan.Gather` becomes a :func:`~fastism_torch.kernels.gather_window` call
   whose reference cache and index tensors are inputs (placeholders ``g{k}_*``); with ``static=True`` (GPUs,
   ``torch.compile``) the sync-free :func:`~fastism_torch.kernels.gather_window_static` instead;
-- ``inc_mean`` / ``inc_linear`` nodes become incremental updates of the reference output (``ref_{node}``);
+- ``inc_mean`` / ``inc_linear`` nodes become incremental updates of the reference output (``ref_{node}``;
+  ``inc_mean`` reads the reference window's sum from running sums, ``g{k}_cache``);
 - static nodes (other model inputs) are replayed on the edits' rows; full nodes are copied.
 
 The edit graph reads only the plan and the analysis; the executor feeds its placeholders.
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -47,7 +49,8 @@ class _Builder:
         return name
 
 
-GATHER_OPS = (torch.ops.fastism.gather_window, kernels.gather_window_static)
+GATHER_OPS = (torch.ops.fastism.gather_window, kernels.gather_window_static, torch.ops.fastism.gather_window_add)
+ADDS = (operator.add, torch.add)
 
 
 def build_edit_module(gm: fx.GraphModule, infos: dict, plan: Plan, seq_node: fx.Node,
@@ -111,9 +114,10 @@ def build_edit_module(gm: fx.GraphModule, infos: dict, plan: Plan, seq_node: fx.
         elif dec is not None and dec.kind == Kind.INC_MEAN:
             x = next(iter(dec.reads))
             ref_nodes.append(node.name)
-            env[node] = g.call_function(kernels.inc_mean, (
-                env[x], gathered(by_key[(node.name, x.name, GatherKind.REF)]), g.placeholder(f"ref_{node.name}"),
-                infos[x].laxis, dec.scale))
+            k = by_key[(node.name, x.name, GatherKind.SUM)]
+            env[node] = g.call_function(kernels.inc_mean_prefix, (
+                env[x], g.placeholder(f"g{k}_cache"), g.placeholder(f"g{k}_seq"), g.placeholder(f"g{k}_start"),
+                g.placeholder(f"ref_{node.name}"), infos[x].laxis, dec.scale))
         elif dec is not None and dec.kind == Kind.INC_LINEAR:
             x = next(iter(dec.reads))
             ref_nodes.append(node.name)
@@ -135,10 +139,31 @@ def build_edit_module(gm: fx.GraphModule, infos: dict, plan: Plan, seq_node: fx.
                 env[node] = dec.emit(b, node, args, kwargs)
             else:
                 env[node] = g.node_copy(node, lambda n: sub[n])
+    if not static:
+        fuse_adds_into_gathers(g)
     g.lint()
     module = fx.GraphModule(b.root, g, class_name="FastISMEditGraph")
     inputs = tuple(n.target for n in g.nodes if n.op == "placeholder")   # the call's keyword names
     return EditModule(split_segments(module), static_inputs, ref_nodes, start_nodes, static, inputs)
+
+
+def fuse_adds_into_gathers(g: fx.Graph) -> None:
+    """``gather_window(cache, a + b, ...)`` where the sum has no other reader -> ``gather_window_add(cache, a, b,
+    ...)``: a residual block's sum is written straight into the next layer's gathered window (CPU eager form)."""
+    for node in list(g.nodes):
+        if node.target is not torch.ops.fastism.gather_window:
+            continue
+        new = node.args[1]
+        if (not isinstance(new, fx.Node) or new.op != "call_function" or new.target not in ADDS or new.kwargs
+                or len(new.args) != 2 or not all(isinstance(x, fx.Node) for x in new.args) or len(new.users) != 1):
+            continue
+        cache, _, seq_idx, start, shift, width, laxis, feat, new_laxis = node.args
+        with g.inserting_before(node):
+            fused = g.call_function(torch.ops.fastism.gather_window_add,
+                                    (cache, *new.args, seq_idx, start, shift, width, laxis, feat, new_laxis))
+        node.replace_all_uses_with(fused)
+        g.erase_node(node)
+        g.erase_node(new)
 
 
 def split_segments(module: fx.GraphModule) -> fx.GraphModule:

@@ -18,12 +18,13 @@ HAS_TANGERMEME = importlib.util.find_spec("tangermeme") is not None
 def test_bench_cpu_tiny(tmp_path):
     out = tmp_path / "RESULTS.md"
     methods = "fast,naive,tangermeme" if HAS_TANGERMEME else "fast,naive"
-    res = bench_cpu.main(["--models", "tiny", "--n-seqs", "1", "--length", "40", "--methods", methods,
-                          "--out", str(out)])
-    (r,) = res
-    assert r["diff_fast"] < 1e-4
+    res = bench_cpu.main(["--models", "tiny", "--n-seqs", "1", "--length", "40,48", "--threads", "1",
+                          "--methods", methods, "--profile", "--out", str(out)])
+    assert [(r["L"], r["threads"]) for r in res] == [(40, 1), (48, 1)]
+    assert all(r["diff_fast"] < 1e-4 for r in res)
     text = out.read_text()
-    assert "| tiny |" in text and "torch " in text and "command:" in text and "machine:" in text
+    assert "| tiny | 40 | 1 |" in text and "torch " in text and "command:" in text and "machine:" in text
+    assert "torch.profiler" in text and "(measured)" not in text          # 3 x 48 edits: too few to tune
 
 
 @pytest.mark.parametrize("methods", ["fast_eager,naive_eager"])

@@ -5,10 +5,13 @@ A windowed op needs, for each edit ``b``, positions ``[r_b, r_b + W)`` of an inp
 length axis last) with the positions that the edit recomputed written over them.  Materialising a full tensor
 before a stop point is the same with ``r_b = 0, W = L``.
 
-The gather reads whole runs of ``W`` positions per (edit, feature) from an ``unfold`` view, so the result is
-already laid out for the next convolution (no transposing copy).  The slice-assign groups edits by where their
-recomputed window lands (one offset for all interior positions, a few more at the edges) and copies each group
-with one ``index_copy_`` along the batch axis.
+The gather reads whole runs of ``W`` positions per (edit, feature) with one ``index_select`` over an overlapping
+strided view of the cache (:func:`window_rows`), so the result is already laid out for the next convolution (no
+transposing copy).  The slice-assign groups edits by where their recomputed window lands (one offset for all
+interior positions, a few more at the edges) and copies each group with one ``index_copy_`` along the batch
+axis; a residual sum right before a gather is written straight into the gathered window
+(:func:`gather_window_add`).  Global mean/sum pooling reads the reference window's sum from running sums
+(:func:`inc_mean_prefix`) instead of gathering the window.
 """
 from __future__ import annotations
 
@@ -39,12 +42,48 @@ def gather_window(cache: torch.Tensor, new: torch.Tensor | None, seq_idx: torch.
 
     Returns ``(B, *feat_shape)`` with the window inserted along ``laxis``.
     """
-    out = cache.unfold(2, width, 1)[seq_idx, :, start]                       # (B, F, width), contiguous
+    out = window_rows(cache, seq_idx, start, width)                          # (B, F, width), contiguous
     if new is not None:
         nv = _as_3d(new.movedim(new_laxis, -1))                             # (B, F, Win)
         assign_shifted(out, nv, shift)
     out = out.view(out.shape[0], *feat_shape, width)
     return out.movedim(-1, laxis)
+
+
+def gather_window_add(cache: torch.Tensor, a: torch.Tensor, b: torch.Tensor, seq_idx: torch.Tensor,
+                      start: torch.Tensor, shift: torch.Tensor, width: int, laxis: int, feat_shape: tuple,
+                      new_laxis: int) -> torch.Tensor:
+    """:func:`gather_window` with ``new = a + b`` (a residual add right before the gather), the sum written
+    straight into the gathered window: one pass over the recomputed positions instead of three (add, then
+    copy), no intermediate.  Applies when every edit's window lands at one offset and ``a`` and ``b`` are
+    ``(B, F, W)`` of one dtype; otherwise the sum is formed first, as the graph said."""
+    out = window_rows(cache, seq_idx, start, width)
+    if (a.dim() == 3 and a.shape == b.shape and laxis == new_laxis == 2 and a.dtype == b.dtype == out.dtype
+            and tuple(feat_shape) == (out.shape[1],)):
+        shifts = torch.unique(shift)
+        if len(shifts) == 1:
+            t, win = int(shifts[0]), a.shape[-1]
+            lo, hi = max(t, 0), min(t + win, width)
+            if lo < hi:
+                torch.add(a[:, :, lo - t:hi - t], b[:, :, lo - t:hi - t], out=out[:, :, lo:hi])
+            return out
+    assign_shifted(out, _as_3d((a + b).movedim(new_laxis, -1)), shift)
+    out = out.view(out.shape[0], *feat_shape, width)
+    return out.movedim(-1, laxis)
+
+
+def window_rows(cache: torch.Tensor, seq_idx: torch.Tensor, start: torch.Tensor, width: int) -> torch.Tensor:
+    """``cache[seq_idx[b], :, start[b] : start[b] + width]`` for each b, as one contiguous ``(B, F, width)``.
+
+    One ``index_select`` over an overlapping strided view of the contiguous cache (row ``o`` = the window
+    starting at flat offset ``o``): a copy of whole runs of ``width`` positions, measured 3-4x faster on the
+    CPU than advanced indexing of ``cache.unfold(2, width, 1)`` (an element-wise gather).
+    """
+    n, f, lp = cache.shape
+    if not cache.is_contiguous() or f == 0 or width > lp:
+        return cache.unfold(2, width, 1)[seq_idx, :, start]
+    rows = cache.as_strided((n * f * lp - (f - 1) * lp - width + 1, f, width), (1, lp, 1), cache.storage_offset())
+    return rows.index_select(0, seq_idx * (f * lp) + start)
 
 
 def assign_shifted(out: torch.Tensor, new: torch.Tensor, shift: torch.Tensor) -> None:
@@ -67,10 +106,24 @@ def narrow_window(x: torch.Tensor, laxis: int, offset: int, shrink: int) -> torc
     return x.narrow(laxis, offset, x.shape[laxis] - shrink)
 
 
-def inc_mean(new: torch.Tensor, ref_window: torch.Tensor, ref_out: torch.Tensor, laxis: int,
-             scale: float) -> torch.Tensor:
-    """Mean/sum over the length axis updated from the changed window only."""
-    delta = (new - ref_window).sum(laxis, keepdim=True) * scale
+def to_prefix_sums(x: torch.Tensor, laxis: int) -> torch.Tensor:
+    """``(N, ..., L, ...)`` -> ``(N, F, L + 1)`` float64 running sums along the length axis (0 first), so the
+    sum of any window is one subtraction: ``P[..., s + w] - P[..., s]``."""
+    x = _as_3d(x.movedim(laxis, -1)).double()
+    return torch.nn.functional.pad(x.cumsum(-1), (1, 0))
+
+
+def inc_mean_prefix(new: torch.Tensor, prefix: torch.Tensor, seq_idx: torch.Tensor, start: torch.Tensor,
+                    ref_out: torch.Tensor, laxis: int, scale: float) -> torch.Tensor:
+    """Mean/sum over the length axis updated from the changed window only, the reference window's sum read
+    from running sums (``prefix``, :func:`to_prefix_sums`) instead of gathered: O(F) per edit, not O(F W).
+    Sync-free (two indexed reads), so the CPU, GPU and compiled forms are this one."""
+    nv = _as_3d(new.movedim(laxis, -1))                                    # (B, F, W)
+    width = nv.shape[-1]
+    s, f = seq_idx[:, None], torch.arange(prefix.shape[1], device=prefix.device)
+    ref_sum = prefix[s, f, (start + width)[:, None]] - prefix[s, f, start[:, None]]          # (B, F)
+    total = nv.sum(-1) if nv.dtype in (torch.float32, torch.float64) else nv.sum(-1, dtype=torch.float32)
+    delta = ((total.double() - ref_sum) * scale).to(ref_out.dtype)
     return ref_out + delta.reshape(ref_out.shape)
 
 
