@@ -3,13 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import (  # noqa: F401  (old imports)
-    Lambda,
-    assert_close_to_naive,
-    check_model,
-    random_onehot,
-    scale_weights,
-)
 
 import fastism_torch as ft
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastism_torch as ft
-from conftest import Lambda, check_model, random_onehot, scale_weights
+from helpers import Lambda, check_model, random_onehot, scale_weights
 
 pytestmark = pytest.mark.usefixtures("kernel_form")   # every test with the CPU eager and the static kernels
 
@@ -101,7 +101,7 @@ def test_10bp_windows_and_replace_with():
     fast = ft.FastISM(m, 100, change_ranges=ranges)
     naive = ft.NaiveISM(m, 100, change_ranges=ranges)
     x = random_onehot(3, 100)
-    from conftest import assert_close_to_naive
+    from helpers import assert_close_to_naive
     for rep in (0, [0.25, 0.25, 0.25, 0.25], torch.eye(4)[torch.arange(10) % 4]):
         out = fast(x, replace_with=rep)
         assert out.shape == (3, len(ranges), 3)
@@ -198,7 +198,7 @@ def test_extra_inputs(with_extra):
     extra = torch.randn(3, 5, generator=g) if with_extra else None
     fast = ft.FastISM(m, 50)
     naive = ft.NaiveISM(m, 50)
-    from conftest import assert_close_to_naive
+    from helpers import assert_close_to_naive
     assert_close_to_naive(fast([x, control, extra]), naive([x, control, extra]))
     assert_close_to_naive(fast.saturation_mutagenesis([x, control, extra]),
                           naive.saturation_mutagenesis([x, control, extra]))
@@ -216,7 +216,7 @@ def test_sequence_not_first_input():
     m = scale_weights(M())
     x, z = random_onehot(2, 30), torch.randn(2, 2)
     fast, naive = ft.FastISM(m, 30, seq_input_idx=1), ft.NaiveISM(m, 30, seq_input_idx=1)
-    from conftest import assert_close_to_naive
+    from helpers import assert_close_to_naive
     assert_close_to_naive(fast([z, x]), naive([z, x]))
 
 

@@ -18,7 +18,7 @@ from torch.utils._pytree import tree_leaves
 
 import fastism_torch as ft
 from fastism_torch.execute import Edits, Executor, Reference
-from conftest import random_onehot, scale_weights
+from helpers import random_onehot, scale_weights
 
 aten = torch.ops.aten
 HOST_SYNC = {aten._local_scalar_dense.default, aten.nonzero.default, aten._unique2.default,

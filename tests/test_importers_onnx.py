@@ -19,7 +19,7 @@ import fastism_torch as ft  # noqa: E402
 from fastism_torch import models  # noqa: E402
 from fastism_torch.importers.onnx import onnx_to_torch  # noqa: E402
 
-from conftest import assert_close_to_naive, random_onehot  # noqa: E402
+from helpers import assert_close_to_naive, random_onehot  # noqa: E402
 
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None
 
