@@ -17,7 +17,8 @@ from torch import fx
 from .kernels import to_cache, to_prefix_sums
 from .kinds import GatherKind, State
 from .plan import Plan
-from .rewrite import EditModule
+from .rewrite import (VALUES, EditModule, gather_input, ref_input, span_input, start_input,
+                      static_input)
 
 
 class Reference(NamedTuple):
@@ -124,8 +125,8 @@ class Executor:
         arrays = {"edit": e, "seq": edits.seq[e], "dest": edits.dest[e]}
         ints = {}
         for name, x in self.edit.start_nodes.items():
-            arrays[f"start_{name}"] = s = starts[x][pos]
-            ints[f"span_{name}"] = int(min(self.plan.nodes[x].length, s.max() - s.min() + widths[x]))
+            arrays[start_input(name)] = s = starts[x][pos]
+            ints[span_input(name)] = int(min(self.plan.nodes[x].length, s.max() - s.min() + widths[x]))
         for k, ga in enumerate(self.plan.gathers):
             if ga.reuse is not None:
                 continue
@@ -135,32 +136,32 @@ class Executor:
                 r, wreq = np.zeros(len(e), dtype=np.int64), ga.length
             else:
                 r, wreq = starts[ga.source][pos], widths[ga.source]
-            arrays[f"g{k}_start"] = r + ga.pad[0] if ga.source_state == State.WINDOW else r
-            ints[f"g{k}_width"] = int(wreq)
+            arrays[gather_input(k, "start")] = r + ga.pad[0] if ga.source_state == State.WINDOW else r
+            ints[gather_input(k, "width")] = int(wreq)
             if ga.kind in (GatherKind.WINDOW, GatherKind.FULL) and ga.source_state == State.WINDOW:
-                arrays[f"g{k}_shift"] = starts[ga.source][pos] - r
+                arrays[gather_input(k, "shift")] = starts[ga.source][pos] - r
         return arrays, ints
 
     def _feed(self, rows: dict, ints: dict, ref: Reference, values: torch.Tensor) -> dict:
         """The edit graph's inputs for one batch (``rows``: the batch's slices of the group's index tensors)."""
         st = rows["seq"]
         v = values.index_select(0, rows["edit"])                             # (B, w, C)
-        feed = {"values": v if self.seq_laxis == 1 else v.transpose(1, 2), **ints}
+        feed = {VALUES: v if self.seq_laxis == 1 else v.transpose(1, 2), **ints}
         for name in self.edit.static_inputs:
             a = ref.statics[name]
-            feed[f"in_{name}"] = a.index_select(0, st) if isinstance(a, torch.Tensor) else a
+            feed[static_input(name)] = a.index_select(0, st) if isinstance(a, torch.Tensor) else a
         for name in self.edit.ref_nodes:
-            feed[f"ref_{name}"] = ref.refs[name].index_select(0, st)
+            feed[ref_input(name)] = ref.refs[name].index_select(0, st)
         for k, ga in enumerate(self.plan.gathers):
             if ga.reuse is not None:
                 continue
             if ga.source_state == State.WINDOW:
-                feed[f"g{k}_cache"] = ref.caches[self._cache_key(ga)]
-                feed[f"g{k}_seq"] = st
+                feed[gather_input(k, "cache")] = ref.caches[self._cache_key(ga)]
+                feed[gather_input(k, "seq")] = st
             else:                                       # static source: the edits' own rows, unpadded
-                feed[f"g{k}_seq"] = torch.arange(len(st), device=st.device)
+                feed[gather_input(k, "seq")] = torch.arange(len(st), device=st.device)
         for key, t in rows.items():
-            if key.startswith(("g", "start_")):
+            if key not in ("edit", "seq", "dest"):
                 feed[key] = t
         return {k: v for k, v in feed.items() if k in self.inputs}
 

@@ -3,7 +3,7 @@
 
 - windowed nodes are copied (or re-emitted padding-free by their rule) and run on windows;
 - every plan :class:`~fastism_torch.plan.Gather` becomes a :func:`~fastism_torch.kernels.gather_window` call
-  whose reference cache and index tensors are inputs (placeholders ``g{k}_*``); with ``static=True`` (GPUs,
+  whose reference cache and index tensors are inputs (placeholder names: :func:`gather_input` and friends); with ``static=True`` (GPUs,
   ``torch.compile``) the sync-free :func:`~fastism_torch.kernels.gather_window_static` instead;
 - ``inc_mean`` / ``inc_linear`` nodes become incremental updates of the reference output (``ref_{node}``;
   ``inc_mean`` reads the reference window's sum from running sums, ``g{k}_cache``);
@@ -49,6 +49,35 @@ class _Builder:
         return name
 
 
+# The edit graph's placeholder names: made here, fed by execute.Executor (one home for the convention).
+VALUES = "values"                            # the edits' new values, (B, width, C)
+
+
+def gather_input(k: int, part: str) -> str:
+    """Input ``part`` of gather ``k``: cache, seq, start, shift or width."""
+    return f"g{k}_{part}"
+
+
+def static_input(name: str) -> str:
+    """Rows of another model input (placeholder ``name``) for the edits' sequences."""
+    return f"in_{name}"
+
+
+def ref_input(name: str) -> str:
+    """Reference output of an incrementally updated node."""
+    return f"ref_{name}"
+
+
+def start_input(name: str) -> str:
+    """Window starts of an inc_linear node's input."""
+    return f"start_{name}"
+
+
+def span_input(name: str) -> str:
+    """Span of the window starts of an inc_linear node (static kernels)."""
+    return f"span_{name}"
+
+
 GATHER_OPS = (torch.ops.fastism.gather_window, kernels.gather_window_static, torch.ops.fastism.gather_window_add)
 ADDS = (operator.add, torch.add)
 
@@ -77,15 +106,15 @@ def build_edit_module(gm: fx.GraphModule, infos: dict, plan: Plan, seq_node: fx.
         if ga.source_state == State.STATIC:          # rows of the edits themselves (replayed static input)
             src = g.call_function(kernels.to_cache, (env[src_node], ga.laxis))
         else:
-            src = g.placeholder(f"g{k}_cache")
+            src = g.placeholder(gather_input(k, "cache"))
         new = shift = None
         if ga.kind != GatherKind.REF and ga.source_state == State.WINDOW:
-            new, shift = env[src_node], g.placeholder(f"g{k}_shift")
+            new, shift = env[src_node], g.placeholder(gather_input(k, "shift"))
         shape = list(src_node.meta["tensor_meta"].shape)
         feat = [s for i, s in enumerate(shape) if i not in (0, ga.laxis)]
         made[k] = g.call_function(gather_op, (
-            src, new, g.placeholder(f"g{k}_seq"), g.placeholder(f"g{k}_start"), shift,
-            g.placeholder(f"g{k}_width"), ga.laxis, feat, ga.laxis))
+            src, new, g.placeholder(gather_input(k, "seq")), g.placeholder(gather_input(k, "start")), shift,
+            g.placeholder(gather_input(k, "width")), ga.laxis, feat, ga.laxis))
         return made[k]
 
     def mapped(node: fx.Node, kind: GatherKind):
@@ -102,9 +131,9 @@ def build_edit_module(gm: fx.GraphModule, infos: dict, plan: Plan, seq_node: fx.
         dec = info.decision
         if node.op == "placeholder":
             if node is seq_node:
-                env[node] = g.placeholder("values")
+                env[node] = g.placeholder(VALUES)
             else:
-                env[node] = g.placeholder(f"in_{node.name}")
+                env[node] = g.placeholder(static_input(node.name))
                 static_inputs.append(node.name)
         elif node.op == "output":
             args, _, _ = mapped(node, GatherKind.FULL)
@@ -116,8 +145,8 @@ def build_edit_module(gm: fx.GraphModule, infos: dict, plan: Plan, seq_node: fx.
             ref_nodes.append(node.name)
             k = by_key[(node.name, x.name, GatherKind.SUM)]
             env[node] = g.call_function(kernels.inc_mean_prefix, (
-                env[x], g.placeholder(f"g{k}_cache"), g.placeholder(f"g{k}_seq"), g.placeholder(f"g{k}_start"),
-                g.placeholder(f"ref_{node.name}"), infos[x].laxis, dec.scale))
+                env[x], g.placeholder(gather_input(k, "cache")), g.placeholder(gather_input(k, "seq")), g.placeholder(gather_input(k, "start")),
+                g.placeholder(ref_input(node.name)), infos[x].laxis, dec.scale))
         elif dec is not None and dec.kind == Kind.INC_LINEAR:
             x = next(iter(dec.reads))
             ref_nodes.append(node.name)
@@ -125,11 +154,11 @@ def build_edit_module(gm: fx.GraphModule, infos: dict, plan: Plan, seq_node: fx.
             weight = (g.get_attr(node.target + ".weight") if node.op == "call_module"
                       else env[dec.weight_node])
             in_shape = tuple(x.meta["tensor_meta"].shape)[1:]
-            args = (env[x], gathered(by_key[(node.name, x.name, GatherKind.REF)]), g.placeholder(f"ref_{node.name}"),
-                    weight, g.placeholder(f"start_{node.name}"))
+            args = (env[x], gathered(by_key[(node.name, x.name, GatherKind.REF)]), g.placeholder(ref_input(node.name)),
+                    weight, g.placeholder(start_input(node.name)))
             if static:
                 env[node] = g.call_function(kernels.inc_linear_static, (
-                    *args, in_shape, infos[x].laxis, g.placeholder(f"span_{node.name}")))
+                    *args, in_shape, infos[x].laxis, g.placeholder(span_input(node.name))))
             else:
                 env[node] = g.call_function(torch.ops.fastism.inc_linear, (*args, list(in_shape), infos[x].laxis))
         else:
