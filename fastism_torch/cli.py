@@ -10,6 +10,7 @@ User errors (bad files, options or models) print one line and exit with status 1
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -109,8 +110,7 @@ def cmd_ism(args) -> int:
     window = spec.window_for(seq_len)
     names_all = pipeline.target_names(model, seqs.onehot, spec)
     targets = pipeline.parse_targets(args.target, names_all)
-    spec = pipeline.ScoreSpec(**{**spec.__dict__, "window": window,
-                                 "targets": None if targets is None else tuple(targets)})
+    spec = dataclasses.replace(spec, window=window, targets=None if targets is None else tuple(targets))
     target_names = names_all if targets is None else [names_all[i] for i in targets]
     settings = _settings(args, seqs, model, device, spec, target_names)
 

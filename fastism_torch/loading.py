@@ -78,8 +78,11 @@ class Model:
     @classmethod
     def from_module(cls, module, seq_len: int, options: EngineOptions = EngineOptions(), layout: str = "NCL",
                     target_names=None) -> "Model":
-        """A :class:`Model` for an ``nn.Module`` taking one-hot sequences of ``seq_len``."""
-        return cls("torch", int(seq_len), layout, target_names, module_digest(module),
+        """A :class:`Model` for an ``nn.Module`` taking one-hot sequences of ``seq_len``.
+
+        Its ``digest`` is None: hashing every weight would cost each :func:`~fastism_torch.pipeline.score`
+        call on a bare module; :func:`module_digest` gives it when a run must be identified."""
+        return cls("torch", int(seq_len), layout, target_names, None,
                    build=lambda ranges: torch_engine(module, int(seq_len), layout, ranges, options))
 
     def bind(self, seq_len: int) -> None:
