@@ -10,7 +10,8 @@ Public API::
     ism = fastism_torch.from_keras("model.h5")           # Keras 2/3 files, SavedModel, keras.Model
     ism = fastism_torch.from_onnx("model.onnx")
 """
-from .ism import FastISM, NaiveISM
+from .fast import FastISM
+from .naive import NaiveISM
 
 __version__ = "0.1.0"
 

@@ -104,7 +104,8 @@ class Model:
 
 def torch_engine(module, seq_len: int, layout: str, change_ranges, options: EngineOptions) -> Engine:
     """FastISM for a PyTorch module, or NaiveISM with ``engine="naive"`` or when FastISM cannot run it."""
-    from .ism import FastISM, NaiveISM
+    from .fast import FastISM
+    from .naive import NaiveISM
     kw = dict(seq_len=seq_len, num_chars=4, layout=layout, change_ranges=change_ranges, **options.torch_kwargs())
     if options.engine == "fast":
         try:

@@ -83,70 +83,82 @@ class Plan:
 
 
 def build_plan(gm: fx.GraphModule, infos: dict, seq_node: fx.Node, ranges) -> Plan:
-    starts = np.array([s for s, _ in ranges], dtype=np.int64)
-    ends = np.array([e for _, e in ranges], dtype=np.int64)
-    nodes, gathers, stops = {}, [], []
+    """The plan for mutation windows ``ranges``: in graph order, each windowed node's change range (the
+    hull of what its windowed inputs' changes reach, kept inside what some output reads), the gathers its
+    inputs need, and the gathers and stop points of the nodes that run in full."""
     needed = needed_ranges(gm, infos, seq_node)
     si = infos[seq_node]
-    nodes[seq_node.name] = NodeRanges(seq_node.name, si.laxis, si.length, starts, ends)
-
-    def cache_pad(src: NodeRanges, consumer: NodeRanges | None, window: Window):
-        if consumer is None or window.reversed:
-            return (0, 0)
-        last = (consumer.length - 1) * window.stride - window.pad_left + window.extent
-        return (max(0, window.pad_left), max(0, last - src.length))
-
+    nodes = {seq_node.name: NodeRanges(seq_node.name, si.laxis, si.length, np.array([s for s, _ in ranges], dtype=np.int64),
+                                       np.array([e for _, e in ranges], dtype=np.int64))}
+    gathers, stops = [], []
     for node in gm.graph.nodes:
         info = infos[node]
         dec = info.decision
         if info.state == State.WINDOW and node is not seq_node:
-            changed = []
-            for x, read in dec.reads.items():
-                if infos[x].state == State.WINDOW:
-                    r = nodes[x.name]
-                    changed.append(read.window.forward(r.lo, r.hi, info.length))
-            lo, hi = hull(changed)
-            need = needed.get(node)
-            if need is not None:             # changes no output reads are not recomputed
-                lo = np.clip(lo, need[0], need[1])
-                hi = np.clip(hi, lo, need[1])
-            me = NodeRanges(node.name, info.laxis, info.length, lo, hi, need)
-            nodes[node.name] = me
-            for x, read in dec.reads.items():
-                xs = infos[x].state
-                if xs == State.WINDOW:
-                    r = nodes[x.name]
-                    if (read.window == IDENTITY and r.length == info.length and r.bounds == me.bounds
-                            and np.array_equal(r.lo, lo) and np.array_equal(r.hi, hi)):
-                        continue                                   # reads its input's own window
-                    gathers.append(Gather(node.name, x.name, GatherKind.WINDOW, read.window, r.laxis, r.length,
-                                          cache_pad(r, me, read.window), State.WINDOW))
-                else:                                              # a static input that has the length axis
-                    length = tuple(x.meta["tensor_meta"].shape)[read.laxis]
-                    gathers.append(Gather(node.name, x.name, GatherKind.WINDOW, read.window, read.laxis, length, (0, 0),
-                                          State.STATIC))
-        elif info.state == State.FULL:
-            for x in node.all_input_nodes:
-                if infos[x].state != State.WINDOW:
-                    continue
-                r = nodes[x.name]
-                if dec is not None and dec.kind in (Kind.INC_MEAN, Kind.INC_LINEAR) and x in dec.reads:
-                    kind = GatherKind.SUM if dec.kind == Kind.INC_MEAN else GatherKind.REF
-                    gathers.append(Gather(node.name, x.name, kind, IDENTITY, r.laxis, r.length, (0, 0), State.WINDOW))
-                else:
-                    gathers.append(Gather(node.name, x.name, GatherKind.FULL, IDENTITY, r.laxis, r.length, (0, 0), State.WINDOW))
-            if dec is not None and dec.kind == Kind.STOP and all(infos[x].state != State.FULL for x in node.all_input_nodes):
+            nodes[node.name] = _changed(node, infos, nodes, needed.get(node))
+            gathers += _window_gathers(node, infos, nodes)
+        elif info.state == State.FULL or node.op == "output":
+            gathers += _full_gathers(node, infos, nodes)
+            if (dec is not None and dec.kind == Kind.STOP
+                    and all(infos[x].state != State.FULL for x in node.all_input_nodes)):
                 stops.append((node.name, dec.reason))
-            if dec is not None and dec.kind == Kind.INC_LINEAR:
-                x = next(iter(dec.reads))
-                r = nodes[x.name]
-                gathers.append(Gather(node.name, x.name, GatherKind.REF, IDENTITY, r.laxis, r.length, (0, 0), State.WINDOW))
-        elif node.op == "output":
-            for x in node.all_input_nodes:
-                if infos[x].state == State.WINDOW:
-                    r = nodes[x.name]
-                    gathers.append(Gather("output", x.name, GatherKind.FULL, IDENTITY, r.laxis, r.length, (0, 0), State.WINDOW))
     return Plan(tuple(ranges), nodes, tuple(_share_gathers(gathers, nodes)), tuple(stops))
+
+
+def _changed(node: fx.Node, infos: dict, nodes: dict, need) -> NodeRanges:
+    """A windowed node's change range per mutation window: the hull of where its windowed inputs' changes
+    reach, clipped to ``need`` (the positions some output reads; changes nobody reads are not recomputed)."""
+    info = infos[node]
+    reached = [read.window.forward(nodes[x.name].lo, nodes[x.name].hi, info.length)
+               for x, read in info.decision.reads.items() if infos[x].state == State.WINDOW]
+    lo, hi = hull(reached)
+    if need is not None:
+        lo = np.clip(lo, need[0], need[1])
+        hi = np.clip(hi, lo, need[1])
+    return NodeRanges(node.name, info.laxis, info.length, lo, hi, need)
+
+
+def _cache_pad(src: NodeRanges, consumer: NodeRanges, window: Window) -> tuple:
+    """Zero padding the reference cache of ``src`` needs on each side for ``consumer``'s reads."""
+    if window.reversed:
+        return (0, 0)
+    last = (consumer.length - 1) * window.stride - window.pad_left + window.extent
+    return (max(0, window.pad_left), max(0, last - src.length))
+
+
+def _window_gathers(node: fx.Node, infos: dict, nodes: dict) -> list:
+    """The gathers a windowed node's inputs need (none for an input whose own window it reads as is)."""
+    me, out = nodes[node.name], []
+    for x, read in infos[node].decision.reads.items():
+        if infos[x].state == State.WINDOW:
+            r = nodes[x.name]
+            if (read.window == IDENTITY and r.length == me.length and r.bounds == me.bounds
+                    and np.array_equal(r.lo, me.lo) and np.array_equal(r.hi, me.hi)):
+                continue                                   # reads its input's own window
+            out.append(Gather(node.name, x.name, GatherKind.WINDOW, read.window, r.laxis, r.length,
+                              _cache_pad(r, me, read.window), State.WINDOW))
+        else:                                              # a static input that has the length axis
+            length = tuple(x.meta["tensor_meta"].shape)[read.laxis]
+            out.append(Gather(node.name, x.name, GatherKind.WINDOW, read.window, read.laxis, length, (0, 0),
+                              State.STATIC))
+    return out
+
+
+def _full_gathers(node: fx.Node, infos: dict, nodes: dict) -> list:
+    """The gathers a node that runs in full (or the output) needs: each windowed input in full, or, for an
+    incremental mean / dense layer, the reference's running sums / reference window."""
+    dec = infos[node].decision if node.op != "output" else None
+    inc = {Kind.INC_MEAN: GatherKind.SUM, Kind.INC_LINEAR: GatherKind.REF}.get(dec.kind if dec else None)
+    out = []
+    for x in node.all_input_nodes:
+        if infos[x].state == State.WINDOW:
+            r = nodes[x.name]
+            kind = inc if inc is not None and x in dec.reads else GatherKind.FULL
+            out.append(Gather(node.name, x.name, kind, IDENTITY, r.laxis, r.length, (0, 0), State.WINDOW))
+    if inc == GatherKind.REF:            # a dense layer reads its window through a flatten (not one of its inputs)
+        r = nodes[next(iter(dec.reads)).name]
+        out.append(Gather(node.name, r.name, GatherKind.REF, IDENTITY, r.laxis, r.length, (0, 0), State.WINDOW))
+    return out
 
 
 def needed_ranges(gm: fx.GraphModule, infos: dict, seq_node: fx.Node) -> dict:

@@ -36,19 +36,6 @@ class EditModule:
     inputs: tuple = ()         # the edit graph's placeholder names: what the executor feeds
 
 
-class _Builder:
-    def __init__(self, root: fx.GraphModule):
-        self.graph = fx.Graph()
-        self.root = root
-        self._n = 0
-
-    def add_module(self, name: str, mod):
-        self._n += 1
-        name = f"_fastism_{name}_{self._n}"
-        self.root.add_submodule(name, mod)
-        return name
-
-
 # The edit graph's placeholder names: made here, fed by execute.Executor (one home for the convention).
 VALUES = "values"                            # the edits' new values, (B, width, C)
 
@@ -82,98 +69,124 @@ GATHER_OPS = (torch.ops.fastism.gather_window, kernels.gather_window_static, tor
 ADDS = (operator.add, torch.add)
 
 
-def build_edit_module(gm: fx.GraphModule, infos: dict, plan: Plan, seq_node: fx.Node,
-                      static: bool = False) -> EditModule:
-    """The edit graph; ``static=True`` emits the kernels that never read tensor values on the host."""
-    b = _Builder(gm)
-    gather_op = GATHER_OPS[int(static)]
-    g = b.graph
-    env: dict = {}
-    by_key = {(x.consumer, x.source, x.kind): k for k, x in enumerate(plan.gathers)}
-    nodes = {n.name: n for n in gm.graph.nodes}
-    static_inputs, ref_nodes, start_nodes = [], [], {}
-    made = {}
+class _Builder:
+    """Emits the edit graph node by node.  Rules that re-emit their node (``Decision.emit``) see only
+    :attr:`graph` and :meth:`add_module` (the builder protocol of :mod:`.rules.registry`)."""
 
-    def gathered(k: int):
-        if k in made:
-            return made[k]
-        ga = plan.gathers[k]
-        src_node = nodes[ga.source]
+    def __init__(self, gm: fx.GraphModule, infos: dict, plan: Plan, static: bool):
+        self.graph = fx.Graph()
+        self.root = gm
+        self.infos, self.plan, self.static = infos, plan, static
+        self.nodes = {n.name: n for n in gm.graph.nodes}
+        self.by_key = {(x.consumer, x.source, x.kind): k for k, x in enumerate(plan.gathers)}
+        self.env: dict = {}          # original node -> edit graph node
+        self.made: dict = {}         # gather index -> its edit graph node
+        self.static_inputs, self.ref_nodes, self.start_nodes = [], [], {}
+        self._n = 0
+
+    def add_module(self, name: str, mod):
+        self._n += 1
+        name = f"_fastism_{name}_{self._n}"
+        self.root.add_submodule(name, mod)
+        return name
+
+    def input(self, name: str) -> fx.Node:
+        return self.graph.placeholder(name)
+
+    # --------------------------------------------------------------- gathers
+    def gathered(self, k: int) -> fx.Node:
+        """The edit graph node of plan gather ``k`` (made once; a reused gather is a narrowed view)."""
+        if k not in self.made:
+            self.made[k] = self._gather(k)
+        return self.made[k]
+
+    def _gather(self, k: int) -> fx.Node:
+        ga, g = self.plan.gathers[k], self.graph
+        src_node = self.nodes[ga.source]
         if ga.reuse is not None:
             base, off, shrink = ga.reuse
-            made[k] = g.call_function(kernels.narrow_window, (gathered(base), ga.laxis, off, shrink))
-            return made[k]
+            return g.call_function(kernels.narrow_window, (self.gathered(base), ga.laxis, off, shrink))
         if ga.source_state == State.STATIC:          # rows of the edits themselves (replayed static input)
-            src = g.call_function(kernels.to_cache, (env[src_node], ga.laxis))
+            src = g.call_function(kernels.to_cache, (self.env[src_node], ga.laxis))
         else:
-            src = g.placeholder(gather_input(k, "cache"))
+            src = self.input(gather_input(k, "cache"))
         new = shift = None
         if ga.kind != GatherKind.REF and ga.source_state == State.WINDOW:
-            new, shift = env[src_node], g.placeholder(gather_input(k, "shift"))
+            new, shift = self.env[src_node], self.input(gather_input(k, "shift"))
         shape = list(src_node.meta["tensor_meta"].shape)
         feat = [s for i, s in enumerate(shape) if i not in (0, ga.laxis)]
-        made[k] = g.call_function(gather_op, (
-            src, new, g.placeholder(gather_input(k, "seq")), g.placeholder(gather_input(k, "start")), shift,
-            g.placeholder(gather_input(k, "width")), ga.laxis, feat, ga.laxis))
-        return made[k]
+        return g.call_function(GATHER_OPS[int(self.static)], (
+            src, new, self.input(gather_input(k, "seq")), self.input(gather_input(k, "start")), shift,
+            self.input(gather_input(k, "width")), ga.laxis, feat, ga.laxis))
 
-    def mapped(node: fx.Node, kind: GatherKind):
+    def mapped(self, node: fx.Node, kind: GatherKind):
+        """``node``'s args and kwargs in the edit graph: each input gathered (if the plan says so) or mapped."""
         sub = {}
         for x in node.all_input_nodes:
-            k = by_key.get((node.name, x.name, kind))
-            sub[x] = gathered(k) if k is not None else env.get(x)
-        args = fx.node.map_arg(node.args, lambda n: sub[n])
-        kwargs = fx.node.map_arg(node.kwargs, lambda n: sub[n])
-        return args, kwargs, sub
+            k = self.by_key.get((node.name, x.name, kind))
+            sub[x] = self.gathered(k) if k is not None else self.env.get(x)
+        return fx.node.map_arg(node.args, sub.__getitem__), fx.node.map_arg(node.kwargs, sub.__getitem__), sub
 
-    for node in gm.graph.nodes:
-        info = infos[node]
+    # ------------------------------------------------------------------ nodes
+    def emit(self, node: fx.Node, seq_node: fx.Node) -> None:
+        info = self.infos[node]
         dec = info.decision
         if node.op == "placeholder":
             if node is seq_node:
-                env[node] = g.placeholder(VALUES)
+                self.env[node] = self.input(VALUES)
             else:
-                env[node] = g.placeholder(static_input(node.name))
-                static_inputs.append(node.name)
+                self.env[node] = self.input(static_input(node.name))
+                self.static_inputs.append(node.name)
         elif node.op == "output":
-            args, _, _ = mapped(node, GatherKind.FULL)
-            g.output(args[0])
+            args, _, _ = self.mapped(node, GatherKind.FULL)
+            self.graph.output(args[0])
         elif info.state == State.FLAT:
-            continue
+            return
         elif dec is not None and dec.kind == Kind.INC_MEAN:
-            x = next(iter(dec.reads))
-            ref_nodes.append(node.name)
-            k = by_key[(node.name, x.name, GatherKind.SUM)]
-            env[node] = g.call_function(kernels.inc_mean_prefix, (
-                env[x], g.placeholder(gather_input(k, "cache")), g.placeholder(gather_input(k, "seq")), g.placeholder(gather_input(k, "start")),
-                g.placeholder(ref_input(node.name)), infos[x].laxis, dec.scale))
+            self.env[node] = self._inc_mean(node, dec)
         elif dec is not None and dec.kind == Kind.INC_LINEAR:
-            x = next(iter(dec.reads))
-            ref_nodes.append(node.name)
-            start_nodes[node.name] = x.name
-            weight = (g.get_attr(node.target + ".weight") if node.op == "call_module"
-                      else env[dec.weight_node])
-            in_shape = tuple(x.meta["tensor_meta"].shape)[1:]
-            args = (env[x], gathered(by_key[(node.name, x.name, GatherKind.REF)]), g.placeholder(ref_input(node.name)),
-                    weight, g.placeholder(start_input(node.name)))
-            if static:
-                env[node] = g.call_function(kernels.inc_linear_static, (
-                    *args, in_shape, infos[x].laxis, g.placeholder(span_input(node.name))))
-            else:
-                env[node] = g.call_function(torch.ops.fastism.inc_linear, (*args, list(in_shape), infos[x].laxis))
+            self.env[node] = self._inc_linear(node, dec)
         else:
-            kind = GatherKind.WINDOW if info.state == State.WINDOW else GatherKind.FULL
-            args, kwargs, sub = mapped(node, kind)
+            args, kwargs, sub = self.mapped(node, GatherKind.WINDOW if info.state == State.WINDOW else GatherKind.FULL)
             if dec is not None and dec.emit is not None and info.state in (State.WINDOW, State.STATIC):
-                env[node] = dec.emit(b, node, args, kwargs)
+                self.env[node] = dec.emit(self, node, args, kwargs)
             else:
-                env[node] = g.node_copy(node, lambda n: sub[n])
+                self.env[node] = self.graph.node_copy(node, lambda n: sub[n])
+
+    def _inc_mean(self, node: fx.Node, dec) -> fx.Node:
+        x = next(iter(dec.reads))
+        self.ref_nodes.append(node.name)
+        k = self.by_key[(node.name, x.name, GatherKind.SUM)]
+        return self.graph.call_function(kernels.inc_mean_prefix, (
+            self.env[x], self.input(gather_input(k, "cache")), self.input(gather_input(k, "seq")),
+            self.input(gather_input(k, "start")), self.input(ref_input(node.name)), self.infos[x].laxis, dec.scale))
+
+    def _inc_linear(self, node: fx.Node, dec) -> fx.Node:
+        x = next(iter(dec.reads))
+        self.ref_nodes.append(node.name)
+        self.start_nodes[node.name] = x.name
+        g = self.graph
+        weight = g.get_attr(node.target + ".weight") if node.op == "call_module" else self.env[dec.weight_node]
+        in_shape, laxis = tuple(x.meta["tensor_meta"].shape)[1:], self.infos[x].laxis
+        args = (self.env[x], self.gathered(self.by_key[(node.name, x.name, GatherKind.REF)]),
+                self.input(ref_input(node.name)), weight, self.input(start_input(node.name)))
+        if self.static:
+            return g.call_function(kernels.inc_linear_static, (*args, in_shape, laxis, self.input(span_input(node.name))))
+        return g.call_function(torch.ops.fastism.inc_linear, (*args, list(in_shape), laxis))
+
+
+def build_edit_module(gm: fx.GraphModule, infos: dict, plan: Plan, seq_node: fx.Node,
+                      static: bool = False) -> EditModule:
+    """The edit graph; ``static=True`` emits the kernels that never read tensor values on the host."""
+    b = _Builder(gm, infos, plan, static)
+    for node in gm.graph.nodes:
+        b.emit(node, seq_node)
     if not static:
-        fuse_adds_into_gathers(g)
-    g.lint()
-    module = fx.GraphModule(b.root, g, class_name="FastISMEditGraph")
-    inputs = tuple(n.target for n in g.nodes if n.op == "placeholder")   # the call's keyword names
-    return EditModule(split_segments(module), static_inputs, ref_nodes, start_nodes, static, inputs)
+        fuse_adds_into_gathers(b.graph)
+    b.graph.lint()
+    module = fx.GraphModule(b.root, b.graph, class_name="FastISMEditGraph")
+    inputs = tuple(n.target for n in b.graph.nodes if n.op == "placeholder")   # the call's keyword names
+    return EditModule(split_segments(module), b.static_inputs, b.ref_nodes, b.start_nodes, static, inputs)
 
 
 def fuse_adds_into_gathers(g: fx.Graph) -> None:

@@ -17,6 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 import fastism_torch as ft
+from fastism_torch.base import Inputs
 from fastism_torch.execute import Edits, Executor, Reference
 from helpers import random_onehot, scale_weights
 
@@ -130,7 +131,7 @@ def test_naive_ism_keeps_indices_on_the_engine_device():
     model, L, _ = models()["basset_like"]
     naive = ft.NaiveISM(model, L, device="meta")
     x = random_onehot(2, L).to("meta")
-    inp = ft.ism.Inputs(x, [x], False, torch.device("meta"))
+    inp = Inputs(x, [x], False, torch.device("meta"))
     s_idx, r_idx = np.repeat([0, 1], 5), np.tile([0, 1, 30, 62, 63], 2)
     values = torch.zeros(10, 1, 4, device="meta")
     sinks = [torch.empty(10, 3, device="meta")]

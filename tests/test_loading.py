@@ -8,7 +8,7 @@ from torch import nn
 
 from fastism_torch import loading
 from fastism_torch.errors import UserError
-from fastism_torch.ism import FastISM, NaiveISM
+from fastism_torch import FastISM, NaiveISM
 from fastism_torch.loading import EngineOptions, Model, load_model
 
 from _cli_helpers import write_model
@@ -81,8 +81,8 @@ def test_factory_returning_something_else(tmp_path):
 def test_fast_engine_falls_back_to_naive_with_a_warning(monkeypatch):
     def broken(*a, **k):
         raise NotImplementedError("no rule for op frobnicate")
-    import fastism_torch.ism as ism_mod
-    monkeypatch.setattr(ism_mod, "FastISM", broken)
+    import fastism_torch.fast as fast_mod
+    monkeypatch.setattr(fast_mod, "FastISM", broken)
     with pytest.warns(UserWarning, match="FastISM cannot run this model .*frobnicate.*; using NaiveISM"):
         m = Model.from_module(_net(), 20)
         assert isinstance(m.engine((0, 20)), NaiveISM)

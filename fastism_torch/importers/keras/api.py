@@ -112,7 +112,7 @@ def from_keras(model_or_path, *, custom_objects=None, allow_unsafe: bool = False
     FastISM; ``ism(seqs)`` gives ``(N, n_ranges, *out)`` per output and ``ism.saturation_mutagenesis(seqs)``
     ``(N, L, C, *out)``, like the original fastISM.  ``ism.keras_export`` holds the conversion details.
     """
-    from ...ism import FastISM
+    from ...fast import FastISM
     if fastism_kwargs.get("layout", "NLC") != "NLC":
         raise ValueError("from_keras models take sequences as (N, L, C): layout must be 'NLC'")
     fastism_kwargs.pop("layout", None)

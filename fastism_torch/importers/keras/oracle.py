@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ...selfcheck import check_windows, max_difference, random_onehot
 from .export import KerasExport
 from .jobs import WorkerFailed, run_jobs
 
@@ -78,20 +79,13 @@ def check_request(ism, ex: KerasExport, n_seqs: int = 2, n_ranges: int = 12, see
     the first and last 3 windows of ``change_ranges`` plus ``n_ranges`` random ones, random one-hot values."""
     rng = np.random.default_rng(seed)
     L, C, idx = ism.seq_len, ism.num_chars, ism.seq_input_idx
-    inputs = []
-    for i, (name, shape) in enumerate(ex.input_specs):
-        if i == idx:
-            inputs.append(np.eye(C, dtype=np.float32)[rng.integers(0, C, (n_seqs, L))])
-        else:
-            inputs.append(rng.normal(size=(n_seqs, *[d or 1 for d in shape[1:]])).astype(np.float32))
+    inputs = [random_onehot(n_seqs, L, C, "NLC", rng) if i == idx else
+              rng.normal(size=(n_seqs, *[d or 1 for d in shape[1:]])).astype(np.float32)
+              for i, (name, shape) in enumerate(ex.input_specs)]
     ranges = ism.change_ranges
-    R = len(ranges)
-    pick = sorted(set(range(min(3, R))) | set(range(max(0, R - 3), R)) |
-                  set(rng.integers(0, R, n_ranges).tolist()))
-    s_idx = np.repeat(np.arange(n_seqs), len(pick))
-    r_idx = np.tile(np.array(pick), n_seqs)
-    width = ranges[0][1] - ranges[0][0]
-    values = np.eye(C, dtype=np.float32)[rng.integers(0, C, (len(s_idx), width))]
+    pick = check_windows(len(ranges), n_ranges, 3, rng)
+    s_idx, r_idx = np.repeat(np.arange(n_seqs), len(pick)), np.tile(pick, n_seqs)
+    values = random_onehot(len(s_idx), ranges[0][1] - ranges[0][0], C, "NLC", rng)
     starts = np.array([ranges[r][0] for r in r_idx])
     return ex, inputs, idx, s_idx, starts, values
 
@@ -120,10 +114,9 @@ def compare_with_keras(ism, request: tuple, keras_result, rtol: float = 1e-4) ->
                            ("outputs on mutated sequences", ko, to.detach().cpu().numpy())):
             if k.shape != t.shape:
                 raise ValueError(f"output {j}: the converted model gives shape {t.shape[1:]}, Keras {k.shape[1:]}")
-            scale = float(np.abs(k).max()) if k.size else 0.0
-            diff = float(np.abs(k - t).max()) if k.size else 0.0
+            diff, scale, ok = max_difference(k, t, rtol, atol=1e-6)
             worst = max(worst, diff)
-            if not diff <= rtol * max(scale, 1e-3) + 1e-6:
+            if not ok:
                 raise ValueError(f"the converted model disagrees with Keras on output {j} ({what}): max |difference| "
                                  f"= {diff:.3g} at output scale {scale:.3g} (tolerance {rtol:g} relative). Please "
                                  "report this model; early_stop_layers may work around an engine problem.")

@@ -163,7 +163,7 @@ def from_onnx(path, *, seq_len: int | None = None, num_chars: int = 4, seq_input
     **fastism_kwargs
         Passed to :class:`~fastism_torch.FastISM` (``change_ranges``, ``early_stop_layers``, ``device``, ...).
     """
-    from ...ism import FastISM
+    from ...fast import FastISM
     model = _load(path)
     specs = input_specs(model)
     layout = _layout(specs, num_chars, fastism_kwargs.pop("layout", None))

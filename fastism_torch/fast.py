@@ -1,0 +1,249 @@
+"""Fast, exact ISM: :class:`FastISM`."""
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import torch
+from torch import nn
+
+from .base import Inputs, ISMBase, is_out_of_memory, log
+from .kinds import State
+from .selfcheck import check_against_naive, random_onehot
+
+
+def _compiled_graphs() -> int:
+    """Graphs torch.compile has compiled in this process (dynamo's counter)."""
+    from torch._dynamo.utils import counters
+    return int(counters["stats"]["unique_graphs"])
+
+
+def _compiled(module, mode):
+    """``torch.compile`` with symbolic sizes: the edit graph's widths and batch sizes vary between groups.
+    Duck sizing is off while it compiles, so sizes that happen to be equal (a batch of 40 edits, a cache
+    40 positions long) are not assumed equal, which would recompile for every new batch size."""
+    import torch.fx.experimental._config as fx_config
+    compiled = torch.compile(module, dynamic=True, mode=mode)
+
+    def call(**feed):
+        with fx_config.patch(use_duck_shape=False):
+            return compiled(**feed)
+    return call
+
+
+class FastISM(ISMBase):
+    """Fast, exact ISM: recompute only the positions each mutation can reach.
+
+    The model is captured as a ``torch.fx`` graph (:mod:`fastism_torch.capture`), every op is classified by
+    a per-op change-range rule (:mod:`fastism_torch.analysis`), and for each set of mutation windows a frozen
+    :class:`~fastism_torch.plan.Plan` says which window of each intermediate output is recomputed, from
+    which gathered inputs.  The rewritten *edit graph* (:mod:`fastism_torch.rewrite`) runs batches of
+    (sequence, window, replacement) edits at once; everything after a stop point (flatten, dense across the
+    length axis, global pooling, attention, unknown ops, ``early_stop_layers``) runs in full.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Takes the sequences as ``(N, num_chars, seq_len)`` (layout ``"NCL"``) or ``(N, seq_len, num_chars)``
+        (``"NLC"``); may take further inputs (see ``seq_input_idx``). A private eval-mode copy is used: the
+        caller's model keeps its mode, device and weights (unless ``copy_model=False``).
+    seq_len : int
+        Sequence length L.
+    num_chars : int, default 4
+        Alphabet size.
+    layout : {"NCL", "NLC"}, default "NCL"
+    seq_input_idx : int, default 0
+        Which model input is the sequence when ``seqs`` is a list/tuple of inputs.
+    change_ranges : list of (start, end), optional
+        Equal-width half-open windows to mutate. Default: every single position.
+    early_stop_layers : list of str, optional
+        Module or fx node names; they and everything after them run in full.
+    test_correctness : bool, default True
+        Compare with :class:`NaiveISM` on random one-hot input once the graph is built; raise if they differ.
+    device : str or torch.device, optional
+        Default: the model's device.
+    batch_size : int, optional
+        Edits per batch (the memory knob). Default: chosen from the plan's per-edit memory.
+    strict : bool, default False
+        Raise instead of warning when an op cannot be analysed.
+    compile : bool or str, default False
+        Compile the edit graph with ``torch.compile`` (``True``; or a mode such as ``"reduce-overhead"`` for
+        CUDA graphs). The gather/slice-assign kernels are custom ops, so there are no graph breaks.
+    dtype : torch.dtype, optional
+        Run under autocast in this dtype (e.g. ``torch.bfloat16``); default float32.
+    verbose : bool, default False
+        Show a progress bar.
+    tf32 : bool, default False
+        Let cuDNN and matrix products run in TF32 on GPUs (faster, ~1e-3 relative error; see :mod:`.precision`).
+    copy_model : bool, default True
+        ``False`` runs ``model`` itself (set to eval mode and moved to ``device`` in place) instead of a private
+        copy: one copy of a large model in memory.
+    """
+
+    memory_budget = 256 * 2 ** 20       # bytes of activations per batch on CPU (auto batch size)
+    #: kernel form of the edit graph: None = static (sync-free, fixed-shape) on GPUs and with ``compile``, the
+    #: CPU eager form otherwise; True/False force one (the tests run both forms on the CPU)
+    static_kernels: bool | None = None
+    cudnn_benchmark = False
+
+    def __init__(self, model: nn.Module, seq_len: int, *, early_stop_layers=None, test_correctness: bool = True,
+                 strict: bool = False, compile: bool | str = False, **options):
+        super().__init__(model, seq_len, **options)
+        self.early_stop_layers = list(early_stop_layers or [])
+        self.strict = strict
+        self.compile = compile
+        self.compiled_graphs = 0          # graphs torch.compile built for this engine (compile=True)
+        self._test_correctness = test_correctness
+        self._engines: dict = {}
+        self._pattern = None
+        self.gm = None
+        params = inspect.signature(self.model.forward).parameters.values()
+        n_required = sum(p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                         for p in params)
+        if n_required <= 1 and self.seq_input_idx == 0:
+            try:
+                self._inputs(torch.as_tensor(random_onehot(2, self.seq_len, self.num_chars, self.layout)))     # builds (capture, analysis, self-check) once
+            except Exception:
+                if n_required == len(params):
+                    raise
+                # forward(x, ctl=None) may need ctl in this configuration: build at the first call, which
+                # brings every input the model needs
+                self.gm, self._pattern = None, None
+
+    # --------------------------------------------------------------- building
+    def _build(self, inp: Inputs) -> None:
+        from .analysis import analyse
+        from .capture import capture
+        example = [a[:2] if isinstance(a, torch.Tensor) else a for a in inp.args]
+        self.gm = capture(self.model, example)
+        placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
+        self.seq_node = placeholders[self.seq_input_idx]
+        self._nodes = {n.name: n for n in self.gm.graph.nodes}
+        self.infos = analyse(self.gm, self.seq_node, self.length_axis, self.seq_len, self.early_stop_layers,
+                             self.strict)
+        if self._test_correctness:
+            self.check_correctness(inp)
+
+    def plan_for(self, ranges):
+        """The plan for mutation windows ``ranges`` (a tuple of ``(start, end)``); built once per ranges."""
+        return self._engine(tuple(tuple(r) for r in ranges)).plan
+
+    def _engine(self, ranges):
+        from .execute import Executor
+        from .plan import build_plan
+        from .rewrite import build_edit_module
+        if self.gm is None:
+            raise RuntimeError("this model takes inputs besides the sequence: call the FastISM object once "
+                               "(or .predict) with all its inputs before reading its plan")
+        if ranges not in self._engines:
+            plan = build_plan(self.gm, self.infos, self.seq_node, ranges)
+            # GPUs and torch.compile get the kernels that never read tensor values on the host
+            static = self.static_kernels
+            if static is None:
+                static = self.device.type != "cpu" or bool(self.compile)
+            edit = build_edit_module(self.gm, self.infos, plan, self.seq_node, static=static)
+            mode = self.compile if isinstance(self.compile, str) else None
+            if self.compile:
+                edit.module = _compiled(edit.module, mode)
+            ex = Executor(self.gm, plan, edit, self.device, self.length_axis)
+            ex.mark_step = mode is not None and "reduce-overhead" in mode
+            self._engines[ranges] = ex
+        return self._engines[ranges]
+
+    @property
+    def plan(self):
+        """The plan for ``change_ranges`` (printable)."""
+        return self._engine(self.change_ranges).plan
+
+    # --------------------------------------------------------------- engine
+    def _inputs(self, seqs) -> Inputs:
+        inp = super()._inputs(seqs)
+        pattern = tuple(a is None for a in inp.args)         # which inputs were given: fixed in the trace
+        if self.gm is None or pattern != self._pattern:
+            self._engines.clear()
+            self._pattern = pattern
+            self._build(inp)
+        return inp
+
+    def _seq_chunk(self) -> int:
+        """Sequences per chunk: bounded reference caches and per-chunk results (~1 GiB of outputs)."""
+        out = sum(int(np.prod(n.meta["tensor_meta"].shape[1:])) for n in self._output_nodes()
+                  if hasattr(n.meta.get("tensor_meta"), "shape"))
+        per_seq = 4 * max(1, out) * self.seq_len * self.num_chars
+        return int(np.clip((1 << 30) // per_seq, 1, 64))
+
+    def _output_nodes(self):
+        return next(n for n in self.gm.graph.nodes if n.op == "output").all_input_nodes
+
+    def _per_edit_bytes(self, plan) -> int:
+        """Activation bytes one edit needs in the edit graph (windows, gathers, full tensors after stops)."""
+        per_edit = 0.0
+        for r in plan.nodes.values():
+            shape = self._shape(r.name)
+            feat = int(np.prod([s for i, s in enumerate(shape) if i not in (0, r.laxis)]))
+            per_edit += feat * (float((r.hi - r.lo).max()) + 1)
+        for n in self.gm.graph.nodes:
+            tm = n.meta.get("tensor_meta")
+            if self.infos[n].state == State.FULL and tm is not None and hasattr(tm, "shape"):
+                per_edit += int(np.prod(tm.shape[1:]))
+        return int(8 * per_edit) + 64          # float32, x2 for gathered copies and conv workspaces
+
+    def _auto_batch(self, plan) -> int:
+        if self.batch_size:
+            return self.batch_size
+        budget = self.memory_budget
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            budget = int(free * 0.4)
+        return int(np.clip(budget // self._per_edit_bytes(plan), 16, 1 << 16))
+
+    def _shape(self, name):
+        return tuple(self._nodes[name].meta["tensor_meta"].shape)
+
+    def _run_edits(self, inp, ranges, edits, sinks, bar):
+        ex = self._engine(ranges)
+        with self._precision():
+            ref = ex.reference(inp.args)
+            batch = self._auto_batch(ex.plan)
+            done = np.zeros(len(edits.seq), dtype=bool)
+            graphs = _compiled_graphs()
+            while not done.all():
+                todo = np.flatnonzero(~done)
+                part = edits if len(todo) == len(done) else edits.subset(todo)
+                part_done = np.zeros(len(todo), dtype=bool)
+                try:
+                    ex.run(ref, part, batch, sinks, part_done, bar)
+                except Exception as e:
+                    if not is_out_of_memory(e):
+                        raise
+                    done[todo[part_done]] = True          # what is written stays written: resume after it
+                    if self.device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    fits = max(1, batch // 2)
+                    if self.batch_size or batch == 1:
+                        raise ValueError(
+                            f"batch_size={batch} does not fit in {self.device} memory; batch_size={fits} or "
+                            f"less should (about {self._per_edit_bytes(ex.plan) / 2**20:.1f} MiB per edit)") from e
+                    log.info("out of %s memory at batch size %d: going on at %d", self.device, batch, fits)
+                    batch = fits
+                else:
+                    done[:] = True
+            if self.compile:
+                self.compiled_graphs += _compiled_graphs() - graphs
+                log.info("torch.compile: %d graph(s) compiled so far for this engine", self.compiled_graphs)
+
+    # --------------------------------------------------------------- checks
+    def check_correctness(self, inp: Inputs | None = None, n_seqs: int = 2, n_ranges: int = 24,
+                          rtol: float | None = None, seed: int = 0) -> float:
+        """Compare with :class:`~fastism_torch.naive.NaiveISM` on random one-hot sequences at the first and last
+        windows and ``n_ranges`` random ones (:func:`.selfcheck.check_against_naive`).
+
+        Returns the largest absolute difference; raises ``RuntimeError`` if it exceeds ``rtol`` times the
+        output scale (default: float32 1e-5, 5e-5 on GPUs; TF32 5e-3; 16-bit dtypes 5e-2).
+        """
+        return check_against_naive(self, inp, n_seqs=n_seqs, n_ranges=n_ranges, rtol=rtol, seed=seed)
+
+    def mac_summary(self) -> dict:
+        """MACs of one full forward pass vs the MACs the plan recomputes per mutation (averaged)."""
+        from .macs import mac_summary
+        return mac_summary(self.gm, self.infos, self.plan_for((i, i + 1) for i in range(self.seq_len)))
