@@ -75,3 +75,14 @@ def check_model(model, length, n=2, layout="NCL", saturation=True, seqs=None, rt
     if saturation:
         assert_close_to_naive(fast.saturation_mutagenesis(x), naive.saturation_mutagenesis(x), rtol)
     return fast
+
+
+def decision_of(model, x, laxis=2):
+    """The rule decision for the output node of ``model`` captured on ``x``."""
+    from fastism_torch.analysis import analyse
+    from fastism_torch.capture import capture
+    gm = capture(model, [x])
+    seq = next(n for n in gm.graph.nodes if n.op == "placeholder")
+    infos = analyse(gm, seq, laxis, x.shape[laxis])
+    out = next(n for n in gm.graph.nodes if n.op == "output").all_input_nodes[0]
+    return infos[out].decision

@@ -3,6 +3,7 @@ reduce.py.  Max pooling pads with -inf; average pooling only where its divisor s
 from __future__ import annotations
 
 import copy
+from typing import NamedTuple
 
 import torch.nn.functional as F
 from torch import nn
@@ -18,16 +19,28 @@ def _first(v):
     return v[0] if isinstance(v, (tuple, list)) else v
 
 
-def _pool(ctx: RuleContext, kind, k, s, p, d, ceil_mode, count_include_pad, emit) -> Decision:
+class Pool(NamedTuple):
+    """One pooling op along the length axis (``ceil_mode`` needs nothing: a partial last window is caught by
+    the average's divisor check, and max pooling pads with -inf)."""
+    kind: str                    # "max" or "avg"
+    kernel: int
+    stride: int
+    padding: int
+    dilation: int = 1
+    count_include_pad: bool = True
+
+
+def _pool(ctx: RuleContext, pool: Pool, emit) -> Decision:
     x = ctx.the_window_input()
     if x is None or ctx.node.args[0] is not x:
         return stop("pooling input is not the windowed tensor")
+    k, s, p = pool.kernel, pool.stride, pool.padding
     in_len, out_len = ctx.length(x), ctx.out_shape[ctx.laxis(x)]
-    if kind == "avg":
+    if pool.kind == "avg":
         partial = (out_len - 1) * s + k > in_len + 2 * p
-        if (p and not count_include_pad) or partial:
+        if (p and not pool.count_include_pad) or partial:
             return stop("average pooling with a divisor that varies at the edges")
-    window = Window(d * (k - 1) + 1, s, p, NEG_INF if kind == "max" else 0.0)
+    window = Window(pool.dilation * (k - 1) + 1, s, p, NEG_INF if pool.kind == "max" else 0.0)
     return sliding(ctx, x, window, emit)
 
 
@@ -42,9 +55,9 @@ def pool1d_module(ctx: RuleContext) -> Decision:
     kind = "max" if isinstance(mod, nn.MaxPool1d) else "avg"
     new = copy.copy(mod)
     new.padding = 0
-    return _pool(ctx, kind, _first(mod.kernel_size), _first(mod.stride or mod.kernel_size), _first(mod.padding),
-                 _first(getattr(mod, "dilation", 1)), mod.ceil_mode, getattr(mod, "count_include_pad", True),
-                 emit_module(new))
+    pool = Pool(kind, _first(mod.kernel_size), _first(mod.stride or mod.kernel_size), _first(mod.padding),
+                _first(getattr(mod, "dilation", 1)), getattr(mod, "count_include_pad", True))
+    return _pool(ctx, pool, emit_module(new))
 
 
 @register(*module_types(nn.MaxPool2d, nn.AvgPool2d))
@@ -62,8 +75,9 @@ def pool2d_module(ctx: RuleContext) -> Decision:
         return stop(f"pooling kernel {k} also slides along a non-length axis")
     new = copy.copy(mod)
     new.padding = 0
-    return _pool(ctx, "max" if isinstance(mod, nn.MaxPool2d) else "avg", k[sp], s[sp], p[sp], d[sp],
-                 mod.ceil_mode, getattr(mod, "count_include_pad", True), emit_module(new))
+    pool = Pool("max" if isinstance(mod, nn.MaxPool2d) else "avg", k[sp], s[sp], p[sp], d[sp],
+                getattr(mod, "count_include_pad", True))
+    return _pool(ctx, pool, emit_module(new))
 
 
 def _pool_function(kind):
@@ -75,11 +89,11 @@ def _pool_function(kind):
         s = _first(ctx.arg(2, "stride", None) or k)
         p = _first(ctx.arg(3, "padding", 0))
         if kind == "max":
-            d, ceil, cip = _first(ctx.arg(4, "dilation", 1)), ctx.arg(5, "ceil_mode", False), True
+            pool = Pool(kind, k, s, p, dilation=_first(ctx.arg(4, "dilation", 1)))
             if ctx.arg(6, "return_indices", False):
                 return stop("max pooling with return_indices")
         else:
-            d, ceil, cip = 1, ctx.arg(4, "ceil_mode", False), ctx.arg(5, "count_include_pad", True)
+            pool = Pool(kind, k, s, p, count_include_pad=ctx.arg(5, "count_include_pad", True))
 
         def emit(builder, node, args, kwargs):
             args = list(args)
@@ -87,7 +101,7 @@ def _pool_function(kind):
                 args[3] = 0
             return builder.graph.call_function(node.target, tuple(args), {**kwargs, "padding": 0}
                                                if len(args) <= 3 else kwargs)
-        return _pool(ctx, kind, k, s, p, d, ceil, cip, emit)
+        return _pool(ctx, pool, emit)
     return rule
 
 

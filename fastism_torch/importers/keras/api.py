@@ -68,8 +68,28 @@ def _stop_names(gm, meta, early_stop_layers) -> list[str]:
     return names
 
 
-def _unsupported(meta) -> list[dict]:
-    return [layer for layer in meta["layers"] if layer["class"] not in SUPPORTED_LAYERS and not layer["is_model"]]
+def _unsupported_stops(gm, meta) -> list[str]:
+    """The graph nodes of Keras layers the fast engine does not support (each with a warning): stop points."""
+    stops = []
+    for layer in meta["layers"]:
+        if layer["class"] not in SUPPORTED_LAYERS and not layer["is_model"]:
+            warnings.warn(f"Keras layer {layer['name']!r} ({layer['class']}) is not supported by the fast engine: it "
+                          "and everything after it run in full", stacklevel=3)
+            stops.extend(_layer_nodes(gm, meta).get(layer["name"], []))
+    return stops
+
+
+def _sequence_spec(specs, seq_len, num_chars, seq_input_idx) -> tuple:
+    """``(index, length, channels)`` of the Keras model's sequence input, checked against the caller's values."""
+    idx = sequence_input(specs, num_chars or 4) if seq_input_idx is None else int(seq_input_idx)
+    if not 0 <= idx < len(specs) or len(specs[idx][1]) != 3:
+        raise ValueError(f"input {idx} is not sequence-shaped (batch, length, channels); inputs: {specs}")
+    L, C = specs[idx][1][1], specs[idx][1][2]
+    if seq_len is not None and L is not None and seq_len != L:
+        raise ValueError(f"seq_len={seq_len} but the model's sequence input has length {L}")
+    if num_chars is not None and C is not None and num_chars != C:
+        raise ValueError(f"num_chars={num_chars} but the model's sequence input has {C} channels")
+    return idx, L, C
 
 
 def from_keras(model_or_path, *, custom_objects=None, allow_unsafe: bool = False, cache_dir=None,
@@ -118,26 +138,13 @@ def from_keras(model_or_path, *, custom_objects=None, allow_unsafe: bool = False
     fastism_kwargs.pop("layout", None)
     ex = export_keras(model_or_path, custom_objects=custom_objects, allow_unsafe=allow_unsafe,
                       cache_dir=cache_dir, seq_len=seq_len)
-    specs = ex.input_specs
-    idx = sequence_input(specs, num_chars or 4) if seq_input_idx is None else int(seq_input_idx)
-    if not 0 <= idx < len(specs) or len(specs[idx][1]) != 3:
-        raise ValueError(f"input {idx} is not sequence-shaped (batch, length, channels); inputs: {specs}")
-    L, C = specs[idx][1][1], specs[idx][1][2]
-    if seq_len is not None and L is not None and seq_len != L:
-        raise ValueError(f"seq_len={seq_len} but the model's sequence input has length {L}")
-    if num_chars is not None and C is not None and num_chars != C:
-        raise ValueError(f"num_chars={num_chars} but the model's sequence input has {C} channels")
+    idx, L, C = _sequence_spec(ex.input_specs, seq_len, num_chars, seq_input_idx)
     try:
         gm = onnx_to_torch(ex.onnx_path, seq_len=L, num_chars=C)
     except UnsupportedOnnxOps as e:
         layers = _layers_of(ex.meta, [n for _, n in e.nodes], e.tensors)
         raise ValueError(f"Keras layer(s) {layers} cannot be converted to PyTorch ({e})") from e
-    stops = _stop_names(gm, ex.meta, early_stop_layers)
-    for layer in _unsupported(ex.meta):
-        hits = _layer_nodes(gm, ex.meta).get(layer["name"], [])
-        warnings.warn(f"Keras layer {layer['name']!r} ({layer['class']}) is not supported by the fast engine: it "
-                      "and everything after it run in full", stacklevel=2)
-        stops.extend(hits)
+    stops = _stop_names(gm, ex.meta, early_stop_layers) + _unsupported_stops(gm, ex.meta)
     ism = FastISM(gm, L, num_chars=C, layout="NLC", seq_input_idx=idx, early_stop_layers=stops or None,
                   test_correctness=False, **fastism_kwargs)
     ism.keras_export = ex
