@@ -20,13 +20,25 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import fx, nn
 
 from ..kinds import Kind, State
 from ..ranges import IDENTITY, Window
+
+
+class EditGraphBuilder(Protocol):
+    """What a rule's ``emit`` sees of the edit graph being built (:class:`fastism_torch.rewrite._Builder`)."""
+    graph: fx.Graph
+
+    def add_module(self, name: str, mod: nn.Module) -> str:
+        """Add ``mod`` to the edit graph's root module; returns its attribute name for ``graph.call_module``."""
+
+
+#: ``emit(builder, node, args, kwargs) -> fx.Node``: the node re-emitted to run on a window without padding
+Emit = Callable[[EditGraphBuilder, fx.Node, tuple, dict], fx.Node]
 
 
 @dataclass(frozen=True)
@@ -42,7 +54,7 @@ class Decision:
     laxis: int | None = None                     # length axis of the output (windowed kinds)
     length: int | None = None                    # full length of the output along laxis
     reads: dict = field(default_factory=dict)    # input Node -> Read (inputs that carry the length axis)
-    emit: Callable | None = None                 # (graph, node, args, kwargs) -> new node, for ops rewritten
+    emit: Emit | None = None                     # ops rewritten to run on windows (padding-free)
     reason: str = ""                             # STOP: why
     quiet: bool = False                          # STOP: an expected one (dense, global pooling, ...): no warning
     flatten: bool = False                        # STOP: merges the length axis; a dense user may update it
