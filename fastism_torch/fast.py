@@ -102,7 +102,8 @@ class FastISM(ISMBase):
                          for p in params)
         if n_required <= 1 and self.seq_input_idx == 0:
             try:
-                self._inputs(torch.as_tensor(random_onehot(2, self.seq_len, self.num_chars, self.layout)))     # builds (capture, analysis, self-check) once
+                example = random_onehot(2, self.seq_len, self.num_chars, self.layout)
+                self._inputs(torch.as_tensor(example))      # builds (capture, analysis, self-check) once
             except Exception:
                 if n_required == len(params):
                     raise

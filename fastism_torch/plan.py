@@ -88,8 +88,8 @@ def build_plan(gm: fx.GraphModule, infos: dict, seq_node: fx.Node, ranges) -> Pl
     inputs need, and the gathers and stop points of the nodes that run in full."""
     needed = needed_ranges(gm, infos, seq_node)
     si = infos[seq_node]
-    nodes = {seq_node.name: NodeRanges(seq_node.name, si.laxis, si.length, np.array([s for s, _ in ranges], dtype=np.int64),
-                                       np.array([e for _, e in ranges], dtype=np.int64))}
+    starts, ends = (np.array([r[i] for r in ranges], dtype=np.int64) for i in (0, 1))
+    nodes = {seq_node.name: NodeRanges(seq_node.name, si.laxis, si.length, starts, ends)}
     gathers, stops = [], []
     for node in gm.graph.nodes:
         info = infos[node]

@@ -3,8 +3,9 @@
 
 - windowed nodes are copied (or re-emitted padding-free by their rule) and run on windows;
 - every plan :class:`~fastism_torch.plan.Gather` becomes a :func:`~fastism_torch.kernels.gather_window` call
-  whose reference cache and index tensors are inputs (placeholder names: :func:`gather_input` and friends); with ``static=True`` (GPUs,
-  ``torch.compile``) the sync-free :func:`~fastism_torch.kernels.gather_window_static` instead;
+  whose reference cache and index tensors are inputs (placeholder names: :func:`gather_input` and friends);
+  with ``static=True`` (GPUs, ``torch.compile``) the sync-free :func:`~fastism_torch.kernels.gather_window_static`
+  instead;
 - ``inc_mean`` / ``inc_linear`` nodes become incremental updates of the reference output (``ref_{node}``;
   ``inc_mean`` reads the reference window's sum from running sums, ``g{k}_cache``);
 - static nodes (other model inputs) are replayed on the edits' rows; full nodes are copied.
@@ -171,7 +172,8 @@ class _Builder:
         args = (self.env[x], self.gathered(self.by_key[(node.name, x.name, GatherKind.REF)]),
                 self.input(ref_input(node.name)), weight, self.input(start_input(node.name)))
         if self.static:
-            return g.call_function(kernels.inc_linear_static, (*args, in_shape, laxis, self.input(span_input(node.name))))
+            span = self.input(span_input(node.name))
+            return g.call_function(kernels.inc_linear_static, (*args, in_shape, laxis, span))
         return g.call_function(torch.ops.fastism.inc_linear, (*args, list(in_shape), laxis))
 
 
