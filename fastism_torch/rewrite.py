@@ -24,6 +24,7 @@ from . import kernels
 from .kernels import ops  # noqa: F401  (registers torch.ops.fastism.*)
 from .kinds import GatherKind, Kind, State
 from .plan import Plan
+from .rules.dense import use_kernel_linear
 
 
 @dataclass
@@ -170,6 +171,7 @@ def build_edit_module(gm: fx.GraphModule, infos: dict, plan: Plan, seq_node: fx.
                 env[node] = g.node_copy(node, lambda n: sub[n])
     if not static:
         fuse_adds_into_gathers(g)
+        use_kernel_linear(g, b.root)
     g.lint()
     module = fx.GraphModule(b.root, g, class_name="FastISMEditGraph")
     inputs = tuple(n.target for n in g.nodes if n.op == "placeholder")   # the call's keyword names
