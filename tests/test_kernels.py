@@ -118,3 +118,32 @@ def test_linear_matches_f_linear(shape):
     wp = nn.Parameter(w)
     y = kernels.linear(x, wp, b)                       # with autograd on, the differentiable path
     assert y.requires_grad
+
+
+class _Head(nn.Module):
+    """A conv, a flatten + dense (inc_linear), then two dense layers run in full (one F.linear)."""
+
+    def __init__(self, L=40):
+        super().__init__()
+        self.c0 = nn.Conv1d(4, 8, 5, padding=2)
+        self.d0, self.d1, self.d2 = nn.Linear(8 * L, 96), nn.Linear(96, 96), nn.Linear(96, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.d0(torch.relu(self.c0(x)).flatten(1)))
+        h = torch.relu(torch.nn.functional.linear(h, self.d1.weight, self.d1.bias))
+        return self.d2(h)
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_dense_layers_of_the_edit_graph_use_the_kernel_linear(static, monkeypatch):
+    from fastism_torch import kernels
+    monkeypatch.setattr(ft.FastISM, "static_kernels", static)
+    model = scale_weights(_Head())
+    fast = ft.FastISM(model, 40)
+    module = fast._engine(fast.change_ranges).edit.module
+    targets = [n.target for m in module.modules() if isinstance(m, torch.fx.GraphModule) for n in m.graph.nodes]
+    n_kernel = sum(t is kernels.linear for t in targets)
+    assert n_kernel == (0 if static else 2), targets
+    x = random_onehot(2, 40)
+    naive = ft.NaiveISM(model, 40).saturation_mutagenesis(x)
+    torch.testing.assert_close(fast.saturation_mutagenesis(x), naive, rtol=1e-4, atol=1e-5)
