@@ -147,3 +147,33 @@ def test_dense_layers_of_the_edit_graph_use_the_kernel_linear(static, monkeypatc
     x = random_onehot(2, 40)
     naive = ft.NaiveISM(model, 40).saturation_mutagenesis(x)
     torch.testing.assert_close(fast.saturation_mutagenesis(x), naive, rtol=1e-4, atol=1e-5)
+
+
+def _assign_reference(out, new, shift):
+    out = out.clone()
+    for b, t in enumerate(shift.tolist()):
+        for j in range(new.shape[-1]):
+            if 0 <= t + j < out.shape[-1]:
+                out[b, :, t + j] = new[b, :, j]
+    return out
+
+
+@pytest.mark.parametrize("shift", [
+    [2] * 6,                                   # one shift (interior)
+    [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3],      # runs moving with the position (an edge)
+    [0, 1, 2, 0, 1, 2, 0, 1, 2],               # alternating (after a pooling layer), runs of 1
+    [1, 1, 1, 0, 0, 0, 1, 1, 1, 0, 0, 0],      # alternating in runs of 3 (alternative bases)
+    [-3, -3, 9, 9, 12, 12, -1, 4],             # partly / wholly outside the window
+])
+@pytest.mark.parametrize("many_runs", [False, True])
+def test_assign_shifted_matches_a_loop(shift, many_runs, monkeypatch):
+    from fastism_torch.kernels import gather
+    if many_runs:                               # the grouped (index_copy_) path too
+        monkeypatch.setattr(gather, "RUNS_AS_SLICES", 0)
+    g = torch.Generator().manual_seed(len(shift))
+    shift = torch.tensor(shift)
+    out = torch.randn(len(shift), 3, 10, generator=g)
+    new = torch.randn(len(shift), 3, 4, generator=g)
+    want = _assign_reference(out, new, shift)
+    gather.assign_shifted(out, new, shift)
+    assert torch.equal(out, want)
