@@ -177,3 +177,30 @@ def test_assign_shifted_matches_a_loop(shift, many_runs, monkeypatch):
     want = _assign_reference(out, new, shift)
     gather.assign_shifted(out, new, shift)
     assert torch.equal(out, want)
+
+
+class _ConvRelu(nn.Module):
+    """``relu(conv(x))`` twice; the second convolution's output is also read by a residual add."""
+
+    def __init__(self):
+        super().__init__()
+        self.c0, self.c1 = nn.Conv1d(4, 8, 5, padding=2), nn.Conv1d(8, 8, 3, padding=2, dilation=2)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        h = self.relu(self.c0(x))
+        g = self.c1(h)
+        return torch.relu(g) + g
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_relu_runs_in_place_only_on_a_convolution_output_nobody_else_reads(static, monkeypatch):
+    monkeypatch.setattr(ft.FastISM, "static_kernels", static)
+    model = scale_weights(_ConvRelu())
+    fast = ft.FastISM(model, 30)
+    module = fast._engine(fast.change_ranges).edit.module
+    targets = [n.target for m in module.modules() if isinstance(m, torch.fx.GraphModule) for n in m.graph.nodes]
+    assert targets.count(torch.relu_) == (0 if static else 1), targets
+    x = random_onehot(3, 30)
+    torch.testing.assert_close(fast.saturation_mutagenesis(x), ft.NaiveISM(model, 30).saturation_mutagenesis(x),
+                               rtol=1e-4, atol=1e-5)
