@@ -73,7 +73,7 @@ class _DynamoStub(types.ModuleType):
         return _real_dynamo().disable(fn, recursive, *args, wrapping=wrapping, **kwargs)
 
     def __getattr__(self, name):
-        if name.startswith("__"):
+        if name.startswith("__") and name != "__path__":      # (__path__: a submodule is being imported)
             raise AttributeError(name)
         return getattr(_real_dynamo(), name)
 

@@ -76,3 +76,18 @@ def test_stub_forwards_other_attributes():
         print("ok")
     """)
     assert "ok" in out
+
+
+def test_submodules_import_inside_the_block():
+    """A model (or PyTorch) importing ``torch._dynamo``'s submodules inside the block gets the real ones."""
+    out = _run("""
+        import sys, torch
+        from fastism_torch.capture import dynamo_import_deferred, _DynamoStub
+        with dynamo_import_deferred():
+            from torch._dynamo.utils import counters
+            import torch._dynamo.config
+            assert not isinstance(sys.modules["torch._dynamo"], _DynamoStub)
+        assert sys.modules["torch._dynamo.utils"].counters is counters
+        print("ok")
+    """)
+    assert "ok" in out
