@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import fx
 
+from .capture import dynamo_import_deferred
 from .kernels import to_cache, to_prefix_sums
 from .kinds import GatherKind, State
 from .plan import Plan
@@ -88,6 +89,11 @@ class Executor:
         last edit, whose outputs are dropped), so compiled graphs and CUDA graphs are reused.  ``done[e]`` is
         set once edit ``e``'s outputs are written (a retry after running out of memory skips those).
         """
+        with dynamo_import_deferred():      # the custom ops' first call would import torch._dynamo (0.6-1.3 s)
+            self._run(ref, edits, batch_size, sink, done, bar)
+
+    def _run(self, ref: Reference, edits: "Edits", batch_size: int, sink: list, done: np.ndarray | None,
+             bar) -> None:
         order = np.argsort(edits.window, kind="stable")
         w_sorted = edits.window[order]
         uniq = np.unique(w_sorted)

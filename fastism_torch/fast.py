@@ -207,7 +207,7 @@ class FastISM(ISMBase):
             ref = ex.reference(inp.args)
             batch = self._auto_batch(ex.plan)
             done = np.zeros(len(edits.seq), dtype=bool)
-            graphs = _compiled_graphs()
+            graphs = _compiled_graphs() if self.compile else 0      # (imports torch._dynamo)
             while not done.all():
                 todo = np.flatnonzero(~done)
                 part = edits if len(todo) == len(done) else edits.subset(todo)

@@ -25,6 +25,7 @@ from . import kernels
 from .kernels import ops  # noqa: F401  (registers torch.ops.fastism.*)
 from .kinds import GatherKind, Kind, State
 from .plan import Plan
+from .rules.dense import use_kernel_linear
 
 
 @dataclass
@@ -185,6 +186,8 @@ def build_edit_module(gm: fx.GraphModule, infos: dict, plan: Plan, seq_node: fx.
         b.emit(node, seq_node)
     if not static:
         fuse_adds_into_gathers(b.graph)
+        use_kernel_linear(b.graph, b.root)
+        relu_in_place_after_conv(b.graph, b.root)
     b.graph.lint()
     module = fx.GraphModule(b.root, b.graph, class_name="FastISMEditGraph")
     inputs = tuple(n.target for n in b.graph.nodes if n.op == "placeholder")   # the call's keyword names
@@ -208,6 +211,32 @@ def fuse_adds_into_gathers(g: fx.Graph) -> None:
         node.replace_all_uses_with(fused)
         g.erase_node(node)
         g.erase_node(new)
+
+
+def relu_in_place_after_conv(g: fx.Graph, root: torch.nn.Module) -> None:
+    """``relu(conv(x))`` where the convolution's output has no other reader -> ``torch.relu_`` on it (CPU
+    eager form): a convolution returns a fresh tensor, so the ReLU need not write a new one (measured 3% of
+    BPNet's fast path at L=1000, 1 and 2 threads)."""
+    from torch import nn
+    from .rules.conv import TransposedAsConv, ValidConv1d
+    convs = (ValidConv1d, TransposedAsConv, nn.Conv1d, nn.Conv2d)
+    relu_fns = (torch.relu, torch.nn.functional.relu)
+    for node in list(g.nodes):
+        if not node.args or node.kwargs or len(node.args) != 1:
+            continue
+        is_relu = ((node.op == "call_module" and type(root.get_submodule(node.target)) is nn.ReLU)
+                   or (node.op == "call_function" and node.target in relu_fns)
+                   or (node.op == "call_method" and node.target == "relu"))
+        src = node.args[0]
+        if not (is_relu and isinstance(src, fx.Node) and len(src.users) == 1):
+            continue
+        if not ((src.op == "call_module" and type(root.get_submodule(src.target)) in convs)
+                or (src.op == "call_function" and src.target is torch.nn.functional.conv1d)):
+            continue
+        with g.inserting_before(node):
+            new = g.call_function(torch.relu_, (src,))
+        node.replace_all_uses_with(new)
+        g.erase_node(node)
 
 
 def split_segments(module: fx.GraphModule) -> fx.GraphModule:

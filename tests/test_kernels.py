@@ -58,3 +58,149 @@ def test_opcheck(name):
     calls = {f.__name__.split(".")[0]: c for f, c in _recorded_calls().items()}
     args, kwargs = calls[name]
     torch.library.opcheck(getattr(torch.ops.fastism, name).default, args, kwargs)
+
+
+def _inc_linear_case(starts, channels_last, n_feat=16, length=12, width=3, n_out=300, dtype=torch.float32):
+    """Reference inputs ``x`` (B, F, L) (or (B, L, F)), edits that replace ``x[b]``'s window at ``starts[b]``,
+    and the dense layer's output on the edited inputs computed in full."""
+    g = torch.Generator().manual_seed(len(starts) + 7 * channels_last)
+    starts = torch.tensor(starts, dtype=torch.int64)
+    B = len(starts)
+    x = torch.randn(B, n_feat, length, generator=g, dtype=dtype)
+    new = torch.randn(B, n_feat, width, generator=g, dtype=dtype)
+    weight = torch.randn(n_out, n_feat * length, generator=g, dtype=dtype)
+    bias = torch.randn(n_out, generator=g, dtype=dtype)
+    idx = starts[:, None] + torch.arange(width)                                    # (B, width)
+    ref_window = x.gather(2, idx[:, None, :].expand(-1, n_feat, -1))
+    edited = x.scatter(2, idx[:, None, :].expand(-1, n_feat, -1), new)
+    if channels_last:                                                              # flatten of (B, L, F)
+        x, new, ref_window, edited = (t.transpose(1, 2).contiguous() for t in (x, new, ref_window, edited))
+    in_shape, laxis = tuple(x.shape[1:]), (1 if channels_last else 2)
+    ref_out = torch.nn.functional.linear(x.flatten(1), weight, bias)
+    expected = torch.nn.functional.linear(edited.flatten(1), weight, bias)
+    return (new, ref_window, ref_out, weight, starts, in_shape, laxis), expected
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("starts", [
+    [0, 0, 0, 2, 2, 5, 9, 9],            # ordered by position (what the executor hands over)
+    [5, 0, 9, 2, 0, 9, 2, 0],            # unordered, repeated
+    [9, 7, 5, 3, 1, 0],                  # decreasing
+    [4, 4, 4, 4],                        # one start
+    [6],                                 # one edit
+])
+@pytest.mark.parametrize("n_out", [300, 2])   # oneDNN (weight of 300 x 192) and F.linear (2 x 192)
+def test_inc_linear_matches_a_full_recompute(starts, channels_last, n_out):
+    from fastism_torch import kernels
+    args, expected = _inc_linear_case(starts, channels_last, n_out=n_out)
+    got = kernels.inc_linear(*args)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(torch.ops.fastism.inc_linear(*args[:5], list(args[5]), args[6]), got)
+    if sorted(starts) == starts:             # the static form, on the executor's ordered groups
+        span = max(starts) - min(starts) + args[0].shape[args[6]]
+        torch.testing.assert_close(kernels.inc_linear_static(*args, span), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_inc_linear_float64_is_exact_to_rounding():
+    from fastism_torch import kernels
+    args, expected = _inc_linear_case([3, 1, 1, 8, 0], False, dtype=torch.float64)
+    torch.testing.assert_close(kernels.inc_linear(*args), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(7, 192), (1, 192), (3, 5, 192), (0, 192)])
+def test_linear_matches_f_linear(shape):
+    from fastism_torch import kernels
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(*shape, generator=g), torch.randn(300, 192, generator=g), torch.randn(300, generator=g)
+    for weight, bias in ((w, b), (w, None), (w.t().contiguous().t(), b)):           # contiguous, no bias, strided
+        torch.testing.assert_close(kernels.linear(x, weight, bias),
+                                   torch.nn.functional.linear(x, weight, bias), rtol=1e-5, atol=1e-4)
+    wp = nn.Parameter(w)
+    y = kernels.linear(x, wp, b)                       # with autograd on, the differentiable path
+    assert y.requires_grad
+
+
+class _Head(nn.Module):
+    """A conv, a flatten + dense (inc_linear), then two dense layers run in full (one F.linear)."""
+
+    def __init__(self, L=40):
+        super().__init__()
+        self.c0 = nn.Conv1d(4, 8, 5, padding=2)
+        self.d0, self.d1, self.d2 = nn.Linear(8 * L, 96), nn.Linear(96, 96), nn.Linear(96, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.d0(torch.relu(self.c0(x)).flatten(1)))
+        h = torch.relu(torch.nn.functional.linear(h, self.d1.weight, self.d1.bias))
+        return self.d2(h)
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_dense_layers_of_the_edit_graph_use_the_kernel_linear(static, monkeypatch):
+    from fastism_torch import kernels
+    monkeypatch.setattr(ft.FastISM, "static_kernels", static)
+    model = scale_weights(_Head())
+    fast = ft.FastISM(model, 40)
+    module = fast._engine(fast.change_ranges).edit.module
+    targets = [n.target for m in module.modules() if isinstance(m, torch.fx.GraphModule) for n in m.graph.nodes]
+    n_kernel = sum(t is kernels.linear for t in targets)
+    assert n_kernel == (0 if static else 2), targets
+    x = random_onehot(2, 40)
+    naive = ft.NaiveISM(model, 40).saturation_mutagenesis(x)
+    torch.testing.assert_close(fast.saturation_mutagenesis(x), naive, rtol=1e-4, atol=1e-5)
+
+
+def _assign_reference(out, new, shift):
+    out = out.clone()
+    for b, t in enumerate(shift.tolist()):
+        for j in range(new.shape[-1]):
+            if 0 <= t + j < out.shape[-1]:
+                out[b, :, t + j] = new[b, :, j]
+    return out
+
+
+@pytest.mark.parametrize("shift", [
+    [2] * 6,                                   # one shift (interior)
+    [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3],      # runs moving with the position (an edge)
+    [0, 1, 2, 0, 1, 2, 0, 1, 2],               # alternating (after a pooling layer), runs of 1
+    [1, 1, 1, 0, 0, 0, 1, 1, 1, 0, 0, 0],      # alternating in runs of 3 (alternative bases)
+    [-3, -3, 9, 9, 12, 12, -1, 4],             # partly / wholly outside the window
+])
+@pytest.mark.parametrize("many_runs", [False, True])
+def test_assign_shifted_matches_a_loop(shift, many_runs, monkeypatch):
+    from fastism_torch.kernels import gather
+    if many_runs:                               # the grouped (index_copy_) path too
+        monkeypatch.setattr(gather, "RUNS_AS_SLICES", 0)
+    g = torch.Generator().manual_seed(len(shift))
+    shift = torch.tensor(shift)
+    out = torch.randn(len(shift), 3, 10, generator=g)
+    new = torch.randn(len(shift), 3, 4, generator=g)
+    want = _assign_reference(out, new, shift)
+    gather.assign_shifted(out, new, shift)
+    assert torch.equal(out, want)
+
+
+class _ConvRelu(nn.Module):
+    """``relu(conv(x))`` twice; the second convolution's output is also read by a residual add."""
+
+    def __init__(self):
+        super().__init__()
+        self.c0, self.c1 = nn.Conv1d(4, 8, 5, padding=2), nn.Conv1d(8, 8, 3, padding=2, dilation=2)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        h = self.relu(self.c0(x))
+        g = self.c1(h)
+        return torch.relu(g) + g
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_relu_runs_in_place_only_on_a_convolution_output_nobody_else_reads(static, monkeypatch):
+    monkeypatch.setattr(ft.FastISM, "static_kernels", static)
+    model = scale_weights(_ConvRelu())
+    fast = ft.FastISM(model, 30)
+    module = fast._engine(fast.change_ranges).edit.module
+    targets = [n.target for m in module.modules() if isinstance(m, torch.fx.GraphModule) for n in m.graph.nodes]
+    assert targets.count(torch.relu_) == (0 if static else 1), targets
+    x = random_onehot(3, 30)
+    torch.testing.assert_close(fast.saturation_mutagenesis(x), ft.NaiveISM(model, 30).saturation_mutagenesis(x),
+                               rtol=1e-4, atol=1e-5)
