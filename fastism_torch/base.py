@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .execute import Edits, as_output_list
+from .kernels import onednn_dense
 from .precision import cudnn_benchmark, float32_precision
 from .validate import as_tensor, check_change_ranges, check_layout, check_replace_with, check_seqs
 
@@ -272,7 +273,9 @@ class ISMBase:
         return stack
 
     def _forward(self, args) -> list[torch.Tensor]:
-        with self._precision():
+        """The model's outputs, float32; its dense layers run oneDNN products on the CPU, as the fast path's do."""
+        dense = onednn_dense() if self.device.type == "cpu" else nullcontext()
+        with self._precision(), dense:
             return [o.float() for o in as_output_list(self.model(*args))]
 
     def _reference(self, inp: Inputs) -> list[torch.Tensor]:

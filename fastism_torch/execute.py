@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import fx
 
-from .capture import dynamo_import_deferred
+from .deferred_dynamo import dynamo_import_deferred
 from .kernels import to_cache, to_prefix_sums
 from .kinds import GatherKind, State
 from .plan import Plan

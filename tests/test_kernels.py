@@ -149,6 +149,19 @@ def test_dense_layers_of_the_edit_graph_use_the_kernel_linear(static, monkeypatc
     torch.testing.assert_close(fast.saturation_mutagenesis(x), naive, rtol=1e-4, atol=1e-5)
 
 
+def test_naive_ism_runs_dense_layers_through_the_same_kernel(monkeypatch):
+    """NaiveISM's forward passes (CPU) use kernels.linear too: the fast path is timed against the same products."""
+    from fastism_torch.kernels import dense
+    calls = []
+    real = dense.linear
+    monkeypatch.setattr(dense, "linear", lambda *a, **k: calls.append(a[1].shape) or real(*a, **k))
+    model = _Head()
+    x = random_onehot(2, 40)
+    got = ft.NaiveISM(model, 40).predict(x)
+    assert sorted(calls) == sorted([model.d0.weight.shape, model.d1.weight.shape, model.d2.weight.shape])
+    torch.testing.assert_close(got, model(x), rtol=1e-5, atol=1e-6)
+
+
 def _assign_reference(out, new, shift):
     out = out.clone()
     for b, t in enumerate(shift.tolist()):

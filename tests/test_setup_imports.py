@@ -43,7 +43,7 @@ def test_deferral_is_undone():
     functions answered by the stand-in get the real wrapper, and torch.compile works."""
     out = _run("""
         import sys, torch
-        from fastism_torch.capture import dynamo_import_deferred, _DynamoStub
+        from fastism_torch.deferred_dynamo import dynamo_import_deferred, _DynamoStub
         a = torch.empty(3, 4, device="meta")
         with dynamo_import_deferred():
             stub = sys.modules["torch._dynamo"]
@@ -67,7 +67,7 @@ def test_deferral_is_undone():
 def test_stub_forwards_other_attributes():
     out = _run("""
         import sys, torch
-        from fastism_torch.capture import dynamo_import_deferred, _DynamoStub
+        from fastism_torch.deferred_dynamo import dynamo_import_deferred, _DynamoStub
         with dynamo_import_deferred():
             import torch._dynamo
             reset = torch._dynamo.reset                   # anything but disable: the real module
@@ -82,7 +82,7 @@ def test_submodules_import_inside_the_block():
     """A model (or PyTorch) importing ``torch._dynamo``'s submodules inside the block gets the real ones."""
     out = _run("""
         import sys, torch
-        from fastism_torch.capture import dynamo_import_deferred, _DynamoStub
+        from fastism_torch.deferred_dynamo import dynamo_import_deferred, _DynamoStub
         with dynamo_import_deferred():
             from torch._dynamo.utils import counters
             import torch._dynamo.config
