@@ -65,6 +65,10 @@ def parse_args(argv=None):
     p.add_argument("--repeat", type=int, default=2,
                    help="steady-state calls of FastISM and tangermeme (whole calls, set-up included); the "
                         "fastest counts (a shared machine's noise)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="measure each row this many times (FastISM, naive, tangermeme again each round) and report "
+                        "the round with the median FastISM × naive, with the range over rounds: on a shared machine "
+                        "the 2-thread rows move by ±15%% between runs")
     p.add_argument("--threads", default=None, help="comma-separated torch.set_num_threads values (default: torch's). "
                    "On a small machine shared with other work, 1 avoids thread-pool stalls of up to 100x on small ops")
     p.add_argument("--profile", action="store_true",
@@ -135,6 +139,21 @@ def profile_fastism(model, seqs, device, top: int = 8) -> str:
     return "; ".join(parts + [f"other ops {rest / 1e6 / seqs.shape[0]:.3f} s ({100 * rest / total:.0f}%)"])
 
 
+def speedup(r: dict) -> float | None:
+    return r["naive"].per_seq / r["fast"].per_seq if r.get("fast") and r.get("naive") else None
+
+
+def median_round(rounds: list[dict]) -> dict:
+    """The round with the median FastISM × naive (the lower middle one for an even count), with the range over
+    all rounds in ``res["rounds"]``."""
+    if len(rounds) == 1 or speedup(rounds[0]) is None:
+        return rounds[0]
+    ranked = sorted(rounds, key=speedup)
+    res = dict(ranked[(len(ranked) - 1) // 2])
+    res["rounds"] = [speedup(r) for r in rounds]
+    return res
+
+
 def table(results: list[dict], n_seqs: int) -> str:
     headers = ["model", "L", "threads", "naive batch", "naive s/seq", "FastISM s/seq", "FastISM set-up s", "tangermeme s/seq",
                "tangermeme set-up s", "FastISM × naive", "tangermeme × naive", "MAC ratio (bound)",
@@ -163,9 +182,11 @@ def table(results: list[dict], n_seqs: int) -> str:
             f"{r['fast'].extra['macs']['fast_macs_per_mutation'] / 1e6:.2f} M recomputed per mutation; FastISM "
             f"build {r['fast'].extra['build_s']:.2f} s, first call {r['fast'].extra['first_call_s']:.2f} s"
             for r in results if r.get("fast")]
+    spread = [f"- {r['model']} L={r['L']}, {r['threads']} thread(s): FastISM × naive over {len(r['rounds'])} rounds "
+              f"(median in the table): " + ", ".join(f"{x:.2f}" for x in r["rounds"]) for r in results if r.get("rounds")]
     profiles = [f"- {r['model']} L={r['L']}, {r['threads']} thread(s), FastISM self CPU time per sequence by op "
                 f"(torch.profiler, one steady call): {r['profile']}" for r in results if r.get("profile")]
-    return common.markdown_table(headers, rows) + "\n\n" + "\n".join(macs + notes + profiles) + "\n"
+    return common.markdown_table(headers, rows) + "\n\n" + "\n".join(spread + macs + notes + profiles) + "\n"
 
 
 def main(argv=None):
@@ -183,13 +204,13 @@ def main(argv=None):
         for length in lengths:
             for name in args.models.split(","):
                 print(f"{name} L={length} threads={n_threads}", flush=True)
-                results.append(bench_model(name, length, args, device))
+                results.append(median_round([bench_model(name, length, args, device) for _ in range(args.rounds)]))
     load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     body = (f"Full saturation mutagenesis (3 alternative bases × L positions), {args.n_seqs} random sequences, "
             f"seconds per sequence (× = times faster). Batch sizes: FastISM {args.fast_batch or 'auto'}, naive "
             f"{args.naive_batch} (NaiveISM; 'auto' = measured on the call's first batches, size in the table), "
             f"tangermeme {args.tm_batch}; BPNet profile head: {args.bpnet_head}. FastISM and tangermeme: fastest "
-            f"of {args.repeat} steady-state calls; naive: one call. Load average at the end: {load_end:.2f}.\n\n"
+            f"of {args.repeat} steady-state calls; naive: one call; rounds per row: {args.rounds}. Load average at the end: {load_end:.2f}.\n\n"
             + table(results, args.n_seqs))
     print(body)
     if args.out:

@@ -27,6 +27,14 @@ def test_bench_cpu_tiny(tmp_path):
     assert "torch.profiler" in text and "(measured)" not in text          # 3 x 48 edits: too few to tune
 
 
+def test_bench_cpu_reports_the_median_round():
+    from types import SimpleNamespace as NS
+    rounds = [{"fast": NS(per_seq=1.0), "naive": NS(per_seq=x), "tag": x} for x in (5.0, 3.0, 4.0, 6.0)]
+    res = bench_cpu.median_round(rounds)
+    assert res["tag"] == 4.0 and res["rounds"] == [5.0, 3.0, 4.0, 6.0]      # lower middle of 3, 4, 5, 6
+    assert bench_cpu.median_round(rounds[:1]) is rounds[0]
+
+
 @pytest.mark.parametrize("methods", ["fast_eager,naive_eager"])
 def test_bench_gpu_tiny_on_cpu(tmp_path, methods):
     out = tmp_path / "RESULTS.md"
