@@ -11,6 +11,12 @@ from fastism_torch.kernels import ops  # noqa: F401  (registers the ops)
 from helpers import random_onehot, scale_weights
 
 
+def edit_graph_targets(fast) -> list:
+    """The targets of every node of ``fast``'s edit graph for its change ranges (all segments)."""
+    module = fast._engine(fast.change_ranges).edit.module
+    return [n.target for m in module.modules() if isinstance(m, torch.fx.GraphModule) for n in m.graph.nodes]
+
+
 class _Record(TorchDispatchMode):
     """Keeps the first call of each fastism op (its arguments cloned)."""
 
@@ -140,8 +146,7 @@ def test_dense_layers_of_the_edit_graph_use_the_kernel_linear(static, monkeypatc
     monkeypatch.setattr(ft.FastISM, "static_kernels", static)
     model = scale_weights(_Head())
     fast = ft.FastISM(model, 40)
-    module = fast._engine(fast.change_ranges).edit.module
-    targets = [n.target for m in module.modules() if isinstance(m, torch.fx.GraphModule) for n in m.graph.nodes]
+    targets = edit_graph_targets(fast)
     n_kernel = sum(t is kernels.linear for t in targets)
     assert n_kernel == (0 if static else 2), targets
     x = random_onehot(2, 40)
@@ -211,8 +216,7 @@ def test_relu_runs_in_place_only_on_a_convolution_output_nobody_else_reads(stati
     monkeypatch.setattr(ft.FastISM, "static_kernels", static)
     model = scale_weights(_ConvRelu())
     fast = ft.FastISM(model, 30)
-    module = fast._engine(fast.change_ranges).edit.module
-    targets = [n.target for m in module.modules() if isinstance(m, torch.fx.GraphModule) for n in m.graph.nodes]
+    targets = edit_graph_targets(fast)
     assert targets.count(torch.relu_) == (0 if static else 1), targets
     x = random_onehot(3, 30)
     torch.testing.assert_close(fast.saturation_mutagenesis(x), ft.NaiveISM(model, 30).saturation_mutagenesis(x),
