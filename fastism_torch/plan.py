@@ -148,14 +148,14 @@ def _full_gathers(node: fx.Node, infos: dict, nodes: dict) -> list:
     """The gathers a node that runs in full (or the output) needs: each windowed input in full, or, for an
     incremental mean / dense layer, the reference's running sums / reference window."""
     dec = infos[node].decision if node.op != "output" else None
-    inc = {Kind.INC_MEAN: GatherKind.SUM, Kind.INC_LINEAR: GatherKind.REF}.get(dec.kind if dec else None)
+    kind = dec.kind if dec is not None else None
     out = []
     for x in node.all_input_nodes:
         if infos[x].state == State.WINDOW:
             r = nodes[x.name]
-            kind = inc if inc is not None and x in dec.reads else GatherKind.FULL
-            out.append(Gather(node.name, x.name, kind, IDENTITY, r.laxis, r.length, (0, 0), State.WINDOW))
-    if inc == GatherKind.REF:            # a dense layer reads its window through a flatten (not one of its inputs)
+            gk = GatherKind.SUM if kind == Kind.INC_MEAN and x in dec.reads else GatherKind.FULL
+            out.append(Gather(node.name, x.name, gk, IDENTITY, r.laxis, r.length, (0, 0), State.WINDOW))
+    if kind == Kind.INC_LINEAR:          # a dense layer reads its window through a flatten (not one of its inputs)
         r = nodes[next(iter(dec.reads)).name]
         out.append(Gather(node.name, r.name, GatherKind.REF, IDENTITY, r.laxis, r.length, (0, 0), State.WINDOW))
     return out
