@@ -197,6 +197,29 @@ def test_assign_shifted_matches_a_loop(shift, many_runs, monkeypatch):
     assert torch.equal(out, want)
 
 
+@pytest.mark.parametrize("shift", [[3] * 6, [-2] * 4, [5] * 4, [0, 0, 1, 1, 2, 2], [20] * 3])
+@pytest.mark.parametrize("halo_min", [1, 10 ** 9])          # halo columns only / the whole window
+@pytest.mark.parametrize("add", [False, True])
+def test_gather_window_matches_a_loop(shift, halo_min, add, monkeypatch):
+    """``cache`` windows with the recomputed values written over them, whether the window is read whole or
+    only around the recomputed middle (also when that middle is clipped by the window or misses it)."""
+    from fastism_torch.kernels import gather
+    monkeypatch.setattr(gather, "HALO_MIN", halo_min)
+    g = torch.Generator().manual_seed(len(shift) + shift[0])
+    n_edits, width, win = len(shift), 11, 7
+    cache = torch.randn(3, 5, 30, generator=g)
+    seq, start = torch.randint(0, 3, (n_edits,), generator=g), torch.randint(0, 30 - width, (n_edits,), generator=g)
+    a, b = torch.randn(2, n_edits, 5, win, generator=g)
+    shift = torch.tensor(shift)
+    whole = torch.stack([cache[s, :, r:r + width] for s, r in zip(seq.tolist(), start.tolist())])
+    want = _assign_reference(whole, a + b if add else a, shift)
+    if add:
+        got = gather.gather_window_add(cache, a, b, seq, start, shift, width, 2, (5,), 2)
+    else:
+        got = gather.gather_window(cache, a, seq, start, shift, width, 2, (5,), 2)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
 class _ConvRelu(nn.Module):
     """``relu(conv(x))`` twice; the second convolution's output is also read by a residual add."""
 

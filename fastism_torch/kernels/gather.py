@@ -7,11 +7,12 @@ before a stop point is the same with ``r_b = 0, W = L``.
 
 The gather reads whole runs of ``W`` positions per (edit, feature) with one ``index_select`` over an overlapping
 strided view of the cache (:func:`window_rows`), so the result is already laid out for the next convolution (no
-transposing copy).  The slice-assign groups edits by where their recomputed window lands (one offset for all
-interior positions, a few more at the edges) and copies each group with one ``index_copy_`` along the batch
-axis; a residual sum right before a gather is written straight into the gathered window
-(:func:`gather_window_add`).  Global mean/sum pooling reads the reference window's sum from running sums
-(:func:`inc_mean_prefix`) instead of gathering the window.
+transposing copy); where the recomputed values cover a wide middle of the window, only the halo columns around
+it are read from the cache (:func:`halo_rows`).  The slice-assign groups edits by where their recomputed window
+lands (one offset for all interior positions, a few more at the edges) and copies each group with one slice
+copy or ``index_copy_`` along the batch axis; a residual sum right before a gather is written straight into the
+gathered window (:func:`gather_window_add`).  Global mean/sum pooling reads the reference window's sum from
+running sums (:func:`inc_mean_prefix`) instead of gathering the window.
 """
 from __future__ import annotations
 
@@ -44,10 +45,17 @@ def gather_window(cache: torch.Tensor, new: torch.Tensor | None, seq_idx: torch.
 
     Returns ``(B, *feat_shape)`` with the window inserted along ``laxis``.
     """
-    out = window_rows(cache, seq_idx, start, width)                          # (B, F, width), contiguous
-    if new is not None:
+    if new is None:
+        out = window_rows(cache, seq_idx, start, width)                      # (B, F, width), contiguous
+    else:
         nv = _as_3d(new.movedim(new_laxis, -1))                             # (B, F, Win)
-        assign_shifted(out, nv, shift)
+        t = _one_shift(shift)
+        lo, hi = (max(t, 0), min(t + nv.shape[-1], width)) if t is not None else (0, 0)
+        out = halo_rows(cache, seq_idx, start, width, lo, hi)
+        if lo < hi:
+            out[:, :, lo:hi] = nv[:, :, lo - t:hi - t]
+        else:
+            assign_shifted(out, nv, shift)
     out = out.view(out.shape[0], *feat_shape, width)
     return out.movedim(-1, laxis)
 
@@ -59,19 +67,45 @@ def gather_window_add(cache: torch.Tensor, a: torch.Tensor, b: torch.Tensor, seq
     straight into the gathered window: one pass over the recomputed positions instead of three (add, then
     copy), no intermediate.  Applies when every edit's window lands at one offset and ``a`` and ``b`` are
     ``(B, F, W)`` of one dtype; otherwise the sum is formed first, as the graph said."""
-    out = window_rows(cache, seq_idx, start, width)
-    if (a.dim() == 3 and a.shape == b.shape and laxis == new_laxis == 2 and a.dtype == b.dtype == out.dtype
-            and tuple(feat_shape) == (out.shape[1],)):
-        shifts = torch.unique(shift)
-        if len(shifts) == 1:
-            t, win = int(shifts[0]), a.shape[-1]
+    if (a.dim() == 3 and a.shape == b.shape and laxis == new_laxis == 2 and a.dtype == b.dtype == cache.dtype
+            and tuple(feat_shape) == (cache.shape[1],)):
+        t = _one_shift(shift)
+        if t is not None:
+            win = a.shape[-1]
             lo, hi = max(t, 0), min(t + win, width)
+            out = halo_rows(cache, seq_idx, start, width, lo, hi)
             if lo < hi:
                 torch.add(a[:, :, lo - t:hi - t], b[:, :, lo - t:hi - t], out=out[:, :, lo:hi])
             return out
-    assign_shifted(out, _as_3d((a + b).movedim(new_laxis, -1)), shift)
-    out = out.view(out.shape[0], *feat_shape, width)
-    return out.movedim(-1, laxis)
+    return gather_window(cache, a + b, seq_idx, start, shift, width, laxis, feat_shape, new_laxis)
+
+
+def _one_shift(shift: torch.Tensor) -> int | None:
+    """The shift every edit of the batch shares, or None (reads it on the host: eager kernels only)."""
+    runs = torch.unique_consecutive(shift)
+    return int(runs[0]) if len(runs) == 1 else None
+
+
+def halo_rows(cache: torch.Tensor, seq_idx: torch.Tensor, start: torch.Tensor, width: int, lo: int,
+              hi: int) -> torch.Tensor:
+    """:func:`window_rows` where columns ``[lo, hi)`` will be overwritten: only the halo columns ``[0, lo)``
+    and ``[hi, width)`` are read from the cache, each with one ``index_select`` written straight into the
+    window (the recomputed middle of a wide window is not copied twice: BPNet's last dilated layers), when
+    the middle is at least ``HALO_MIN`` wide; otherwise the whole window (fewer, longer rows)."""
+    n, f, lp = cache.shape
+    if hi - lo < HALO_MIN or not cache.is_contiguous() or f == 0 or width > lp:
+        return window_rows(cache, seq_idx, start, width)
+    out = cache.new_empty((len(seq_idx), f, width))
+    base = seq_idx * (f * lp) + start
+    for a, b in ((0, lo), (hi, width)):
+        if a < b:
+            rows = cache.as_strided((n * f * lp - (f - 1) * lp - (b - a) + 1, f, b - a), (1, lp, 1),
+                                    cache.storage_offset())
+            torch.index_select(rows, 0, base + a, out=out[:, :, a:b])
+    return out
+
+
+HALO_MIN = 16           # recomputed middles at least this wide: gather only the halo columns
 
 
 def window_rows(cache: torch.Tensor, seq_idx: torch.Tensor, start: torch.Tensor, width: int) -> torch.Tensor:
