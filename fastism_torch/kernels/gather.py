@@ -99,9 +99,7 @@ def halo_rows(cache: torch.Tensor, seq_idx: torch.Tensor, start: torch.Tensor, w
     base = seq_idx * (f * lp) + start
     for a, b in ((0, lo), (hi, width)):
         if a < b:
-            rows = cache.as_strided((n * f * lp - (f - 1) * lp - (b - a) + 1, f, b - a), (1, lp, 1),
-                                    cache.storage_offset())
-            torch.index_select(rows, 0, base + a, out=out[:, :, a:b])
+            torch.index_select(_overlapping_rows(cache, b - a), 0, base + a, out=out[:, :, a:b])
     return out
 
 
@@ -118,8 +116,14 @@ def window_rows(cache: torch.Tensor, seq_idx: torch.Tensor, start: torch.Tensor,
     n, f, lp = cache.shape
     if not cache.is_contiguous() or f == 0 or width > lp:
         return cache.unfold(2, width, 1)[seq_idx, :, start]
-    rows = cache.as_strided((n * f * lp - (f - 1) * lp - width + 1, f, width), (1, lp, 1), cache.storage_offset())
-    return rows.index_select(0, seq_idx * (f * lp) + start)
+    return _overlapping_rows(cache, width).index_select(0, seq_idx * (f * lp) + start)
+
+
+def _overlapping_rows(cache: torch.Tensor, width: int) -> torch.Tensor:
+    """A view of the contiguous ``(N, F, Lp)`` cache whose row ``o`` is the ``(F, width)`` window starting at flat
+    offset ``o`` (row ``s * F * Lp + r``: sequence ``s``, positions ``[r, r + width)``)."""
+    n, f, lp = cache.shape
+    return cache.as_strided((n * f * lp - (f - 1) * lp - width + 1, f, width), (1, lp, 1), cache.storage_offset())
 
 
 def assign_shifted(out: torch.Tensor, new: torch.Tensor, shift: torch.Tensor) -> None:
