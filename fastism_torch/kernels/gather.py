@@ -49,13 +49,15 @@ def gather_window(cache: torch.Tensor, new: torch.Tensor | None, seq_idx: torch.
         out = window_rows(cache, seq_idx, start, width)                      # (B, F, width), contiguous
     else:
         nv = _as_3d(new.movedim(new_laxis, -1))                             # (B, F, Win)
-        t = _one_shift(shift)
-        lo, hi = (max(t, 0), min(t + nv.shape[-1], width)) if t is not None else (0, 0)
-        out = halo_rows(cache, seq_idx, start, width, lo, hi)
-        if lo < hi:
-            out[:, :, lo:hi] = nv[:, :, lo - t:hi - t]
-        else:
+        placed = _one_placement(shift, nv.shape[-1], width)
+        if placed is None:
+            out = window_rows(cache, seq_idx, start, width)
             assign_shifted(out, nv, shift)
+        else:
+            t, lo, hi = placed
+            out = halo_rows(cache, seq_idx, start, width, lo, hi)
+            if lo < hi:
+                out[:, :, lo:hi] = nv[:, :, lo - t:hi - t]
     out = out.view(out.shape[0], *feat_shape, width)
     return out.movedim(-1, laxis)
 
@@ -69,10 +71,9 @@ def gather_window_add(cache: torch.Tensor, a: torch.Tensor, b: torch.Tensor, seq
     ``(B, F, W)`` of one dtype; otherwise the sum is formed first, as the graph said."""
     if (a.dim() == 3 and a.shape == b.shape and laxis == new_laxis == 2 and a.dtype == b.dtype == cache.dtype
             and tuple(feat_shape) == (cache.shape[1],)):
-        t = _one_shift(shift)
-        if t is not None:
-            win = a.shape[-1]
-            lo, hi = max(t, 0), min(t + win, width)
+        placed = _one_placement(shift, a.shape[-1], width)
+        if placed is not None:
+            t, lo, hi = placed
             out = halo_rows(cache, seq_idx, start, width, lo, hi)
             if lo < hi:
                 torch.add(a[:, :, lo - t:hi - t], b[:, :, lo - t:hi - t], out=out[:, :, lo:hi])
@@ -80,10 +81,15 @@ def gather_window_add(cache: torch.Tensor, a: torch.Tensor, b: torch.Tensor, seq
     return gather_window(cache, a + b, seq_idx, start, shift, width, laxis, feat_shape, new_laxis)
 
 
-def _one_shift(shift: torch.Tensor) -> int | None:
-    """The shift every edit of the batch shares, or None (reads it on the host: eager kernels only)."""
+def _one_placement(shift: torch.Tensor, win: int, width: int) -> tuple[int, int, int] | None:
+    """``(t, lo, hi)`` when every edit of the batch shares the shift ``t``: its ``win`` recomputed positions
+    land on columns ``[lo, hi)`` of the ``width``-wide window (empty when they miss it); None when the shifts
+    differ.  Reads the shifts on the host: eager kernels only."""
     runs = torch.unique_consecutive(shift)
-    return int(runs[0]) if len(runs) == 1 else None
+    if len(runs) != 1:
+        return None
+    t = int(runs[0])
+    return t, max(t, 0), min(t + win, width)
 
 
 def halo_rows(cache: torch.Tensor, seq_idx: torch.Tensor, start: torch.Tensor, width: int, lo: int,
@@ -92,9 +98,9 @@ def halo_rows(cache: torch.Tensor, seq_idx: torch.Tensor, start: torch.Tensor, w
     and ``[hi, width)`` are read from the cache, each with one ``index_select`` written straight into the
     window (the recomputed middle of a wide window is not copied twice: BPNet's last dilated layers), when
     the middle is at least ``HALO_MIN`` wide; otherwise the whole window (fewer, longer rows)."""
-    n, f, lp = cache.shape
-    if hi - lo < HALO_MIN or not cache.is_contiguous() or f == 0 or width > lp:
+    if hi - lo < HALO_MIN or not _has_row_view(cache, width):
         return window_rows(cache, seq_idx, start, width)
+    n, f, lp = cache.shape
     out = cache.new_empty((len(seq_idx), f, width))
     base = seq_idx * (f * lp) + start
     for a, b in ((0, lo), (hi, width)):
@@ -113,10 +119,15 @@ def window_rows(cache: torch.Tensor, seq_idx: torch.Tensor, start: torch.Tensor,
     starting at flat offset ``o``): a copy of whole runs of ``width`` positions, measured 3-4x faster on the
     CPU than advanced indexing of ``cache.unfold(2, width, 1)`` (an element-wise gather).
     """
-    n, f, lp = cache.shape
-    if not cache.is_contiguous() or f == 0 or width > lp:
+    if not _has_row_view(cache, width):
         return cache.unfold(2, width, 1)[seq_idx, :, start]
+    n, f, lp = cache.shape
     return _overlapping_rows(cache, width).index_select(0, seq_idx * (f * lp) + start)
+
+
+def _has_row_view(cache: torch.Tensor, width: int) -> bool:
+    """Whether :func:`_overlapping_rows` applies: a contiguous cache with features, windows no longer than it."""
+    return cache.is_contiguous() and cache.shape[1] > 0 and width <= cache.shape[2]
 
 
 def _overlapping_rows(cache: torch.Tensor, width: int) -> torch.Tensor:
