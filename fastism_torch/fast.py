@@ -31,6 +31,11 @@ def _compiled(module, mode):
     return call
 
 
+MAX_BATCH = 1 << 16
+MAX_BATCH_WITH_TAIL = 512   # a tail in chunks frees memory, but a batch spans batch/3 positions whose windows
+#                             share one width (the widest): larger groups recompute more at the edges
+
+
 class FastISM(ISMBase):
     """Fast, exact ISM: recompute only the positions each mutation can reach.
 
@@ -176,27 +181,43 @@ class FastISM(ISMBase):
     def _output_nodes(self):
         return next(n for n in self.gm.graph.nodes if n.op == "output").all_input_nodes
 
-    def _per_edit_bytes(self, plan) -> int:
-        """Activation bytes one edit needs in the edit graph (windows, gathers, full tensors after stops)."""
+    def _per_edit_bytes(self, plan, nodes=None, full: bool = True) -> int:
+        """Activation bytes one edit needs in the edit graph: windows of the windowed ``nodes`` (default all),
+        and with ``full`` the full tensors after stops."""
         per_edit = 0.0
         for r in plan.nodes.values():
+            if nodes is not None and r.name not in nodes:
+                continue
             shape = self._shape(r.name)
             feat = int(np.prod([s for i, s in enumerate(shape) if i not in (0, r.laxis)]))
             per_edit += feat * (float((r.hi - r.lo).max()) + 1)
         for n in self.gm.graph.nodes:
             tm = n.meta.get("tensor_meta")
-            if self.infos[n].state == State.FULL and tm is not None and hasattr(tm, "shape"):
+            if full and self.infos[n].state == State.FULL and tm is not None and hasattr(tm, "shape"):
                 per_edit += int(np.prod(tm.shape[1:]))
         return int(8 * per_edit) + 64          # float32, x2 for gathered copies and conv workspaces
 
-    def _auto_batch(self, plan) -> int:
+    def _auto_batch(self, ex) -> int:
+        """Edits per batch: :attr:`memory_budget` of activations on the CPU (where the executor runs a wide
+        tail in chunks, the budget of the segments before it), 40% of the free memory on a GPU."""
         if self.batch_size:
             return self.batch_size
         budget = self.memory_budget
         if self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
             budget = int(free * 0.4)
-        return int(np.clip(budget // self._per_edit_bytes(plan), 16, 1 << 16))
+        if ex.tail is None:
+            return int(np.clip(budget // self._per_edit_bytes(ex.plan), 16, MAX_BATCH))
+        head = set(ex.plan.nodes) - ex.tail_nodes
+        return int(np.clip(budget // self._per_edit_bytes(ex.plan, head, full=False), 16, MAX_BATCH_WITH_TAIL))
+
+    def _tail_chunk(self, ex) -> int:
+        """Edits per chunk of the executor's tail (:meth:`Executor.tail_chunk`), at most what
+        :attr:`memory_budget` holds of the tail's activations."""
+        if ex.tail is None:
+            return 0
+        fits = self.memory_budget // self._per_edit_bytes(ex.plan, ex.tail_nodes)
+        return int(max(1, min(ex.tail_chunk(torch.get_num_threads()), fits)))
 
     def _shape(self, name):
         return tuple(self._nodes[name].meta["tensor_meta"].shape)
@@ -205,7 +226,7 @@ class FastISM(ISMBase):
         ex = self._engine(ranges)
         with self._precision():
             ref = ex.reference(inp.args)
-            batch = self._auto_batch(ex.plan)
+            batch, chunk = self._auto_batch(ex), self._tail_chunk(ex)
             done = np.zeros(len(edits.seq), dtype=bool)
             graphs = _compiled_graphs() if self.compile else 0      # (imports torch._dynamo)
             while not done.all():
@@ -213,7 +234,7 @@ class FastISM(ISMBase):
                 part = edits if len(todo) == len(done) else edits.subset(todo)
                 part_done = np.zeros(len(todo), dtype=bool)
                 try:
-                    ex.run(ref, part, batch, sinks, part_done, bar)
+                    ex.run(ref, part, batch, sinks, part_done, bar, chunk)
                 except Exception as e:
                     if not is_out_of_memory(e):
                         raise

@@ -36,6 +36,7 @@ class EditModule:
     start_nodes: dict          # inc_linear node name -> window node whose starts are an input
     static: bool = False       # sync-free, static-shape kernels (GPUs, torch.compile)
     inputs: tuple = ()         # the edit graph's placeholder names: what the executor feeds
+    segment_gathers: tuple = ()  # plan gather that starts segment ``submod_{i}`` (None: segment 0, no gather)
 
 
 # The edit graph's placeholder names: made here, fed by execute.Executor (one home for the convention).
@@ -67,6 +68,7 @@ def span_input(name: str) -> str:
     return f"span_{name}"
 
 
+GATHER_META = "fastism_gather"           # node.meta key: the plan gather a gather node implements
 GATHER_OPS = (torch.ops.fastism.gather_window, kernels.gather_window_static, torch.ops.fastism.gather_window_add)
 ADDS = (operator.add, torch.add)
 
@@ -117,9 +119,11 @@ class _Builder:
             new, shift = self.env[src_node], self.input(gather_input(k, "shift"))
         shape = list(src_node.meta["tensor_meta"].shape)
         feat = [s for i, s in enumerate(shape) if i not in (0, ga.laxis)]
-        return g.call_function(GATHER_OPS[int(self.static)], (
+        node = g.call_function(GATHER_OPS[int(self.static)], (
             src, new, self.input(gather_input(k, "seq")), self.input(gather_input(k, "start")), shift,
             self.input(gather_input(k, "width")), ga.laxis, feat, ga.laxis))
+        node.meta[GATHER_META] = k
+        return node
 
     def mapped(self, node: fx.Node, kind: GatherKind):
         """``node``'s args and kwargs in the edit graph: each input gathered (if the plan says so) or mapped."""
@@ -191,7 +195,8 @@ def build_edit_module(gm: fx.GraphModule, infos: dict, plan: Plan, seq_node: fx.
     b.graph.lint()
     module = fx.GraphModule(b.root, b.graph, class_name="FastISMEditGraph")
     inputs = tuple(n.target for n in b.graph.nodes if n.op == "placeholder")   # the call's keyword names
-    return EditModule(split_segments(module), b.static_inputs, b.ref_nodes, b.start_nodes, static, inputs)
+    starts = (None, *(n.meta.get(GATHER_META) for n in b.graph.nodes if n.target in GATHER_OPS))
+    return EditModule(split_segments(module), b.static_inputs, b.ref_nodes, b.start_nodes, static, inputs, starts)
 
 
 def fuse_adds_into_gathers(g: fx.Graph) -> None:
@@ -208,6 +213,7 @@ def fuse_adds_into_gathers(g: fx.Graph) -> None:
         with g.inserting_before(node):
             fused = g.call_function(torch.ops.fastism.gather_window_add,
                                     (cache, *new.args, seq_idx, start, shift, width, laxis, feat, new_laxis))
+        fused.meta.update(node.meta)
         node.replace_all_uses_with(fused)
         g.erase_node(node)
         g.erase_node(new)
@@ -266,3 +272,45 @@ def split_segments(module: fx.GraphModule) -> fx.GraphModule:
     module.recompile()
     from torch.fx.passes.split_module import split_module
     return split_module(module, module, lambda n: seg[n], keep_original_order=True)
+
+
+@dataclass(frozen=True)
+class TailSplit:
+    """The split edit graph cut before segment ``first``: :attr:`head` runs on the whole batch and returns the
+    values the rest reads; :attr:`tail` runs that rest on any slice of the batch's rows (a chunk whose
+    activations stay in the CPU's caches: BPNet's last dilated layers move windows of 64 x 1285 floats per
+    edit)."""
+    head: fx.GraphModule      # the feed -> a tuple: the values named ``carried``
+    tail: fx.GraphModule      # keyword inputs: the feed names it reads and ``carried`` -> the outputs
+    carried: tuple            # node names of the head's outputs, in order
+    feed: tuple               # feed names the tail reads
+
+
+def split_tail(module: fx.GraphModule, first: int) -> TailSplit | None:
+    """Cut the split edit graph (:func:`split_segments`) before its call of segment ``first``; None when no
+    segment from ``first`` on is called."""
+    g = module.graph
+    nodes = list(g.nodes)
+    cut = next((i for i, n in enumerate(nodes) if n.op == "call_module" and n.target.startswith("submod_")
+                and int(n.target.split("_")[1]) >= first), None)
+    if cut is None:
+        return None
+    placeholders = [n for n in nodes if n.op == "placeholder"]
+    body = [n for n in nodes[:cut] if n.op not in ("placeholder", "output")]
+    rest = [n for n in nodes[cut:] if n.op != "placeholder"]
+    reads = {x for n in rest for x in n.all_input_nodes}
+    carried = [n for n in body if n in reads]
+    feed = [n for n in placeholders if n in reads]
+
+    head, env = fx.Graph(), {}
+    for n in placeholders + body:
+        env[n] = head.node_copy(n, env.__getitem__)
+    head.output(tuple(env[n] for n in carried))
+    tail, env = fx.Graph(), {}
+    for n in feed + carried:
+        env[n] = tail.placeholder(n.name)
+    for n in rest:
+        env[n] = tail.node_copy(n, env.__getitem__)
+    return TailSplit(fx.GraphModule(module, head, class_name="FastISMEditHead"),
+                     fx.GraphModule(module, tail, class_name="FastISMEditTail"),
+                     tuple(n.name for n in carried), tuple(n.target for n in feed))

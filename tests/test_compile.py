@@ -51,7 +51,7 @@ def test_user_batch_size_that_does_not_fit_gets_a_message(monkeypatch):
 def test_out_of_memory_halves_the_batch_and_keeps_what_is_done(monkeypatch):
     m = small_model()
     fast = ft.FastISM(m, 64)
-    monkeypatch.setattr(fast, "_auto_batch", lambda plan: 48)
+    monkeypatch.setattr(fast, "_auto_batch", lambda ex: 48)
     ex = fast._engine(fast.change_ranges)
     real, calls = ex.edit.module, []
 

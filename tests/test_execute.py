@@ -188,3 +188,60 @@ def test_precision_policy_sets_and_restores_the_switches(tf32):
     finally:
         torch.backends.cudnn.allow_tf32 = before[0]
         torch.set_float32_matmul_precision(before[1])
+
+
+class WideTail(nn.Module):
+    """Dilated residual layers (windows widen layer by layer), a control track added in the tail (a gather of
+    another input's rows), a profile head and a global-mean head."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 8, 5, padding=2)
+        self.dilated = nn.ModuleList(nn.Conv1d(8, 8, 3, padding=d, dilation=d) for d in (1, 2, 4, 8))
+        self.ctrl = nn.Conv1d(2, 8, 3, padding=1)
+        self.profile = nn.Conv1d(8, 2, 5, padding=2)
+        self.counts = nn.Linear(8, 2)
+
+    def forward(self, x, control):
+        h = torch.relu(self.conv(x))
+        for conv in self.dilated:
+            h = h + torch.relu(conv(h))
+        h = h + self.ctrl(control)
+        return self.profile(h), self.counts(h.mean(-1))
+
+
+def test_wide_tail_runs_in_chunks_of_rows_and_matches_naive(monkeypatch):
+    """With one thread, the segments from the first wide window on run on chunks of each batch's rows (the
+    head once per batch): per-edit inputs sliced, caches whole, a control track's row numbers counted from
+    the chunk; the results equal naive ISM's."""
+    import dataclasses
+
+    from fastism_torch import execute
+    monkeypatch.setattr(execute, "TAIL_MIN_BYTES", 1)
+    L, threads = 48, torch.get_num_threads()
+    model = scale_weights(WideTail())
+    g = torch.Generator().manual_seed(5)
+    x, control = random_onehot(3, L), torch.randn(3, 2, L, generator=g)
+    fast = ft.FastISM(model, L, batch_size=50, test_correctness=False)
+    fast([x, control])
+    ex = fast._engine(fast.change_ranges)
+    assert ex.tail is not None and ex.tail_nodes and ex.rebased
+    monkeypatch.setattr(execute, "TAIL_CHUNK_BYTES", 7 * ex.tail_window)      # 7 edits per chunk
+    chunk = ex.tail_chunk(1)
+    assert chunk == 7 and ex.tail_chunk(2) >= 50
+    rows = []
+
+    def spy(**feed):
+        rows.append(feed["values"].shape[0] if "values" in feed else len(next(
+            v for k, v in feed.items() if k in ex.rebased)))
+        return real(**feed)
+    real = ex.tail.tail
+    ex.tail = dataclasses.replace(ex.tail, tail=spy)
+    torch.set_num_threads(1)
+    try:
+        out = fast.saturation_mutagenesis([x, control])
+    finally:
+        torch.set_num_threads(threads)
+    assert rows and max(rows) <= chunk and len(rows) > 3 * L * 3 // 50
+    from helpers import assert_close_to_naive
+    assert_close_to_naive(out, ft.NaiveISM(model, L).saturation_mutagenesis([x, control]))
