@@ -177,6 +177,10 @@ class Executor:
             yield 0, as_output_list(self.edit.module(**feed))
             return
         carried = dict(zip(split.carried, split.head(**feed)))
+        rows = len(feed[VALUES])
+        if any(not isinstance(v, torch.Tensor) or v.dim() == 0 or len(v) != rows for v in carried.values()):
+            yield 0, as_output_list(split.tail(**{k: feed[k] for k in split.feed}, **carried))   # not per-edit rows
+            return
         for r0 in range(0, n, chunk):
             part = {k: self._rows(k, feed[k], r0, chunk) for k in split.feed}
             part.update((k, v[r0:r0 + chunk]) for k, v in carried.items())

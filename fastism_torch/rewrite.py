@@ -69,7 +69,8 @@ def span_input(name: str) -> str:
 
 
 GATHER_META = "fastism_gather"           # node.meta key: the plan gather a gather node implements
-GATHER_OPS = (torch.ops.fastism.gather_window, kernels.gather_window_static, torch.ops.fastism.gather_window_add)
+GATHER_OPS = (torch.ops.fastism.gather_window, kernels.gather_window_static, torch.ops.fastism.gather_window_add,
+              torch.ops.fastism.gather_window_add_mean)
 ADDS = (operator.add, torch.add)
 
 
@@ -201,22 +202,45 @@ def build_edit_module(gm: fx.GraphModule, infos: dict, plan: Plan, seq_node: fx.
 
 def fuse_adds_into_gathers(g: fx.Graph) -> None:
     """``gather_window(cache, a + b, ...)`` where the sum has no other reader -> ``gather_window_add(cache, a, b,
-    ...)``: a residual block's sum is written straight into the next layer's gathered window (CPU eager form)."""
+    ...)``: a residual block's sum is written straight into the next layer's gathered window (CPU eager form).
+    A sum whose one other reader is a global mean -> ``gather_window_add_mean``, the mean summed from the
+    window (BPNet's last residual sum feeds the profile head and the counts head's mean)."""
     for node in list(g.nodes):
         if node.target is not torch.ops.fastism.gather_window:
             continue
         new = node.args[1]
         if (not isinstance(new, fx.Node) or new.op != "call_function" or new.target not in ADDS or new.kwargs
-                or len(new.args) != 2 or not all(isinstance(x, fx.Node) for x in new.args) or len(new.users) != 1):
+                or len(new.args) != 2 or not all(isinstance(x, fx.Node) for x in new.args)):
             continue
         cache, _, seq_idx, start, shift, width, laxis, feat, new_laxis = node.args
+        args = (cache, *new.args, seq_idx, start, shift, width, laxis, feat, new_laxis)
+        others = [u for u in new.users if u is not node]
+        mean = others[0] if len(others) == 1 else None
+        if others and not _mean_of(mean, new, new_laxis):
+            continue
         with g.inserting_before(node):
-            fused = g.call_function(torch.ops.fastism.gather_window_add,
-                                    (cache, *new.args, seq_idx, start, shift, width, laxis, feat, new_laxis))
-        fused.meta.update(node.meta)
+            if mean is None:
+                fused = op = g.call_function(torch.ops.fastism.gather_window_add, args)
+            else:
+                _, prefix, m_seq, m_start, ref_out, _, scale = mean.args
+                for x in (prefix, m_seq, m_start, ref_out):       # the mean's inputs, made after the gather
+                    node.prepend(x)
+                op = g.call_function(torch.ops.fastism.gather_window_add_mean,
+                                     (*args, prefix, m_seq, m_start, ref_out, scale))
+                fused = g.call_function(operator.getitem, (op, 0))
+                mean.replace_all_uses_with(g.call_function(operator.getitem, (op, 1)))
+                g.erase_node(mean)
+        op.meta.update(node.meta)
         node.replace_all_uses_with(fused)
         g.erase_node(node)
         g.erase_node(new)
+
+
+def _mean_of(node, new: fx.Node, laxis: int) -> bool:
+    """Whether ``node`` is the incremental mean of ``new`` (alone, along ``laxis``) with placeholder inputs."""
+    return (node is not None and node.target is kernels.inc_mean_prefix and node.args[0] is new and not node.kwargs
+            and node.args[5] == laxis and all(isinstance(x, fx.Node) and x.op == "placeholder"
+                                              for x in node.args[1:5]))
 
 
 def relu_in_place_after_conv(g: fx.Graph, root: torch.nn.Module) -> None:

@@ -47,19 +47,37 @@ class Net(nn.Module):
         return self.head(self.c2(h).flatten(1))
 
 
+class ProfileCounts(nn.Module):
+    """A dilated residual block whose sum feeds a profile head and a global mean (gather_window_add_mean)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c0, self.c1 = nn.Conv1d(4, 8, 5, padding=2), nn.Conv1d(8, 8, 3, padding=2, dilation=2)
+        self.profile, self.counts = nn.Conv1d(8, 2, 7, padding=3), nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.c0(x))
+        h = h + torch.relu(self.c1(h))
+        return self.profile(h), self.counts(h.mean(-1))
+
+
 def _recorded_calls():
-    fast = ft.FastISM(scale_weights(Net()), 40)
     with _Record() as rec:
-        fast.saturation_mutagenesis(random_onehot(2, 40))
+        for model in (Net(), ProfileCounts()):
+            fast = ft.FastISM(scale_weights(model), 40)
+            fast.saturation_mutagenesis(random_onehot(2, 40))
     return rec.calls
+
+
+OPS = ["gather_window", "gather_window_add", "gather_window_add_mean", "inc_linear"]
 
 
 def test_the_edit_graph_uses_the_custom_ops():
     names = {f.__name__.split(".")[0] for f in _recorded_calls()}
-    assert {"gather_window", "gather_window_add", "inc_linear"} <= names, names
+    assert set(OPS) <= names, names
 
 
-@pytest.mark.parametrize("name", ["gather_window", "gather_window_add", "inc_linear"])
+@pytest.mark.parametrize("name", OPS)
 def test_opcheck(name):
     calls = {f.__name__.split(".")[0]: c for f, c in _recorded_calls().items()}
     args, kwargs = calls[name]
@@ -218,6 +236,29 @@ def test_gather_window_matches_a_loop(shift, halo_min, add, monkeypatch):
     else:
         got = gather.gather_window(cache, a, seq, start, shift, width, 2, (5,), 2)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("shift", [[3] * 6, [0] * 3, [4] * 3, [-2] * 4, [5] * 4, [0, 0, 1, 1, 2, 2], [20] * 3])
+@pytest.mark.parametrize("halo_min", [1, 10 ** 9])
+def test_gather_window_add_mean_matches_its_two_readers(shift, halo_min, monkeypatch):
+    """The window and the mean that the fused kernel returns equal a gather of the sum and the incremental
+    mean of the sum, whether the sum lands whole inside the window (fused) or not (clipped, several shifts)."""
+    from fastism_torch.kernels import gather
+    monkeypatch.setattr(gather, "HALO_MIN", halo_min)
+    g = torch.Generator().manual_seed(len(shift) + shift[0])
+    n_edits, width, win = len(shift), 11, 7
+    cache, ref = torch.randn(3, 5, 30, generator=g), torch.randn(n_edits, 5, generator=g)
+    prefix = gather.to_prefix_sums(torch.randn(3, 5, 25, generator=g), 2)
+    seq, start = torch.randint(0, 3, (n_edits,), generator=g), torch.randint(0, 30 - width, (n_edits,), generator=g)
+    m_start = torch.randint(0, 25 - win, (n_edits,), generator=g)
+    a, b = torch.randn(2, n_edits, 5, win, generator=g)
+    shift = torch.tensor(shift)
+    window, mean = gather.gather_window_add_mean(cache, a, b, seq, start, shift, width, 2, (5,), 2, prefix, seq,
+                                                 m_start, ref, 0.5)
+    torch.testing.assert_close(window, gather.gather_window(cache, a + b, seq, start, shift, width, 2, (5,), 2),
+                               rtol=0, atol=1e-6)
+    torch.testing.assert_close(mean, gather.inc_mean_prefix(a + b, prefix, seq, m_start, ref, 2, 0.5),
+                               rtol=0, atol=1e-5)
 
 
 class _ConvRelu(nn.Module):

@@ -69,8 +69,7 @@ def gather_window_add(cache: torch.Tensor, a: torch.Tensor, b: torch.Tensor, seq
     straight into the gathered window: one pass over the recomputed positions instead of three (add, then
     copy), no intermediate.  Applies when every edit's window lands at one offset and ``a`` and ``b`` are
     ``(B, F, W)`` of one dtype; otherwise the sum is formed first, as the graph said."""
-    if (a.dim() == 3 and a.shape == b.shape and laxis == new_laxis == 2 and a.dtype == b.dtype == cache.dtype
-            and tuple(feat_shape) == (cache.shape[1],)):
+    if _adds_into_window(cache, a, b, laxis, new_laxis, feat_shape):
         placed = _one_placement(shift, a.shape[-1], width)
         if placed is not None:
             t, lo, hi = placed
@@ -79,6 +78,13 @@ def gather_window_add(cache: torch.Tensor, a: torch.Tensor, b: torch.Tensor, seq
                 torch.add(a[:, :, lo - t:hi - t], b[:, :, lo - t:hi - t], out=out[:, :, lo:hi])
             return out
     return gather_window(cache, a + b, seq_idx, start, shift, width, laxis, feat_shape, new_laxis)
+
+
+def _adds_into_window(cache: torch.Tensor, a: torch.Tensor, b: torch.Tensor, laxis: int, new_laxis: int,
+                      feat_shape) -> bool:
+    """Whether ``a + b`` can be written straight into a window of ``cache``: all ``(B, F, W)`` alike."""
+    return (a.dim() == 3 and a.shape == b.shape and laxis == new_laxis == 2 and a.dtype == b.dtype == cache.dtype
+            and tuple(feat_shape) == (cache.shape[1],))
 
 
 def _one_placement(shift: torch.Tensor, win: int, width: int) -> tuple[int, int, int] | None:
@@ -186,12 +192,41 @@ def inc_mean_prefix(new: torch.Tensor, prefix: torch.Tensor, seq_idx: torch.Tens
     from running sums (``prefix``, :func:`to_prefix_sums`) instead of gathered: O(F) per edit, not O(F W).
     Sync-free (two indexed reads), so the CPU, GPU and compiled forms are this one."""
     nv = _as_3d(new.movedim(laxis, -1))                                    # (B, F, W)
-    width = nv.shape[-1]
+    return _mean_update(_sum_last(nv), nv.shape[-1], prefix, seq_idx, start, ref_out, scale)
+
+
+def _sum_last(x: torch.Tensor) -> torch.Tensor:
+    """Sum over the last axis, in float32 at least."""
+    return x.sum(-1) if x.dtype in (torch.float32, torch.float64) else x.sum(-1, dtype=torch.float32)
+
+
+def _mean_update(total: torch.Tensor, width: int, prefix: torch.Tensor, seq_idx: torch.Tensor, start: torch.Tensor,
+                 ref_out: torch.Tensor, scale: float) -> torch.Tensor:
+    """``ref_out + scale * (total - the reference's sum over each edit's window)``; ``total`` is ``(B, F)``."""
     s, f = seq_idx[:, None], torch.arange(prefix.shape[1], device=prefix.device)
     ref_sum = prefix[s, f, (start + width)[:, None]] - prefix[s, f, start[:, None]]          # (B, F)
-    total = nv.sum(-1) if nv.dtype in (torch.float32, torch.float64) else nv.sum(-1, dtype=torch.float32)
     delta = ((total.double() - ref_sum) * scale).to(ref_out.dtype)
     return ref_out + delta.reshape(ref_out.shape)
+
+
+def gather_window_add_mean(cache: torch.Tensor, a: torch.Tensor, b: torch.Tensor, seq_idx: torch.Tensor,
+                           start: torch.Tensor, shift: torch.Tensor, width: int, laxis: int, feat_shape: tuple,
+                           new_laxis: int, prefix: torch.Tensor, m_seq: torch.Tensor, m_start: torch.Tensor,
+                           ref_out: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A residual sum ``a + b`` read by a gather and by a global mean (BPNet's last layer feeds its profile
+    and counts heads): :func:`gather_window_add`, and :func:`inc_mean_prefix` summing the values it wrote
+    into the window (one pass over the sum instead of three: add, copy into the window, sum).  Where the sum
+    does not land whole inside the window (edges, several shifts), the two readers as the graph had them.
+    Returns ``(window, mean)``."""
+    if _adds_into_window(cache, a, b, laxis, new_laxis, feat_shape):
+        t, lo, hi = _one_placement(shift, a.shape[-1], width) or (0, 0, -1)
+        if (lo, hi) == (t, t + a.shape[-1]):
+            out = halo_rows(cache, seq_idx, start, width, lo, hi)
+            torch.add(a, b, out=out[:, :, lo:hi])
+            return out, _mean_update(_sum_last(out[:, :, lo:hi]), hi - lo, prefix, m_seq, m_start, ref_out, scale)
+    new = a + b
+    return (gather_window(cache, new, seq_idx, start, shift, width, laxis, feat_shape, new_laxis),
+            inc_mean_prefix(new, prefix, m_seq, m_start, ref_out, new_laxis, scale))
 
 
 def inc_linear(new: torch.Tensor, ref_window: torch.Tensor, ref_out: torch.Tensor, weight: torch.Tensor,

@@ -36,6 +36,22 @@ def _(cache, a, b, seq_idx, start, shift, width, laxis, feat_shape, new_laxis):
     return out.movedim(-1, laxis)
 
 
+@torch.library.custom_op("fastism::gather_window_add_mean", mutates_args=())
+def gather_window_add_mean(cache: torch.Tensor, a: torch.Tensor, b: torch.Tensor, seq_idx: torch.Tensor,
+                           start: torch.Tensor, shift: torch.Tensor, width: int, laxis: int, feat_shape: list[int],
+                           new_laxis: int, prefix: torch.Tensor, m_seq: torch.Tensor, m_start: torch.Tensor,
+                           ref_out: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return _k.gather_window_add_mean(cache, a, b, seq_idx, start, shift, width, laxis, tuple(feat_shape),
+                                     new_laxis, prefix, m_seq, m_start, ref_out, scale)
+
+
+@gather_window_add_mean.register_fake
+def _(cache, a, b, seq_idx, start, shift, width, laxis, feat_shape, new_laxis, prefix, m_seq, m_start, ref_out,
+      scale):
+    out = cache.new_empty([seq_idx.shape[0], *feat_shape, width])
+    return out.movedim(-1, laxis), torch.empty_like(ref_out)
+
+
 @torch.library.custom_op("fastism::inc_linear", mutates_args=())
 def inc_linear(new: torch.Tensor, ref_window: torch.Tensor, ref_out: torch.Tensor, weight: torch.Tensor,
                starts: torch.Tensor, in_shape: list[int], laxis: int) -> torch.Tensor:
