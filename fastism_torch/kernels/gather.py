@@ -11,7 +11,8 @@ transposing copy); where the recomputed values cover a wide middle of the window
 it are read from the cache (:func:`halo_rows`).  The slice-assign groups edits by where their recomputed window
 lands (one offset for all interior positions, a few more at the edges) and copies each group with one slice
 copy or ``index_copy_`` along the batch axis; a residual sum right before a gather is written straight into the
-gathered window (:func:`gather_window_add`).  Global mean/sum pooling reads the reference window's sum from
+gathered window (:func:`gather_window_add`; with a global mean as its other reader, summed there:
+:func:`gather_window_add_mean`).  Global mean/sum pooling reads the reference window's sum from
 running sums (:func:`inc_mean_prefix`) instead of gathering the window.
 """
 from __future__ import annotations
