@@ -56,6 +56,8 @@ class Executor:
         live = [(k, ga) for k, ga in enumerate(plan.gathers) if ga.reuse is None]
         self.shared = {gather_input(k, "cache") for k, ga in live if ga.source_state == State.WINDOW}
         self.rebased = {gather_input(k, "seq") for k, ga in live if ga.source_state != State.WINDOW}
+        ints = {gather_input(k, "width") for k, _ in live} | {span_input(n) for n in edit.start_nodes}
+        self.row_inputs = set(edit.inputs) - self.shared - ints       # per-edit rows of the feed
         self.mark_step = False          # set for CUDA graphs (torch.compile mode "reduce-overhead")
         self.tail: TailSplit | None = None
         self.tail_nodes: frozenset = frozenset()     # plan nodes the tail computes
@@ -78,7 +80,7 @@ class Executor:
         if widest < TAIL_MIN_BYTES:
             return
         first = next(i for i, b in segs if 2 * b >= widest)
-        self.tail = split_tail(self.edit.module, first)
+        self.tail = split_tail(self.edit.module, first, self.row_inputs)
         if self.tail is None:
             return
         self.tail_window = widest
@@ -178,12 +180,13 @@ class Executor:
             return
         carried = dict(zip(split.carried, split.head(**feed)))
         rows = len(feed[VALUES])
-        if any(not isinstance(v, torch.Tensor) or v.dim() == 0 or len(v) != rows for v in carried.values()):
+        if any(not isinstance(v, torch.Tensor) or v.dim() == 0 or len(v) != rows
+               for k, v in carried.items() if k in split.rows):
             yield 0, as_output_list(split.tail(**{k: feed[k] for k in split.feed}, **carried))   # not per-edit rows
             return
         for r0 in range(0, n, chunk):
             part = {k: self._rows(k, feed[k], r0, chunk) for k in split.feed}
-            part.update((k, v[r0:r0 + chunk]) for k, v in carried.items())
+            part.update((k, v[r0:r0 + chunk] if k in split.rows else v) for k, v in carried.items())
             yield r0, as_output_list(split.tail(**part))
 
     def _rows(self, name: str, value, r0: int, chunk: int):

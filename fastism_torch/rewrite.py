@@ -308,11 +308,14 @@ class TailSplit:
     tail: fx.GraphModule      # keyword inputs: the feed names it reads and ``carried`` -> the outputs
     carried: tuple            # node names of the head's outputs, in order
     feed: tuple               # feed names the tail reads
+    rows: frozenset           # the carried values that are per-edit rows (the others, e.g. a value computed
+    #                           from parameters alone, go to every chunk whole)
 
 
-def split_tail(module: fx.GraphModule, first: int) -> TailSplit | None:
+def split_tail(module: fx.GraphModule, first: int, row_inputs) -> TailSplit | None:
     """Cut the split edit graph (:func:`split_segments`) before its call of segment ``first``; None when no
-    segment from ``first`` on is called."""
+    segment from ``first`` on is called.  ``row_inputs``: the feed names that are per-edit rows (a value
+    computed from one of them is too)."""
     g = module.graph
     nodes = list(g.nodes)
     cut = next((i for i, n in enumerate(nodes) if n.op == "call_module" and n.target.startswith("submod_")
@@ -325,6 +328,7 @@ def split_tail(module: fx.GraphModule, first: int) -> TailSplit | None:
     reads = {x for n in rest for x in n.all_input_nodes}
     carried = [n for n in body if n in reads]
     feed = [n for n in placeholders if n in reads]
+    rows = _row_values(module, placeholders + body, set(row_inputs))
 
     head, env = fx.Graph(), {}
     for n in placeholders + body:
@@ -337,4 +341,31 @@ def split_tail(module: fx.GraphModule, first: int) -> TailSplit | None:
         env[n] = tail.node_copy(n, env.__getitem__)
     return TailSplit(fx.GraphModule(module, head, class_name="FastISMEditHead"),
                      fx.GraphModule(module, tail, class_name="FastISMEditTail"),
-                     tuple(n.name for n in carried), tuple(n.target for n in feed))
+                     tuple(n.name for n in carried), tuple(n.target for n in feed),
+                     frozenset(n.name for n in carried if n in rows))
+
+
+def _row_values(module: fx.GraphModule, nodes: list, row_inputs: set) -> set:
+    """The top-level ``nodes`` of the split edit graph whose values depend on a per-edit input, looking
+    inside each segment's submodule (one of its outputs may depend on parameters alone)."""
+    rows, outs = set(), {}                            # outs: submodule call -> its per-row output positions
+    for n in nodes:
+        if n.op == "placeholder":
+            if n.target in row_inputs:
+                rows.add(n)
+        elif n.op == "call_module":
+            sub = module.get_submodule(n.target)
+            inner = {p for p, a in zip((x for x in sub.graph.nodes if x.op == "placeholder"), n.args) if a in rows}
+            for x in sub.graph.nodes:
+                if x.op != "placeholder" and any(y in inner for y in x.all_input_nodes):
+                    inner.add(x)
+            out = next(x for x in sub.graph.nodes if x.op == "output").args[0]
+            outs[n] = [v in inner for v in out] if isinstance(out, (tuple, list)) else [out in inner]
+            if any(outs[n]) and not isinstance(out, (tuple, list)):
+                rows.add(n)
+        elif n.op == "call_function" and n.target is operator.getitem and n.args[0] in outs:
+            if outs[n.args[0]][n.args[1]]:
+                rows.add(n)
+        elif any(x in rows for x in n.all_input_nodes):
+            rows.add(n)
+    return rows

@@ -192,10 +192,12 @@ def test_precision_policy_sets_and_restores_the_switches(tf32):
 
 class WideTail(nn.Module):
     """Dilated residual layers (windows widen layer by layer), a control track added in the tail (a gather of
-    another input's rows), a profile head and a global-mean head."""
+    another input's rows), a profile head and a global-mean head; and a value computed from parameters alone
+    before the tail and read in it, whose first axis has a batch's size (it must not be cut into chunks)."""
 
-    def __init__(self):
+    def __init__(self, batch=50):
         super().__init__()
+        self.offsets = nn.Parameter(torch.randn(batch, 8, 1))
         self.conv = nn.Conv1d(4, 8, 5, padding=2)
         self.dilated = nn.ModuleList(nn.Conv1d(8, 8, 3, padding=d, dilation=d) for d in (1, 2, 4, 8))
         self.ctrl = nn.Conv1d(2, 8, 3, padding=1)
@@ -203,17 +205,18 @@ class WideTail(nn.Module):
         self.counts = nn.Linear(8, 2)
 
     def forward(self, x, control):
+        offsets = self.offsets * 2.0
         h = torch.relu(self.conv(x))
         for conv in self.dilated:
             h = h + torch.relu(conv(h))
-        h = h + self.ctrl(control)
+        h = h + self.ctrl(control) + offsets.sum(0)
         return self.profile(h), self.counts(h.mean(-1))
 
 
 def test_wide_tail_runs_in_chunks_of_rows_and_matches_naive(monkeypatch):
     """With one thread, the segments from the first wide window on run on chunks of each batch's rows (the
-    head once per batch): per-edit inputs sliced, caches whole, a control track's row numbers counted from
-    the chunk; the results equal naive ISM's."""
+    head once per batch): per-edit inputs sliced, caches and values from parameters alone whole, a control
+    track's row numbers counted from the chunk; the results equal naive ISM's."""
     import dataclasses
 
     from fastism_torch import execute
@@ -226,6 +229,7 @@ def test_wide_tail_runs_in_chunks_of_rows_and_matches_naive(monkeypatch):
     fast([x, control])
     ex = fast._engine(fast.change_ranges)
     assert ex.tail is not None and ex.tail_nodes and ex.rebased
+    assert set(ex.tail.carried) - ex.tail.rows                                  # the parameters' value
     monkeypatch.setattr(execute, "TAIL_CHUNK_BYTES", 7 * ex.tail_window)      # 7 edits per chunk
     chunk = ex.tail_chunk(1)
     assert chunk == 7 and ex.tail_chunk(2) >= 50
