@@ -102,17 +102,19 @@ def _one_placement(shift: torch.Tensor, win: int, width: int) -> tuple[int, int,
 def halo_rows(cache: torch.Tensor, seq_idx: torch.Tensor, start: torch.Tensor, width: int, lo: int,
               hi: int) -> torch.Tensor:
     """:func:`window_rows` where columns ``[lo, hi)`` will be overwritten: only the halo columns ``[0, lo)``
-    and ``[hi, width)`` are read from the cache, each with one ``index_select`` written straight into the
-    window (the recomputed middle of a wide window is not copied twice: BPNet's last dilated layers), when
-    the middle is at least ``HALO_MIN`` wide; otherwise the whole window (fewer, longer rows)."""
+    and ``[hi, width)`` are read from the cache, each with one ``index_select`` of runs (one per edit and
+    feature) written straight into the window (the recomputed middle of a wide window is not copied twice:
+    BPNet's last dilated layers), when the middle is at least ``HALO_MIN`` wide; otherwise the whole window
+    (fewer, longer rows)."""
     if hi - lo < HALO_MIN or not _has_row_view(cache, width):
         return window_rows(cache, seq_idx, start, width)
     n, f, lp = cache.shape
     out = cache.new_empty((len(seq_idx), f, width))
-    base = seq_idx * (f * lp) + start
+    rows = out.view(-1, width)                                       # one row per (edit, feature)
+    base = ((seq_idx * (f * lp) + start)[:, None] + torch.arange(f, device=cache.device) * lp).reshape(-1)
     for a, b in ((0, lo), (hi, width)):
         if a < b:
-            torch.index_select(_overlapping_rows(cache, b - a), 0, base + a, out=out[:, :, a:b])
+            torch.index_select(_overlapping_runs(cache, b - a), 0, base + a, out=rows[:, a:b])
     return out
 
 
@@ -135,6 +137,14 @@ def window_rows(cache: torch.Tensor, seq_idx: torch.Tensor, start: torch.Tensor,
 def _has_row_view(cache: torch.Tensor, width: int) -> bool:
     """Whether :func:`_overlapping_rows` applies: a contiguous cache with features, windows no longer than it."""
     return cache.is_contiguous() and cache.shape[1] > 0 and width <= cache.shape[2]
+
+
+def _overlapping_runs(cache: torch.Tensor, width: int) -> torch.Tensor:
+    """A view of the contiguous cache whose row ``o`` is the run of ``width`` values from flat offset ``o``: an
+    ``index_select`` of runs into the strided columns of a window copies each run as one block (measured
+    1.6-1.7x faster, 1 and 2 threads, than selecting ``(F, width)`` blocks of :func:`_overlapping_rows` into
+    them)."""
+    return cache.as_strided((cache.numel() - width + 1, width), (1, 1), cache.storage_offset())
 
 
 def _overlapping_rows(cache: torch.Tensor, width: int) -> torch.Tensor:
