@@ -54,10 +54,10 @@ class Executor:
         self.defaults = {n.name: n.args[0] for n in gm.graph.nodes if n.op == "placeholder" and n.args}
         self.inputs = set(edit.inputs)
         live = [(k, ga) for k, ga in enumerate(plan.gathers) if ga.reuse is None]
-        self.shared = {gather_input(k, "cache") for k, ga in live if ga.source_state == State.WINDOW}
-        self.rebased = {gather_input(k, "seq") for k, ga in live if ga.source_state != State.WINDOW}
+        shared = {gather_input(k, "cache") for k, ga in live if ga.source_state == State.WINDOW}
         ints = {gather_input(k, "width") for k, _ in live} | {span_input(n) for n in edit.start_nodes}
-        self.row_inputs = set(edit.inputs) - self.shared - ints       # per-edit rows of the feed
+        self.row_inputs = set(edit.inputs) - shared - ints            # per-edit rows of the feed
+        self.rebased = {gather_input(k, "seq") for k, ga in live if ga.source_state != State.WINDOW}
         self.mark_step = False          # set for CUDA graphs (torch.compile mode "reduce-overhead")
         self.tail: TailSplit | None = None
         self.tail_nodes: frozenset = frozenset()     # plan nodes the tail computes
@@ -84,9 +84,9 @@ class Executor:
         if self.tail is None:
             return
         self.tail_window = widest
-        consumer = self.plan.gathers[self.edit.segment_gathers[first]].consumer
+        consumer = self.plan.gathers[self.edit.segment_gathers[first]].consumer      # a windowed node
         names = list(self.plan.nodes)
-        self.tail_nodes = frozenset(names[names.index(consumer):]) if consumer in self.plan.nodes else frozenset()
+        self.tail_nodes = frozenset(names[names.index(consumer):])
 
     def tail_chunk(self, threads: int) -> int:
         """Edits per chunk of the tail: :data:`TAIL_CHUNK_BYTES` of its widest window on one thread; with more
@@ -122,7 +122,7 @@ class Executor:
 
     # ------------------------------------------------------------------ edits
     def run(self, ref: Reference, edits: "Edits", batch_size: int, sink: list, done: np.ndarray | None = None,
-            bar=None, chunk: int = 0) -> None:
+            bar=None, chunk: int | None = None) -> None:
         """Write the outputs of ``edits`` to rows ``edits.dest`` of each ``sink`` tensor (one per model output).
 
         Per group of neighbouring windows, everything the kernels need is computed here on the host (numpy),
@@ -130,16 +130,13 @@ class Executor:
         With ``edit.static`` every batch of a group has one size (the last one padded with repeats of its
         last edit, whose outputs are dropped), so compiled graphs and CUDA graphs are reused.  ``done[e]`` is
         set once edit ``e``'s outputs are written (a retry after running out of memory skips those).  With a
-        tail split (:meth:`_split_tail`), ``chunk`` edits at a time run through the tail (0: the executor's
-        choice, :meth:`tail_chunk`).
+        tail split (:meth:`_split_tail`), ``chunk`` edits at a time run through the tail (None: the whole batch).
         """
-        if self.tail is not None and not chunk:
-            chunk = self.tail_chunk(torch.get_num_threads())
         with dynamo_import_deferred():      # the custom ops' first call would import torch._dynamo (0.6-1.3 s)
             self._run(ref, edits, batch_size, sink, done, bar, chunk)
 
     def _run(self, ref: Reference, edits: "Edits", batch_size: int, sink: list, done: np.ndarray | None,
-             bar, chunk: int) -> None:
+             bar, chunk: int | None) -> None:
         order = np.argsort(edits.window, kind="stable")
         w_sorted = edits.window[order]
         uniq = np.unique(w_sorted)
@@ -175,7 +172,7 @@ class Executor:
         """``(first row, output list)`` of the edit graph on a batch's ``feed``: once, or (with a tail
         split and a batch of more than ``chunk`` edits) the head once and the tail on chunks of rows."""
         split = self.tail
-        if split is None or n <= chunk:
+        if split is None or not chunk or n <= chunk:
             yield 0, as_output_list(self.edit.module(**feed))
             return
         carried = dict(zip(split.carried, split.head(**feed)))
@@ -191,8 +188,8 @@ class Executor:
 
     def _rows(self, name: str, value, r0: int, chunk: int):
         """Feed entry ``name`` for rows ``[r0, r0 + chunk)`` of the batch: the edits' own rows of every
-        per-edit tensor; caches and integers whole; a static source's row numbers counted from the chunk."""
-        if not isinstance(value, torch.Tensor) or name in self.shared:
+        per-edit input; caches and integers whole; a static source's row numbers counted from the chunk."""
+        if name not in self.row_inputs or not isinstance(value, torch.Tensor):
             return value
         if name in self.rebased:
             return value[:min(chunk, len(value) - r0)]

@@ -135,7 +135,7 @@ def window_rows(cache: torch.Tensor, seq_idx: torch.Tensor, start: torch.Tensor,
 
 
 def _has_row_view(cache: torch.Tensor, width: int) -> bool:
-    """Whether :func:`_overlapping_rows` applies: a contiguous cache with features, windows no longer than it."""
+    """Whether the overlapping views apply: a contiguous cache with features, windows no longer than it."""
     return cache.is_contiguous() and cache.shape[1] > 0 and width <= cache.shape[2]
 
 
@@ -230,8 +230,9 @@ def gather_window_add_mean(cache: torch.Tensor, a: torch.Tensor, b: torch.Tensor
     does not land whole inside the window (edges, several shifts), the two readers as the graph had them.
     Returns ``(window, mean)``."""
     if _adds_into_window(cache, a, b, laxis, new_laxis, feat_shape):
-        t, lo, hi = _one_placement(shift, a.shape[-1], width) or (0, 0, -1)
-        if (lo, hi) == (t, t + a.shape[-1]):
+        placed = _one_placement(shift, a.shape[-1], width)
+        if placed is not None and placed[1:] == (placed[0], placed[0] + a.shape[-1]):   # the whole sum inside
+            t, lo, hi = placed
             out = halo_rows(cache, seq_idx, start, width, lo, hi)
             torch.add(a, b, out=out[:, :, lo:hi])
             return out, _mean_update(_sum_last(out[:, :, lo:hi]), hi - lo, prefix, m_seq, m_start, ref_out, scale)
