@@ -215,14 +215,17 @@ def test_assign_shifted_matches_a_loop(shift, many_runs, monkeypatch):
     assert torch.equal(out, want)
 
 
-@pytest.mark.parametrize("shift", [[3] * 6, [-2] * 4, [5] * 4, [0, 0, 1, 1, 2, 2], [20] * 3])
+@pytest.mark.parametrize("shift", [[3] * 6, [-2] * 4, [5] * 4, [0, 0, 1, 1, 2, 2], [20] * 3,
+                                   [-3, -3, 0, 0, 0, 2, 6, 6, 9]])
 @pytest.mark.parametrize("halo_min", [1, 10 ** 9])          # halo columns only / the whole window
 @pytest.mark.parametrize("add", [False, True])
 def test_gather_window_matches_a_loop(shift, halo_min, add, monkeypatch):
     """``cache`` windows with the recomputed values written over them, whether the window is read whole or
-    only around the recomputed middle (also when that middle is clipped by the window or misses it)."""
+    only around the recomputed middle (also when that middle is clipped by the window or misses it, and per
+    run of rows where the shifts differ: an edge)."""
     from fastism_torch.kernels import gather
     monkeypatch.setattr(gather, "HALO_MIN", halo_min)
+    monkeypatch.setattr(gather, "HALO_RUN_BYTES", 0)           # halos per run of shifts, however small
     g = torch.Generator().manual_seed(len(shift) + shift[0])
     n_edits, width, win = len(shift), 11, 7
     cache = torch.randn(3, 5, 30, generator=g)
@@ -238,13 +241,16 @@ def test_gather_window_matches_a_loop(shift, halo_min, add, monkeypatch):
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("shift", [[3] * 6, [0] * 3, [4] * 3, [-2] * 4, [5] * 4, [0, 0, 1, 1, 2, 2], [20] * 3])
+@pytest.mark.parametrize("shift", [[3] * 6, [0] * 3, [4] * 3, [-2] * 4, [5] * 4, [0, 0, 1, 1, 2, 2], [20] * 3,
+                                   [0, 0, 1, 3, 3, 4], [0, 0, 2, 5, 5]])
 @pytest.mark.parametrize("halo_min", [1, 10 ** 9])
 def test_gather_window_add_mean_matches_its_two_readers(shift, halo_min, monkeypatch):
     """The window and the mean that the fused kernel returns equal a gather of the sum and the incremental
-    mean of the sum, whether the sum lands whole inside the window (fused) or not (clipped, several shifts)."""
+    mean of the sum, whether every edit's sum lands whole inside the window (fused, in one or several runs of
+    shifts) or not (clipped)."""
     from fastism_torch.kernels import gather
     monkeypatch.setattr(gather, "HALO_MIN", halo_min)
+    monkeypatch.setattr(gather, "HALO_RUN_BYTES", 0)
     g = torch.Generator().manual_seed(len(shift) + shift[0])
     n_edits, width, win = len(shift), 11, 7
     cache, ref = torch.randn(3, 5, 30, generator=g), torch.randn(n_edits, 5, generator=g)

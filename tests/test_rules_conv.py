@@ -18,9 +18,21 @@ def test_transposed_conv_as_conv(groups):
     torch.testing.assert_close(TransposedAsConv(t)(x), full[:, :, k:-k], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("c_out,k,dil", [(1, 25, 1), (2, 7, 3), (16, 5, 1)])
-def test_conv1d_valid_shift_add_path(c_out, k, dil):
+@pytest.mark.parametrize("c_in,c_out,k,dil", [(32, 1, 25, 1), (16, 2, 7, 3), (64, 3, 75, 1), (32, 16, 5, 1),
+                                              (16, 1, 5, 14), (4, 1, 25, 1)])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("strided", [False, True])
+def test_conv1d_valid_matches_conv1d(c_in, c_out, k, dil, bias, strided):
+    """The matrix product + diagonal sum form (few outputs, long kernels) and the plain one agree with
+    ``F.conv1d`` in float64 (to 1e-6 of the output scale), also on a non-contiguous window and one just long
+    enough for one output."""
     from fastism_torch.rules.conv import conv1d_valid
     torch.manual_seed(0)
-    x, w, b = torch.randn(3, 8, 60), torch.randn(c_out, 8, k), torch.randn(c_out)
-    torch.testing.assert_close(conv1d_valid(x, w, b, dil), F.conv1d(x, w, b, dilation=dil), rtol=1e-5, atol=1e-5)
+    x, w = torch.randn(3, c_in, 120), torch.randn(c_out, c_in, k)
+    b = torch.randn(c_out) if bias else None
+    if strided:
+        x = x[:, :, 7:7 + dil * (k - 1) + 1]                  # a view, one output position
+    want = F.conv1d(x.double(), w.double(), None if b is None else b.double(), dilation=dil)
+    got = conv1d_valid(x, w, b, dil)
+    assert got.shape == want.shape and got.dtype == x.dtype
+    assert float((got - want).abs().max()) <= 1e-6 * float(want.abs().max())

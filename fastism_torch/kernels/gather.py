@@ -50,15 +50,12 @@ def gather_window(cache: torch.Tensor, new: torch.Tensor | None, seq_idx: torch.
         out = window_rows(cache, seq_idx, start, width)                      # (B, F, width), contiguous
     else:
         nv = _as_3d(new.movedim(new_laxis, -1))                             # (B, F, Win)
-        placed = _one_placement(shift, nv.shape[-1], width)
-        if placed is None:
+        runs = _placements(shift, nv.shape[-1], width)
+        if runs is None:
             out = window_rows(cache, seq_idx, start, width)
             assign_shifted(out, nv, shift)
         else:
-            t, lo, hi = placed
-            out = halo_rows(cache, seq_idx, start, width, lo, hi)
-            if lo < hi:
-                out[:, :, lo:hi] = nv[:, :, lo - t:hi - t]
+            out = _placed(cache, seq_idx, start, width, runs, lambda r, s, dst: dst.copy_(nv[r, :, s]))
     out = out.view(out.shape[0], *feat_shape, width)
     return out.movedim(-1, laxis)
 
@@ -68,16 +65,13 @@ def gather_window_add(cache: torch.Tensor, a: torch.Tensor, b: torch.Tensor, seq
                       new_laxis: int) -> torch.Tensor:
     """:func:`gather_window` with ``new = a + b`` (a residual add right before the gather), the sum written
     straight into the gathered window: one pass over the recomputed positions instead of three (add, then
-    copy), no intermediate.  Applies when every edit's window lands at one offset and ``a`` and ``b`` are
-    ``(B, F, W)`` of one dtype; otherwise the sum is formed first, as the graph said."""
+    copy), no intermediate.  Applies when ``a`` and ``b`` are ``(B, F, W)`` of one dtype and the edits land in
+    few runs of equal offsets (:func:`_placements`); otherwise the sum is formed first, as the graph said."""
     if _adds_into_window(cache, a, b, laxis, new_laxis, feat_shape):
-        placed = _one_placement(shift, a.shape[-1], width)
-        if placed is not None:
-            t, lo, hi = placed
-            out = halo_rows(cache, seq_idx, start, width, lo, hi)
-            if lo < hi:
-                torch.add(a[:, :, lo - t:hi - t], b[:, :, lo - t:hi - t], out=out[:, :, lo:hi])
-            return out
+        runs = _placements(shift, a.shape[-1], width)
+        if runs is not None:
+            return _placed(cache, seq_idx, start, width, runs,
+                           lambda r, s, dst: torch.add(a[r, :, s], b[r, :, s], out=dst))
     return gather_window(cache, a + b, seq_idx, start, shift, width, laxis, feat_shape, new_laxis)
 
 
@@ -88,37 +82,59 @@ def _adds_into_window(cache: torch.Tensor, a: torch.Tensor, b: torch.Tensor, lax
             and tuple(feat_shape) == (cache.shape[1],))
 
 
-def _one_placement(shift: torch.Tensor, win: int, width: int) -> tuple[int, int, int] | None:
-    """``(t, lo, hi)`` when every edit of the batch shares the shift ``t``: its ``win`` recomputed positions
-    land on columns ``[lo, hi)`` of the ``width``-wide window (empty when they miss it); None when the shifts
-    differ.  Reads the shifts on the host: eager kernels only."""
-    runs = torch.unique_consecutive(shift)
-    if len(runs) != 1:
+def _placements(shift: torch.Tensor, win: int, width: int) -> list[tuple[int, int, int, int, int]] | None:
+    """The batch's runs of rows that share a shift, ``(r0, r1, t, lo, hi)``: rows ``[r0, r1)`` have shift ``t``,
+    so their ``win`` recomputed positions land on columns ``[lo, hi)`` of the ``width``-wide window (empty
+    when they miss it).  Interior positions share one shift; near an edge it moves with the position (runs of
+    3 rows: the alternative bases of one position).  None when the runs are too many for slice copies
+    (:func:`assign_shifted`).  Reads the shifts on the host: eager kernels only."""
+    runs, counts = torch.unique_consecutive(shift, return_counts=True)
+    if len(runs) > max(RUNS_AS_SLICES, shift.numel() // 2):
         return None
-    t = int(runs[0])
-    return t, max(t, 0), min(t + win, width)
+    out, r0 = [], 0
+    for t, c in zip(runs.tolist(), counts.tolist()):
+        out.append((r0, r0 + c, t, max(t, 0), min(t + win, width)))
+        r0 += c
+    return out
 
 
-def halo_rows(cache: torch.Tensor, seq_idx: torch.Tensor, start: torch.Tensor, width: int, lo: int,
-              hi: int) -> torch.Tensor:
-    """:func:`window_rows` where columns ``[lo, hi)`` will be overwritten: only the halo columns ``[0, lo)``
-    and ``[hi, width)`` are read from the cache, each with one ``index_select`` of runs (one per edit and
-    feature) written straight into the window (the recomputed middle of a wide window is not copied twice:
-    BPNet's last dilated layers), when the middle is at least ``HALO_MIN`` wide; otherwise the whole window
-    (fewer, longer rows)."""
-    if hi - lo < HALO_MIN or not _has_row_view(cache, width):
-        return window_rows(cache, seq_idx, start, width)
+def _placed(cache: torch.Tensor, seq_idx: torch.Tensor, start: torch.Tensor, width: int, runs: list,
+            write) -> torch.Tensor:
+    """The gathered window (:func:`halo_rows`) with ``write(rows, source columns, destination view)`` filling
+    each run's recomputed columns."""
+    out = halo_rows(cache, seq_idx, start, width, runs)
+    for r0, r1, t, lo, hi in runs:
+        if lo < hi:
+            write(slice(r0, r1), slice(lo - t, hi - t), out[r0:r1, :, lo:hi])
+    return out
+
+
+def halo_rows(cache: torch.Tensor, seq_idx: torch.Tensor, start: torch.Tensor, width: int, runs: list) -> torch.Tensor:
+    """:func:`window_rows` where each run's columns ``[lo, hi)`` (:func:`_placements`) will be overwritten: only
+    the halo columns ``[0, lo)`` and ``[hi, width)`` are read from the cache, each with one ``index_select`` of
+    runs of values (one per edit and feature) written straight into the window (the recomputed middle of a
+    wide window is not copied twice: BPNet's last dilated layers).  Where the middles are narrower than
+    ``HALO_MIN`` or the runs of rows hold less than ``HALO_RUN_BYTES`` of window each, the whole window (fewer,
+    longer copies)."""
     n, f, lp = cache.shape
+    per_run = len(seq_idx) * f * width * cache.element_size() / len(runs)
+    if (not _has_row_view(cache, width) or all(hi - lo < HALO_MIN for *_, lo, hi in runs)
+            or (len(runs) > 1 and per_run < HALO_RUN_BYTES)):
+        return window_rows(cache, seq_idx, start, width)
     out = cache.new_empty((len(seq_idx), f, width))
     rows = out.view(-1, width)                                       # one row per (edit, feature)
     base = ((seq_idx * (f * lp) + start)[:, None] + torch.arange(f, device=cache.device) * lp).reshape(-1)
-    for a, b in ((0, lo), (hi, width)):
-        if a < b:
-            torch.index_select(_overlapping_runs(cache, b - a), 0, base + a, out=rows[:, a:b])
+    for r0, r1, _, lo, hi in runs:
+        cut = ((0, lo), (hi, width)) if hi - lo >= HALO_MIN else ((0, width),)
+        for a, b in cut:
+            if a < b:
+                torch.index_select(_overlapping_runs(cache, b - a), 0, base[r0 * f:r1 * f] + a,
+                                   out=rows[r0 * f:r1 * f, a:b])
     return out
 
 
 HALO_MIN = 16           # recomputed middles at least this wide: gather only the halo columns
+HALO_RUN_BYTES = 64 * 2 ** 10    # with several runs of shifts, each at least this much window: halos per run
 
 
 def window_rows(cache: torch.Tensor, seq_idx: torch.Tensor, start: torch.Tensor, width: int) -> torch.Tensor:
@@ -164,14 +180,11 @@ def assign_shifted(out: torch.Tensor, new: torch.Tensor, shift: torch.Tensor) ->
     ~3 rows.  With runs of fewer than 2 rows on average, one ``index_copy_`` per distinct shift instead.
     """
     width, win = out.shape[-1], new.shape[-1]
-    runs, counts = torch.unique_consecutive(shift, return_counts=True)
-    if len(runs) <= max(RUNS_AS_SLICES, shift.numel() // 2):
-        r0 = 0
-        for t, c in zip(runs.tolist(), counts.tolist()):
-            a, b = max(t, 0), min(t + win, width)
-            if a < b:
-                out[r0:r0 + c, :, a:b] = new[r0:r0 + c, :, a - t:b - t]
-            r0 += c
+    runs = _placements(shift, win, width)
+    if runs is not None:
+        for r0, r1, t, lo, hi in runs:
+            if lo < hi:
+                out[r0:r1, :, lo:hi] = new[r0:r1, :, lo - t:hi - t]
         return
     shifts, inverse = torch.unique(shift, return_inverse=True)
     for k, t in enumerate(shifts.tolist()):
@@ -226,16 +239,16 @@ def gather_window_add_mean(cache: torch.Tensor, a: torch.Tensor, b: torch.Tensor
                            ref_out: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """A residual sum ``a + b`` read by a gather and by a global mean (BPNet's last layer feeds its profile
     and counts heads): :func:`gather_window_add`, and :func:`inc_mean_prefix` summing the values it wrote
-    into the window (one pass over the sum instead of three: add, copy into the window, sum).  Where the sum
-    does not land whole inside the window (edges, several shifts), the two readers as the graph had them.
-    Returns ``(window, mean)``."""
+    into the window (one pass over the sum instead of three: add, copy into the window, sum), also per run of
+    shifts near an edge.  Where some edit's sum does not land whole inside the window, or the shifts are too
+    many for runs, the two readers as the graph had them.  Returns ``(window, mean)``."""
+    win = a.shape[-1]
     if _adds_into_window(cache, a, b, laxis, new_laxis, feat_shape):
-        placed = _one_placement(shift, a.shape[-1], width)
-        if placed is not None and placed[1:] == (placed[0], placed[0] + a.shape[-1]):   # the whole sum inside
-            t, lo, hi = placed
-            out = halo_rows(cache, seq_idx, start, width, lo, hi)
-            torch.add(a, b, out=out[:, :, lo:hi])
-            return out, _mean_update(_sum_last(out[:, :, lo:hi]), hi - lo, prefix, m_seq, m_start, ref_out, scale)
+        runs = _placements(shift, win, width)
+        if runs is not None and all((lo, hi) == (t, t + win) for _, _, t, lo, hi in runs):   # every sum inside
+            out = _placed(cache, seq_idx, start, width, runs, lambda r, s, dst: torch.add(a[r], b[r], out=dst))
+            total = torch.cat([_sum_last(out[r0:r1, :, lo:hi]) for r0, r1, _, lo, hi in runs])
+            return out, _mean_update(total, win, prefix, m_seq, m_start, ref_out, scale)
     new = a + b
     return (gather_window(cache, new, seq_idx, start, shift, width, laxis, feat_shape, new_laxis),
             inc_mean_prefix(new, prefix, m_seq, m_start, ref_out, new_laxis, scale))

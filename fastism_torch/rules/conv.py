@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -113,18 +114,21 @@ class ValidConv1d(nn.Module):
 
 
 def conv1d_valid(x, weight, bias, dilation: int = 1, groups: int = 1, stride: int = 1):
-    """Padding-free ``conv1d``.  Convolutions with few output channels and long kernels (profile heads,
-    e.g. 64 -> 1 x 25) run slowly as such on CPU; there, one 1x1 convolution to ``C_out * k`` channels
-    followed by ``k`` shifted adds does the same multiply-adds at matrix-multiply speed."""
-    c_out, _, k = weight.shape
-    if groups != 1 or stride != 1 or c_out > 8 or k < 5 or x.device.type != "cpu":
+    """Padding-free ``conv1d``.  Convolutions of many input channels to few outputs with long kernels (profile
+    heads, e.g. 64 -> 1 x 25) run slowly as such on CPU (oneDNN: 4-8 GMAC/s); there, one matrix product to
+    ``C_out * k`` rows, ``z[t] = W[:, :, t] @ x``, and a sum over ``t`` of the diagonal view ``z[t, j + t d]``
+    (one strided reduction) do the same multiply-adds at matrix-multiply speed (measured 38 -> 105 GMAC/s at
+    2 threads and 38 -> 51 at 1 thread against a 1x1 convolution and ``k`` shifted adds).  Small convolutions
+    stay ``F.conv1d``, the op naive ISM runs (the same rounding)."""
+    c_out, c_in, k = weight.shape
+    if (groups != 1 or stride != 1 or c_out > 8 or k < 5 or c_in < 16 or x.device.type != "cpu" or x.dim() != 3
+            or x.shape[-1] <= dilation * (k - 1)):
         return F.conv1d(x, weight, bias, stride=stride, dilation=dilation, groups=groups)
-    w_out = x.shape[-1] - dilation * (k - 1)
-    z = F.conv1d(x, weight.permute(0, 2, 1).reshape(c_out * k, -1, 1))            # (B, C_out*k, W_in)
-    z = z.view(z.shape[0], c_out, k, z.shape[-1])
-    y = z[:, :, 0, :w_out].clone()
-    for t in range(1, k):
-        y += z[:, :, t, t * dilation:t * dilation + w_out]
+    n, _, w_in = x.shape
+    w_out = w_in - dilation * (k - 1)
+    z = torch.matmul(weight.permute(0, 2, 1).reshape(c_out * k, c_in), x)           # (B, C_out*k, W_in)
+    diag = z.as_strided((n, c_out, k, w_out), (c_out * k * w_in, k * w_in, w_in + dilation, 1), z.storage_offset())
+    y = diag.sum(2)
     return y if bias is None else y + bias[:, None]
 
 
