@@ -53,7 +53,7 @@ def gather_window(cache: torch.Tensor, new: torch.Tensor | None, seq_idx: torch.
         runs = _placements(shift, nv.shape[-1], width)
         if runs is None:
             out = window_rows(cache, seq_idx, start, width)
-            assign_shifted(out, nv, shift)
+            _assign_by_shift(out, nv, shift)
         else:
             out = _placed(cache, seq_idx, start, width, runs, lambda r, s, dst: dst.copy_(nv[r, :, s]))
     out = out.view(out.shape[0], *feat_shape, width)
@@ -100,13 +100,18 @@ def _placements(shift: torch.Tensor, win: int, width: int) -> list[tuple[int, in
 
 def _placed(cache: torch.Tensor, seq_idx: torch.Tensor, start: torch.Tensor, width: int, runs: list,
             write) -> torch.Tensor:
-    """The gathered window (:func:`halo_rows`) with ``write(rows, source columns, destination view)`` filling
-    each run's recomputed columns."""
+    """The gathered window (:func:`halo_rows`) with each run's recomputed columns filled (:func:`_write_runs`)."""
     out = halo_rows(cache, seq_idx, start, width, runs)
+    _write_runs(out, runs, write)
+    return out
+
+
+def _write_runs(out: torch.Tensor, runs: list, write) -> None:
+    """``write(rows, source columns, destination view)`` for each run of :func:`_placements` that lands in
+    ``out``."""
     for r0, r1, t, lo, hi in runs:
         if lo < hi:
             write(slice(r0, r1), slice(lo - t, hi - t), out[r0:r1, :, lo:hi])
-    return out
 
 
 def halo_rows(cache: torch.Tensor, seq_idx: torch.Tensor, start: torch.Tensor, width: int, runs: list) -> torch.Tensor:
@@ -179,13 +184,16 @@ def assign_shifted(out: torch.Tensor, new: torch.Tensor, shift: torch.Tensor) ->
     it), and each run is one slice copy, no index ops: measured faster than grouping by shift down to runs of
     ~3 rows.  With runs of fewer than 2 rows on average, one ``index_copy_`` per distinct shift instead.
     """
+    runs = _placements(shift, new.shape[-1], out.shape[-1])
+    if runs is None:
+        _assign_by_shift(out, new, shift)
+    else:
+        _write_runs(out, runs, lambda r, s, dst: dst.copy_(new[r, :, s]))
+
+
+def _assign_by_shift(out: torch.Tensor, new: torch.Tensor, shift: torch.Tensor) -> None:
+    """:func:`assign_shifted` for many short runs: one ``index_copy_`` per distinct shift."""
     width, win = out.shape[-1], new.shape[-1]
-    runs = _placements(shift, win, width)
-    if runs is not None:
-        for r0, r1, t, lo, hi in runs:
-            if lo < hi:
-                out[r0:r1, :, lo:hi] = new[r0:r1, :, lo - t:hi - t]
-        return
     shifts, inverse = torch.unique(shift, return_inverse=True)
     for k, t in enumerate(shifts.tolist()):
         a, b = max(t, 0), min(t + win, width)
