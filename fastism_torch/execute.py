@@ -31,6 +31,18 @@ class Reference(NamedTuple):
     statics: dict            # placeholder name -> model input (the sequences' other inputs)
 
 
+def _graph_inputs(d: dict) -> dict:
+    """``d`` as inputs of a compiled graph that keep its guards: every tensor with storage of its own (dynamo
+    guards on a view's base) and at least two rows (it specialises a size-1 dimension; edits index row 0)."""
+    def own(v):
+        if not isinstance(v, torch.Tensor) or not v.dim():
+            return v
+        if len(v) == 1:
+            return v.expand(2, *v.shape[1:]).contiguous()
+        return v.clone() if v._base is not None else v
+    return {k: own(v) for k, v in d.items()}
+
+
 class _Recorder(fx.Interpreter):
     def __init__(self, gm, keep):
         super().__init__(gm)
@@ -59,6 +71,9 @@ class Executor:
         self.row_inputs = set(edit.inputs) - shared - ints            # per-edit rows of the feed
         self.rebased = {gather_input(k, "seq") for k, ga in live if ga.source_state != State.WINDOW}
         self.mark_step = False          # set for CUDA graphs (torch.compile mode "reduce-overhead")
+        # static kernels: one width per node for every group (the widest; windows shift inward at the edges),
+        # so compiled graphs see the same shapes in every group instead of new ones at the sequence's edges
+        self.fixed_widths = plan.widths(np.arange(len(plan.ranges))) if edit.static else None
         self.tail: TailSplit | None = None
         self.tail_nodes: frozenset = frozenset()     # plan nodes the tail computes
         self.tail_window = 0                         # bytes of the tail's widest gathered window, per edit
@@ -114,7 +129,10 @@ class Executor:
             else:
                 caches[key] = to_cache(rec.saved[ga.source], ga.laxis, ga.pad[0], ga.pad[1], ga.window.pad_value)
         refs = {n: rec.saved[n] for n in self.edit.ref_nodes}
-        return Reference(out, caches, refs, {**self.defaults, **dict(zip(self.placeholders, args))})
+        statics = {**self.defaults, **dict(zip(self.placeholders, args))}
+        if self.edit.static:
+            caches, refs, statics = (_graph_inputs(d) for d in (caches, refs, statics))
+        return Reference(out, caches, refs, statics)
 
     @staticmethod
     def _cache_key(ga):
@@ -127,8 +145,8 @@ class Executor:
 
         Per group of neighbouring windows, everything the kernels need is computed here on the host (numpy),
         moved to the device in one transfer, and sliced per batch: the edit graph only launches device work.
-        With ``edit.static`` every batch of a group has one size (the last one padded with repeats of its
-        last edit, whose outputs are dropped), so compiled graphs and CUDA graphs are reused.  ``done[e]`` is
+        With ``edit.static`` every batch of the run has one size (a group's last batch padded with repeats of
+        its last edit, whose outputs are dropped), so compiled graphs and CUDA graphs are reused.  ``done[e]`` is
         set once edit ``e``'s outputs are written (a retry after running out of memory skips those).  With a
         tail split (:meth:`_split_tail`), ``chunk`` edits at a time run through the tail (None: the whole batch).
         """
@@ -142,14 +160,15 @@ class Executor:
         uniq = np.unique(w_sorted)
         per_range = max(1, len(order) // max(1, len(uniq)))
         per_group = max(1, batch_size // per_range)          # mutation windows per group
+        if self.edit.static:        # one batch size for the whole run: a power of two, at most batch_size
+            batch_size = min(batch_size, 1 << max(0, len(order) - 1).bit_length())
         for g0 in range(0, len(uniq), per_group):
             blk = uniq[g0:g0 + per_group]
             lo = np.searchsorted(w_sorted, blk[0], "left")
             hi = np.searchsorted(w_sorted, blk[-1], "right")
             e = order[lo:hi]
-            n_batches = -(-len(e) // batch_size)
-            size = -(-len(e) // n_batches) if self.edit.static else batch_size
-            padded = np.concatenate([e, np.repeat(e[-1:], n_batches * size - len(e))]) if self.edit.static else e
+            size = batch_size
+            padded = np.concatenate([e, np.repeat(e[-1:], -len(e) % size)]) if self.edit.static else e
             arrays, ints = self._group_inputs(blk, padded, edits)
             dev = to_device(arrays, self.device)
             for b0 in range(0, len(e), size):
@@ -197,7 +216,7 @@ class Executor:
 
     def _group_inputs(self, blk: np.ndarray, e: np.ndarray, edits: "Edits") -> tuple[dict, dict]:
         """Host-side index arrays (one entry per edit ``e``) and integers for the edits of one group."""
-        widths = self.plan.widths(blk)
+        widths = self.fixed_widths or self.plan.widths(blk)
         starts = {n: self.plan.starts(n, blk, w) for n, w in widths.items()}
         pos = np.searchsorted(blk, edits.window[e])
         arrays = {"edit": e, "seq": edits.seq[e], "dest": edits.dest[e]}
@@ -223,8 +242,9 @@ class Executor:
     def _feed(self, rows: dict, ints: dict, ref: Reference, values: torch.Tensor) -> dict:
         """The edit graph's inputs for one batch (``rows``: the batch's slices of the group's index tensors)."""
         st = rows["seq"]
-        v = values.index_select(0, rows["edit"])                             # (B, w, C)
-        feed = {VALUES: v if self.seq_laxis == 1 else v.transpose(1, 2), **ints}
+        # (B, w, C) or (B, C, w): a tensor of its own, never a view, as compiled graphs guard on views' bases
+        v = (values if self.seq_laxis == 1 else values.transpose(1, 2)).index_select(0, rows["edit"])
+        feed = {VALUES: v, **ints}
         for name in self.edit.static_inputs:
             a = ref.statics[name]
             feed[static_input(name)] = a.index_select(0, st) if isinstance(a, torch.Tensor) else a

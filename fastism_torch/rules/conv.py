@@ -119,10 +119,11 @@ def conv1d_valid(x, weight, bias, dilation: int = 1, groups: int = 1, stride: in
     ``C_out * k`` rows, ``z[t] = W[:, :, t] @ x``, and a sum over ``t`` of the diagonal view ``z[t, j + t d]``
     (one strided reduction) do the same multiply-adds at matrix-multiply speed (measured 38 -> 105 GMAC/s at
     2 threads and 38 -> 51 at 1 thread against a 1x1 convolution and ``k`` shifted adds).  Small convolutions
-    stay ``F.conv1d``, the op naive ISM runs (the same rounding)."""
+    stay ``F.conv1d``, the op naive ISM runs (the same rounding), as does everything under ``torch.compile``
+    (dynamo cannot trace ``as_strided`` with symbolic sizes: a graph break per call)."""
     c_out, c_in, k = weight.shape
     if (groups != 1 or stride != 1 or c_out > 8 or k < 5 or c_in < 16 or x.device.type != "cpu" or x.dim() != 3
-            or x.shape[-1] <= dilation * (k - 1)):
+            or x.shape[-1] <= dilation * (k - 1) or torch.compiler.is_compiling()):
         return F.conv1d(x, weight, bias, stride=stride, dilation=dilation, groups=groups)
     n, _, w_in = x.shape
     w_out = w_in - dilation * (k - 1)
