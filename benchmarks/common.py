@@ -166,14 +166,19 @@ def run_fastism(model, seqs, device, batch_size=None, compile=False, label="Fast
 
 
 def run_naive(model, seqs, device, batch_size=None, compile=False, label="NaiveISM", tf32=False):
-    """NaiveISM, batched; ``compile=True`` wraps its model copy in ``torch.compile`` (first call = warm-up)."""
+    """NaiveISM, batched; ``compile=True`` wraps its model copy in ``torch.compile``.  With ``compile`` or on a
+    GPU a first call is the warm-up (compilation; cuDNN's autotuning of each batch shape and its library
+    loading: unwarmed, Factorized Basset's eager run took 219, 238 and 362 s per 1000 sequences in three runs
+    on one H100) and the second is timed; on the CPU the one call is timed, as in every CPU section of
+    benchmarks/RESULTS.md (no autotuning there)."""
     from fastism_torch import NaiveISM
     seqs = seqs.to(device)
     reset_peak(device)
     ism = NaiveISM(model, seqs.shape[-1], device=device, batch_size=batch_size, tf32=tf32)
     warm = 0.0
-    if compile:                 # a first call compiles every batch shape of this job; the second is timed
+    if compile:
         ism.model = torch.compile(ism.model)
+    if compile or device.type != "cpu":     # the first call compiles / autotunes every batch shape of this job
         _, warm = timed(lambda: ism.saturation_mutagenesis(seqs), device)
     sat, t = timed(lambda: ism.saturation_mutagenesis(seqs), device)
     used = batch_size or next(iter(getattr(ism, "_tuned", {}).values()), ism.default_batch_size)

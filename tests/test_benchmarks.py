@@ -10,7 +10,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks import bench_cpu, bench_gpu  # noqa: E402
+from benchmarks import bench_cpu, bench_gpu, profile_gpu  # noqa: E402
 
 HAS_TANGERMEME = importlib.util.find_spec("tangermeme") is not None
 
@@ -44,3 +44,13 @@ def test_bench_gpu_tiny_on_cpu(tmp_path, methods):
     assert all("timing" in r for r in rows), [r.get("error") for r in rows]
     assert all(r["diff"] is not None and r["diff"] < 1e-4 for r in rows)
     assert "| tiny | 40 | fast_eager | auto |" in out.read_text()
+
+
+def test_profile_gpu_tiny_on_cpu():
+    lines = profile_gpu.main(["--device", "cpu", "--models", "tiny", "--lengths", "40", "--batch-sizes", "auto,32",
+                              "--n-seqs", "2", "--profile", "1", "--rows", "3"])
+    heads = [s for s in lines if s.startswith("tiny L=40")]
+    assert [h.split(":")[0] for h in heads] == ["tiny L=40 batch=auto cudnn.benchmark=off",
+                                                 "tiny L=40 batch=32 cudnn.benchmark=off"], lines
+    assert not any("ERROR" in s for s in lines) and "batch 32" in heads[1]
+    assert sum("profiled:" in s for s in lines) == 2 and sum(s.strip() == "host:" for s in lines) == 2
