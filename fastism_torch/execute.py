@@ -160,8 +160,8 @@ class Executor:
         uniq = np.unique(w_sorted)
         per_range = max(1, len(order) // max(1, len(uniq)))
         per_group = max(1, batch_size // per_range)          # mutation windows per group
-        if self.edit.static:        # one batch size for the whole run: a power of two, at most batch_size
-            batch_size = min(batch_size, 1 << max(0, len(order) - 1).bit_length())
+        if self.edit.static:        # one batch size for the whole run: at most batch_size, in a few buckets
+            batch_size = min(batch_size, bucket(len(order)))
         for g0 in range(0, len(uniq), per_group):
             blk = uniq[g0:g0 + per_group]
             lo = np.searchsorted(w_sorted, blk[0], "left")
@@ -294,6 +294,13 @@ class Edits(NamedTuple):
     def subset(self, idx: np.ndarray) -> "Edits":
         return Edits(self.seq[idx], self.window[idx], self.values[torch.from_numpy(idx).to(self.values.device)],
                      self.dest[idx])
+
+
+def bucket(n: int) -> int:
+    """``n`` rounded up to one of 8 sizes per power of two (a multiple of 1/16 of the next one): a run's batch
+    size, so that runs of different sizes share compiled graphs and pad at most 1/8 of their edits."""
+    step = 1 << max(0, n.bit_length() - 4)
+    return -(-n // step) * step
 
 
 def to_device(arrays: dict, device: torch.device) -> dict:

@@ -249,3 +249,12 @@ def test_wide_tail_runs_in_chunks_of_rows_and_matches_naive(monkeypatch):
     assert rows and max(rows) <= chunk and len(rows) > 3 * L * 3 // 50
     from helpers import assert_close_to_naive
     assert_close_to_naive(out, ft.NaiveISM(model, L).saturation_mutagenesis([x, control]))
+
+
+def test_static_batch_size_buckets():
+    """A static run's batch size: at least its edits (up to the batch size), at most 1/8 of padding, and few
+    distinct values (runs of different sizes share compiled graphs)."""
+    from fastism_torch.execute import bucket
+    sizes = [bucket(n) for n in range(1, 1 << 16)]
+    assert all(n <= b <= n + n // 8 for n, b in enumerate(sizes, 1))
+    assert len(set(sizes)) <= 8 * 16 and bucket(3000) == 3072 and bucket(4096) == 4096
