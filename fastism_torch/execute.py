@@ -167,13 +167,12 @@ class Executor:
             lo = np.searchsorted(w_sorted, blk[0], "left")
             hi = np.searchsorted(w_sorted, blk[-1], "right")
             e = order[lo:hi]
-            size = batch_size
-            padded = np.concatenate([e, np.repeat(e[-1:], -len(e) % size)]) if self.edit.static else e
+            padded = np.concatenate([e, np.repeat(e[-1:], -len(e) % batch_size)]) if self.edit.static else e
             arrays, ints = self._group_inputs(blk, padded, edits)
             dev = to_device(arrays, self.device)
-            for b0 in range(0, len(e), size):
-                n = min(size, len(e) - b0)
-                rows = {k: v[b0:b0 + size] for k, v in dev.items()}
+            for b0 in range(0, len(e), batch_size):
+                n = min(batch_size, len(e) - b0)
+                rows = {k: v[b0:b0 + batch_size] for k, v in dev.items()}
                 if self.mark_step:
                     torch.compiler.cudagraph_mark_step_begin()
                 feed = self._feed(rows, ints, ref, edits.values)
