@@ -73,6 +73,11 @@ def _check_ism_args(args) -> None:
         raise UserError(f"output folder {out_dir} is not writable")
 
 
+def _compile_option(args) -> bool | str:
+    """--compile -> FastISM's ``compile``: False, True (torch's default mode) or the mode's name."""
+    return {None: False, "default": True}.get(args.compile, args.compile)
+
+
 def _settings(args, seqs, model, device: str, spec, target_names) -> dict:
     s = {k: getattr(args, k) for k in RESULT_OPTIONS}
     s.update(seq_len=int(seqs.onehot.shape[2]), device=device.split(":")[0],
@@ -94,7 +99,7 @@ def cmd_ism(args) -> int:
     t0 = time.perf_counter()
     model = load_model(args.model, EngineOptions(device=device, batch_size=args.batch_size, dtype=args.dtype,
                                                  engine=args.engine, check=not args.no_check,
-                                                 allow_unsafe=args.allow_unsafe))
+                                                 allow_unsafe=args.allow_unsafe, compile=_compile_option(args)))
     with warnings.catch_warnings():
         if not ctx.is_main:
             warnings.simplefilter("ignore", inputs.InputWarning)
@@ -212,6 +217,9 @@ def _ism_parser(sub) -> None:
                    help="compute precision (autocast)")
     g.add_argument("--engine", choices=("fast", "naive"), default="fast",
                    help="FastISM, or NaiveISM (one full forward pass per edit)")
+    g.add_argument("--compile", nargs="?", const="default", choices=("default", "reduce-overhead"),
+                   help="FastISM under torch.compile: on one H100, 16-50 s to compile, then 1.8-3.6x faster per "
+                        "sequence than eager (worth it for hundreds of sequences); 'reduce-overhead' adds CUDA graphs")
     g.add_argument("--no-check", action="store_true", help="skip FastISM's self-check against naive ISM")
     g.add_argument("--allow-unsafe", action="store_true",
                    help="let Python code stored in a Keras model file (Lambda layers) run when it loads; only for "

@@ -40,13 +40,15 @@ class Engine(Protocol):
 @dataclass(frozen=True)
 class EngineOptions:
     """How engines are built: ``engine`` "fast" or "naive", ``check`` FastISM's self-check against naive
-    ISM, ``dtype`` "float32", "float16" or "bfloat16" (autocast), ``allow_unsafe`` Keras code in files."""
+    ISM, ``dtype`` "float32", "float16" or "bfloat16" (autocast), ``allow_unsafe`` Keras code in files,
+    ``compile`` FastISM's ``torch.compile`` (False, True or a mode such as "reduce-overhead")."""
     device: str = "cpu"
     batch_size: int | None = None
     dtype: str = "float32"
     engine: str = "fast"
     check: bool = True
     allow_unsafe: bool = False
+    compile: bool | str = False
 
     def torch_kwargs(self) -> dict:
         import torch
@@ -109,7 +111,7 @@ def torch_engine(module, seq_len: int, layout: str, change_ranges, options: Engi
     kw = dict(seq_len=seq_len, num_chars=4, layout=layout, change_ranges=change_ranges, **options.torch_kwargs())
     if options.engine == "fast":
         try:
-            return FastISM(module, test_correctness=options.check, **kw)
+            return FastISM(module, test_correctness=options.check, compile=options.compile, **kw)
         except Exception as e:  # an unsupported model: the exact but slower engine still works
             warnings.warn(f"FastISM cannot run this model ({first_line(e)}); using NaiveISM", stacklevel=2)
     return NaiveISM(module, **kw)
@@ -167,7 +169,8 @@ def load_model(spec: str, options: EngineOptions = EngineOptions()) -> Model:
 
     def build(change_ranges):
         import fastism_torch as ft
-        kw = dict(change_ranges=change_ranges, test_correctness=options.check, **options.torch_kwargs())
+        kw = dict(change_ranges=change_ranges, test_correctness=options.check, compile=options.compile,
+                  **options.torch_kwargs())
         try:
             if kind == "onnx":
                 return ft.from_onnx(spec, **kw)

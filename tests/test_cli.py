@@ -330,3 +330,27 @@ def test_allow_unsafe_reaches_the_loader(tmp_path, monkeypatch):
     assert _ism(tmp_path, "--allow-unsafe", model="m.h5") == 1
     assert _ism(tmp_path, model="m.h5") == 1
     assert [o.allow_unsafe for o in seen] == [True, False]
+
+
+def test_compile_option_compiles_and_gives_the_same_scores(tmp_path, monkeypatch, caplog):
+    import logging
+    model = f"{write_model(tmp_path)}:make_model"
+    fa = write_fasta(tmp_path / "s.fa", random_seqs(2, 16))
+    assert _ism(tmp_path, "--device", "cpu", model=model, fa=fa, prefix="eager") == 0
+    caplog.set_level(logging.INFO, logger="fastism_torch")
+    assert _ism(tmp_path, "--device", "cpu", "--compile", model=model, fa=fa, prefix="compiled") == 0
+    assert any("torch.compile: 1 graph(s)" in r.getMessage() for r in caplog.records)
+    with h5py.File(tmp_path / "eager.h5") as a, h5py.File(tmp_path / "compiled.h5") as b:
+        want, got = a["ism"][...], b["ism"][...]
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+    from fastism_torch import cli
+    seen = []
+
+    def fake_load(spec, options):
+        seen.append(options.compile)
+        raise cli.UserError("stop here")
+    monkeypatch.setattr(cli, "load_model", fake_load)
+    for extra in (["--compile", "reduce-overhead"], ["--compile"], []):
+        assert _ism(tmp_path, *extra, model=model, fa=fa, prefix="x") == 1
+    assert seen == ["reduce-overhead", True, False]
