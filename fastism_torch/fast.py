@@ -19,9 +19,10 @@ def _compiled_graphs() -> int:
 
 
 def _compiled(module, mode):
-    """``torch.compile`` with symbolic sizes: the edit graph's widths and batch sizes vary between groups.
-    Duck sizing is off while it compiles, so sizes that happen to be equal (a batch of 40 edits, a cache
-    40 positions long) are not assumed equal, which would recompile for every new batch size."""
+    """``torch.compile`` with symbolic sizes: the batch size (one per run) and the number of sequences vary
+    between calls (widths are fixed per engine: :attr:`Executor.fixed_widths`).  Duck sizing is off while it
+    compiles, so sizes that happen to be equal (a batch of 40 edits, a cache 40 positions long) are not
+    assumed equal, which would recompile for every new batch size."""
     import torch.fx.experimental._config as fx_config
     compiled = torch.compile(module, dynamic=True, mode=mode)
 
