@@ -5,10 +5,10 @@ host calls that took the most host time, from ``torch.profiler``.  ``scripts/gpu
     python -m benchmarks.profile_gpu --models factorized_basset,bpnet               # on a GPU machine
     python -m benchmarks.profile_gpu --device cpu --models tiny --lengths 40 --n-seqs 2   # smoke run
 
-Each configuration is FastISM eager at ``--batch-sizes`` (``auto`` = its own choice), with cuDNN's autotuning
-off (FastISM's default) and, with ``--cudnn-benchmark``, on as well.  A first call on the same sequences warms
-up (autotuning, plan building); the second is timed.  Nothing is appended to RESULTS.md: these are leads for
-the next change, not results.
+Each configuration is FastISM eager (``--compile``: compiled instead) at ``--batch-sizes`` (``auto`` = its own
+choice), with cuDNN's autotuning off (FastISM's default) and, with ``--cudnn-benchmark``, on as well.  A first
+call on the same sequences warms up (autotuning, plan building, compilation); the second is timed.  Nothing is
+appended to RESULTS.md: these are leads for the next change, not results.
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch-sizes", default="auto,4096")
     p.add_argument("--cudnn-benchmark", action="store_true", help="each configuration with autotuning on too")
+    p.add_argument("--compile", action="store_true", help="FastISM(compile=True) instead of eager")
     p.add_argument("--n-seqs", type=int, default=16)
     p.add_argument("--profile", type=int, default=4, metavar="N", help="profile a call on N sequences (0: none)")
     p.add_argument("--rows", type=int, default=12, help="kernels and host calls listed per profile")
@@ -75,13 +76,14 @@ def profile_table(fast, x, device, rows: int) -> list[str]:
 
 def run_case(name: str, L: int, batch, bench: bool, args, device) -> list[str]:
     from fastism_torch import FastISM
-    tag = f"{name} L={L} batch={batch or 'auto'} cudnn.benchmark={'on' if bench else 'off'}"
+    tag = (f"{name} L={L} {'compiled' if args.compile else 'eager'} batch={batch or 'auto'} "
+           f"cudnn.benchmark={'on' if bench else 'off'}")
     old = FastISM.cudnn_benchmark
     FastISM.cudnn_benchmark = bench
     try:
         model = common.make_model(name, L)
         x = common.random_seqs(args.n_seqs, L).to(device)
-        fast = FastISM(model, L, device=device, batch_size=batch, test_correctness=False)
+        fast = FastISM(model, L, device=device, batch_size=batch, test_correctness=False, compile=args.compile)
         first = _timed(fast, x, device)
         steady = _timed(fast, x, device)
         used = fast._auto_batch(fast._engine(fast.change_ranges))

@@ -7,7 +7,7 @@
 #      Then one sequence per model (FastISM eager, naive eager, tangermeme): the set-up column is what a
 #      one-sequence user waits for on top of the run.
 #   3. benchmarks/profile_gpu.py: where FastISM eager spends its GPU time (top kernels; batch size and cuDNN
-#      autotuning compared) for Factorized Basset and BPNet, printed only (about 30 s).
+#      autotuning compared) for Factorized Basset and BPNet, and compiled BPNet, printed only (about 1 min).
 # Exits non-zero if a test fails, or a benchmark row errs or differs from naive ISM.
 # Sizing (2026-11-26, one H100, torch 2.11, from its parts): tests 95 s, bench_gpu ~5 min, the rest ~1 min.
 # Environment: PYTHON = an interpreter that already has CUDA torch and the test and benchmark dependencies
@@ -25,3 +25,4 @@ fi
 "$PYTHON" -m benchmarks.bench_gpu --device cuda --models basset,factorized_basset,bpnet --lengths 1000 \
     --batch-sizes auto --naive-batch-sizes 1024 --n-seqs 1 --methods naive_eager,fast_eager,tangermeme ${BENCH_ARGS:-}
 "$PYTHON" -m benchmarks.profile_gpu --models factorized_basset,bpnet --cudnn-benchmark
+"$PYTHON" -m benchmarks.profile_gpu --models bpnet --batch-sizes auto --compile       # furthest from its bound

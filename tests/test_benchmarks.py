@@ -50,7 +50,7 @@ def test_profile_gpu_tiny_on_cpu():
     lines = profile_gpu.main(["--device", "cpu", "--models", "tiny", "--lengths", "40", "--batch-sizes", "auto,32",
                               "--n-seqs", "2", "--profile", "1", "--rows", "3"])
     heads = [s for s in lines if s.startswith("tiny L=40")]
-    assert [h.split(":")[0] for h in heads] == ["tiny L=40 batch=auto cudnn.benchmark=off",
-                                                 "tiny L=40 batch=32 cudnn.benchmark=off"], lines
+    assert [h.split(":")[0] for h in heads] == ["tiny L=40 eager batch=auto cudnn.benchmark=off",
+                                                 "tiny L=40 eager batch=32 cudnn.benchmark=off"], lines
     assert not any("ERROR" in s for s in lines) and "batch 32" in heads[1]
     assert sum("profiled:" in s for s in lines) == 2 and sum(s.strip() == "host:" for s in lines) == 2
