@@ -9,7 +9,7 @@
 #   3. benchmarks/profile_gpu.py: where FastISM eager spends its GPU time (top kernels; batch size and cuDNN
 #      autotuning compared) for Factorized Basset and BPNet, and compiled BPNet, printed only (about 1 min).
 # Exits non-zero if a test fails, or a benchmark row errs or differs from naive ISM.
-# Sizing (2026-11-26, one H100, torch 2.11, from its parts): tests 95 s, bench_gpu ~5 min, the rest ~1 min.
+# Sizing (2026-11-26, one H100, torch 2.11, from its parts): tests 95 s, bench_gpu ~5 min, the rest ~1.5 min.
 # Environment: PYTHON = an interpreter that already has CUDA torch and the test and benchmark dependencies
 #   (default: ./.venv, installed as scripts/test.sh does); N_SEQS (default 64); BENCH_ARGS = more bench_gpu options.
 set -euo pipefail
