@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 import traceback
 
 import torch
@@ -36,17 +35,8 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _timed(fast, x, device) -> float:
-    _sync(device)
-    t = time.perf_counter()
-    fast.saturation_mutagenesis(x)
-    _sync(device)
-    return time.perf_counter() - t
+    return common.timed(lambda: fast.saturation_mutagenesis(x), device)[1]
 
 
 def profile_table(fast, x, device, rows: int) -> list[str]:
@@ -87,7 +77,7 @@ def run_case(name: str, L: int, batch, bench: bool, args, device) -> list[str]:
         first = _timed(fast, x, device)
         steady = _timed(fast, x, device)
         used = fast._auto_batch(fast._engine(fast.change_ranges))
-        peak = f", peak {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB" if device.type == "cuda" else ""
+        peak = f", peak {common.peak_gib(device):.1f} GiB" if device.type == "cuda" else ""
         lines = [f"{tag}: {1000 * steady / len(x):.2f} s / 1000 seqs (n={len(x)}; first call {first:.2f} s), "
                  f"batch {used}{peak}"]
         if args.profile:
@@ -97,9 +87,7 @@ def run_case(name: str, L: int, batch, bench: bool, args, device) -> list[str]:
         return [f"{tag}: ERROR {traceback.format_exc(limit=3)[-600:]}"]
     finally:
         FastISM.cudnn_benchmark = old
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
+        common.reset_peak(device)
 
 
 def main(argv=None) -> list[str]:
