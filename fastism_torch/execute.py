@@ -230,12 +230,14 @@ class Executor:
                 r, wreq = ga.window.backward(starts[ga.consumer][pos], widths[ga.consumer])
             elif ga.kind == GatherKind.FULL:
                 r, wreq = np.zeros(len(e), dtype=np.int64), ga.length
-            else:
+            else:               # REF, SUM, DELTA: the source's own window
                 r, wreq = starts[ga.source][pos], widths[ga.source]
             arrays[gather_input(k, "start")] = r + ga.pad[0] if ga.source_state == State.WINDOW else r
             ints[gather_input(k, "width")] = int(wreq)
             if ga.kind in (GatherKind.WINDOW, GatherKind.FULL) and ga.source_state == State.WINDOW:
                 arrays[gather_input(k, "shift")] = starts[ga.source][pos] - r
+            elif ga.kind == GatherKind.DELTA:
+                arrays[gather_input(k, "shift")] = ga.delta_origin(starts[ga.via][pos]) - r
         return arrays, ints
 
     def _feed(self, rows: dict, ints: dict, ref: Reference, values: torch.Tensor) -> dict:

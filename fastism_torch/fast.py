@@ -81,6 +81,10 @@ class FastISM(ISMBase):
         Show a progress bar.
     tf32 : bool, default False
         Let cuDNN and matrix products run in TF32 on GPUs (faster, ~1e-3 relative error; see :mod:`.precision`).
+    delta : bool, default True
+        Let linear ops (convolutions) add the change propagated from their input's change to their reference
+        output, where that costs fewer multiply-adds than recomputing their changed range (the plan shows the
+        choice per layer); ``False`` recomputes everywhere, as fastISM does (benchmarks, debugging).
     copy_model : bool, default True
         ``False`` runs ``model`` itself (set to eval mode and moved to ``device`` in place) instead of a private
         copy: one copy of a large model in memory.
@@ -93,8 +97,9 @@ class FastISM(ISMBase):
     cudnn_benchmark = False
 
     def __init__(self, model: nn.Module, seq_len: int, *, early_stop_layers=None, test_correctness: bool = True,
-                 strict: bool = False, compile: bool | str = False, **options):
+                 strict: bool = False, compile: bool | str = False, delta: bool = True, **options):
         super().__init__(model, seq_len, **options)
+        self.delta = bool(delta)
         self.early_stop_layers = list(early_stop_layers or [])
         self.strict = strict
         self.compile = compile
@@ -143,7 +148,7 @@ class FastISM(ISMBase):
             raise RuntimeError("this model takes inputs besides the sequence: call the FastISM object once "
                                "(or .predict) with all its inputs before reading its plan")
         if ranges not in self._engines:
-            plan = build_plan(self.gm, self.infos, self.seq_node, ranges)
+            plan = build_plan(self.gm, self.infos, self.seq_node, ranges, delta=self.delta)
             # GPUs and torch.compile get the kernels that never read tensor values on the host
             static = self.static_kernels
             if static is None:

@@ -39,7 +39,9 @@ class GatherKind(str, Enum):
     """How a consumer reads a windowed source (:class:`~fastism_torch.plan.Gather`)."""
     WINDOW = "window"           # a window of the source around the consumer's window (op input)
     FULL = "full"               # the whole source, materialised for a stop point or an output
-    REF = "ref"                 # the source's reference window only (INC_LINEAR)
+    REF = "ref"                 # the source's reference window only (INC_LINEAR; the input of a delta op)
+    DELTA = "delta"             # the consumer's own reference window plus its change, computed from its
+    #                             input's change by the op's linear part (delta propagation)
     SUM = "sum"                 # running sums of the source's reference (INC_MEAN reads one window sum per edit)
 
     def __str__(self) -> str:

@@ -32,6 +32,12 @@ class Gather:
     pad: tuple                # (left, right) padding the reference cache needs
     source_state: State       # WINDOW (a reference cache) or STATIC (the edits' own rows of another input)
     reuse: tuple | None = None  # (k, offset, shrink): a slice of gather k's window instead of a new gather
+    via: str | None = None    # DELTA: the input whose window's start places the change (consumer == source)
+
+    def delta_origin(self, input_starts: np.ndarray) -> np.ndarray:
+        """DELTA: the output position of the first column of the change computed from an input window starting
+        at ``input_starts`` (stride 1: ``extent - 1 - pad_left`` positions before it)."""
+        return input_starts + self.window.pad_left - (self.window.extent - 1)
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,10 @@ class NodeRanges:
     lo: np.ndarray = field(repr=False)
     hi: np.ndarray = field(repr=False)
     needed: tuple = None      # (lo, hi): the positions any output depends on (windows stay inside); None: all
+    delta_from: str | None = None  # computed as reference + the change propagated from this input's change
+    macs: int = 0             # multiply-adds per output position (linear sliding ops; 0: not counted here)
+    recompute_macs: float = 0.0    # per edit, averaged: recomputing the changed range from a gathered window
+    delta_macs: float = 0.0        # per edit, averaged: propagating the change of the input (linear ops)
 
     @property
     def bounds(self) -> tuple:
@@ -54,6 +64,7 @@ class Plan:
     nodes: dict               # name -> NodeRanges, for every windowed node
     gathers: tuple            # Gather, in graph order
     stops: tuple              # (node name, reason) of the stop points reached from the sequence
+    delta: bool = True        # whether linear ops may propagate changes (``FastISM(delta=False)``: never)
 
     def widths(self, idx: np.ndarray) -> dict:
         """Window width of every windowed node for a group of mutations ``idx``."""
@@ -70,22 +81,31 @@ class Plan:
         for r in self.nodes.values():
             w = r.hi - r.lo
             need = "" if r.needed is None else f"  needed [{r.needed[0]}, {r.needed[1]})"
-            rows.append(f"  {r.name:<28}{r.laxis:>5}{r.length:>8}{f'{w.min()}/{w.mean():.1f}/{w.max()}':>30}{need}")
+            how = ""
+            if r.macs:
+                mode = f"delta from {r.delta_from}" if r.delta_from else "recompute"
+                how = (f"  {mode} (MACs/edit: recompute {r.recompute_macs / 1e6:.3g} M, "
+                       f"delta {r.delta_macs / 1e6:.3g} M)")
+            rows.append(f"  {r.name:<28}{r.laxis:>5}{r.length:>8}{f'{w.min()}/{w.mean():.1f}/{w.max()}':>30}"
+                        f"{need}{how}")
         rows.append(f"  segments (gathers): {len(self.gathers)}")
         for g in self.gathers:
             win = "" if g.window == IDENTITY else f" extent={g.window.extent} stride={g.window.stride} " \
                                                   f"pad_left={g.window.pad_left} pad_value={g.window.pad_value}"
             share = "" if g.reuse is None else f" (slice of gather {g.reuse[0]} at offset {g.reuse[1]})"
-            rows.append(f"    {g.kind:<7} {g.source} -> {g.consumer}{win} cache_pad={g.pad}{share}")
+            via = "" if g.via is None else f" (change from {g.via})"
+            rows.append(f"    {g.kind:<7} {g.source} -> {g.consumer}{win} cache_pad={g.pad}{share}{via}")
         for name, reason in self.stops:
             rows.append(f"  stop at {name}: {reason}")
         return "\n".join(rows)
 
 
-def build_plan(gm: fx.GraphModule, infos: dict, seq_node: fx.Node, ranges) -> Plan:
+def build_plan(gm: fx.GraphModule, infos: dict, seq_node: fx.Node, ranges, delta: bool = True) -> Plan:
     """The plan for mutation windows ``ranges``: in graph order, each windowed node's change range (the
-    hull of what its windowed inputs' changes reach, kept inside what some output reads), the gathers its
-    inputs need, and the gathers and stop points of the nodes that run in full."""
+    hull of what its windowed inputs' changes reach, kept inside what some output reads), how it is computed
+    (recomputed from gathered windows, or, for a linear op where it costs less, its reference plus the
+    change propagated from its input's change: :func:`_choose`), the gathers that needs, and the gathers and
+    stop points of the nodes that run in full."""
     needed = needed_ranges(gm, infos, seq_node)
     si = infos[seq_node]
     starts, ends = (np.array([r[i] for r in ranges], dtype=np.int64) for i in (0, 1))
@@ -95,14 +115,46 @@ def build_plan(gm: fx.GraphModule, infos: dict, seq_node: fx.Node, ranges) -> Pl
         info = infos[node]
         dec = info.decision
         if info.state == State.WINDOW and node is not seq_node:
-            nodes[node.name] = _changed(node, infos, nodes, needed.get(node))
-            gathers += _window_gathers(node, infos, nodes)
+            nodes[node.name] = r = _choose(node, infos, nodes, _changed(node, infos, nodes, needed.get(node)), delta)
+            gathers += _delta_gathers(node, infos, nodes) if r.delta_from else _window_gathers(node, infos, nodes)
         elif info.state == State.FULL or node.op == "output":
             gathers += _full_gathers(node, infos, nodes)
             if (dec is not None and dec.kind == Kind.STOP
                     and all(infos[x].state != State.FULL for x in node.all_input_nodes)):
                 stops.append((node.name, dec.reason))
-    return Plan(tuple(ranges), nodes, tuple(_share_gathers(gathers, nodes)), tuple(stops))
+    return Plan(tuple(ranges), nodes, tuple(_share_gathers(gathers, nodes)), tuple(stops), delta)
+
+
+#: a linear op propagates changes when that costs at most this share of recomputing (the rest pays for reading
+#: the input's and the output's reference windows and adding the change)
+DELTA_GAIN = 0.8
+
+
+def _choose(node: fx.Node, infos: dict, nodes: dict, r: NodeRanges, allow: bool) -> NodeRanges:
+    """Recompute ``node``'s changed range, or add the change propagated from its one windowed input's change
+    (a linear sliding op: ``y_new = y_ref + delta(x_new - x_ref)``), whichever costs fewer multiply-adds per
+    edit (:data:`DELTA_GAIN`); both costs go into the plan."""
+    dec = infos[node].decision
+    if not dec.macs:
+        return r
+    rec = dec.macs * float(np.mean(r.hi - r.lo))
+    reads = [(x, read) for x, read in dec.reads.items() if infos[x].state == State.WINDOW]
+    if dec.delta is None or len(reads) != 1 or reads[0][1].window.stride != 1 or reads[0][1].window.reversed:
+        return replace(r, macs=dec.macs, recompute_macs=rec, delta_macs=rec)
+    x = nodes[reads[0][0].name]
+    dlt = dec.macs * float(np.mean(x.hi - x.lo))
+    use = allow and dlt <= DELTA_GAIN * rec
+    return replace(r, macs=dec.macs, recompute_macs=rec, delta_macs=dlt, delta_from=x.name if use else None)
+
+
+def _delta_gathers(node: fx.Node, infos: dict, nodes: dict) -> list:
+    """A delta op reads its input's reference window (to form the change) and its own reference window (to
+    add the change to)."""
+    me, x = nodes[node.name], nodes[nodes[node.name].delta_from]
+    read = next(rd for n, rd in infos[node].decision.reads.items() if n.name == x.name)
+    return [Gather(node.name, x.name, GatherKind.REF, IDENTITY, x.laxis, x.length, (0, 0), State.WINDOW),
+            Gather(node.name, node.name, GatherKind.DELTA, read.window, me.laxis, me.length, (0, 0), State.WINDOW,
+                   via=x.name)]
 
 
 def _changed(node: fx.Node, infos: dict, nodes: dict, need) -> NodeRanges:

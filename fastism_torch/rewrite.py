@@ -69,8 +69,9 @@ def span_input(name: str) -> str:
 
 
 GATHER_META = "fastism_gather"           # node.meta key: the plan gather a gather node implements
+DELTA_OPS = (torch.ops.fastism.gather_window_delta, kernels.gather_window_delta_static)   # eager, static
 GATHER_OPS = (torch.ops.fastism.gather_window, kernels.gather_window_static, torch.ops.fastism.gather_window_add,
-              torch.ops.fastism.gather_window_add_mean)
+              torch.ops.fastism.gather_window_add_mean, *DELTA_OPS)
 ADDS = (operator.add, torch.add)
 
 
@@ -86,6 +87,7 @@ class _Builder:
         self.by_key = {(x.consumer, x.source, x.kind): k for k, x in enumerate(plan.gathers)}
         self.env: dict = {}          # original node -> edit graph node
         self.made: dict = {}         # gather index -> its edit graph node
+        self.changes: dict = {}      # DELTA gather index -> the node of the change it adds
         self.static_inputs, self.ref_nodes, self.start_nodes = [], [], {}
         self._n = 0
 
@@ -116,11 +118,14 @@ class _Builder:
         else:
             src = self.input(gather_input(k, "cache"))
         new = shift = None
-        if ga.kind != GatherKind.REF and ga.source_state == State.WINDOW:
+        op = GATHER_OPS[int(self.static)]
+        if ga.kind == GatherKind.DELTA:
+            new, shift, op = self.changes[k], self.input(gather_input(k, "shift")), DELTA_OPS[int(self.static)]
+        elif ga.kind != GatherKind.REF and ga.source_state == State.WINDOW:
             new, shift = self.env[src_node], self.input(gather_input(k, "shift"))
         shape = list(src_node.meta["tensor_meta"].shape)
         feat = [s for i, s in enumerate(shape) if i not in (0, ga.laxis)]
-        node = g.call_function(GATHER_OPS[int(self.static)], (
+        node = g.call_function(op, (
             src, new, self.input(gather_input(k, "seq")), self.input(gather_input(k, "start")), shift,
             self.input(gather_input(k, "width")), ga.laxis, feat, ga.laxis))
         node.meta[GATHER_META] = k
@@ -153,12 +158,25 @@ class _Builder:
             self.env[node] = self._inc_mean(node, dec)
         elif dec is not None and dec.kind == Kind.INC_LINEAR:
             self.env[node] = self._inc_linear(node, dec)
+        elif info.state == State.WINDOW and self.plan.nodes[node.name].delta_from:
+            self.env[node] = self._delta(node, dec)
         else:
             args, kwargs, sub = self.mapped(node, GatherKind.WINDOW if info.state == State.WINDOW else GatherKind.FULL)
             if dec is not None and dec.emit is not None and info.state in (State.WINDOW, State.STATIC):
                 self.env[node] = dec.emit(self, node, args, kwargs)
             else:
                 self.env[node] = self.graph.node_copy(node, lambda n: sub[n])
+
+    def _delta(self, node: fx.Node, dec) -> fx.Node:
+        """A linear op by delta propagation: its reference window plus ``dec.delta`` of its input's change
+        (the input's window minus that window's reference)."""
+        x = self.nodes[self.plan.nodes[node.name].delta_from]
+        ref = self.gathered(self.by_key[(node.name, x.name, GatherKind.REF)])
+        change = self.graph.call_function(operator.sub, (self.env[x], ref))
+        args, kwargs, _ = self.mapped(node, GatherKind.WINDOW)
+        k = self.by_key[(node.name, node.name, GatherKind.DELTA)]
+        self.changes[k] = dec.delta(self, node, args, kwargs, change)
+        return self.gathered(k)
 
     def _inc_mean(self, node: fx.Node, dec) -> fx.Node:
         x = next(iter(dec.reads))

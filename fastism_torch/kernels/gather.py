@@ -60,6 +60,36 @@ def gather_window(cache: torch.Tensor, new: torch.Tensor | None, seq_idx: torch.
     return out.movedim(-1, laxis)
 
 
+def gather_window_delta(cache: torch.Tensor, change: torch.Tensor, seq_idx: torch.Tensor, start: torch.Tensor,
+                        shift: torch.Tensor, width: int, laxis: int, feat_shape: tuple,
+                        new_laxis: int) -> torch.Tensor:
+    """Delta propagation's write: for each edit b the consumer's own reference window,
+    ``cache[seq_idx[b], :, start[b] : start[b] + width]``, with ``change[b]`` (its change, propagated from its
+    input's change) *added* at offset ``shift[b]`` (clipped to the window).  Returns ``(B, *feat_shape)`` with
+    the window along ``laxis``."""
+    out = window_rows(cache, seq_idx, start, width)                          # (B, F, width), contiguous
+    nv = _as_3d(change.movedim(new_laxis, -1))                              # (B, F, Win)
+    runs = _placements(shift, nv.shape[-1], width)
+    if runs is None:
+        _add_by_shift(out, nv, shift)
+    else:
+        _write_runs(out, runs, lambda r, s, dst: dst.add_(nv[r, :, s]))
+    out = out.view(out.shape[0], *feat_shape, width)
+    return out.movedim(-1, laxis)
+
+
+def _add_by_shift(out: torch.Tensor, new: torch.Tensor, shift: torch.Tensor) -> None:
+    """``out[b, :, shift[b] + j] += new[b, :, j]`` wherever that lands inside ``out``, for many short runs of
+    shifts: one ``index_add_`` per distinct shift."""
+    width, win = out.shape[-1], new.shape[-1]
+    shifts, inverse = torch.unique(shift, return_inverse=True)
+    for k, t in enumerate(shifts.tolist()):
+        a, b = max(t, 0), min(t + win, width)
+        if a < b:
+            sel = (inverse == k).nonzero().flatten()
+            out[:, :, a:b].index_add_(0, sel, new[:, :, a - t:b - t].index_select(0, sel))
+
+
 def gather_window_add(cache: torch.Tensor, a: torch.Tensor, b: torch.Tensor, seq_idx: torch.Tensor,
                       start: torch.Tensor, shift: torch.Tensor, width: int, laxis: int, feat_shape: tuple,
                       new_laxis: int) -> torch.Tensor:
@@ -309,18 +339,38 @@ def gather_window_static(cache: torch.Tensor, new: torch.Tensor | None, seq_idx:
                          feat_shape: tuple, new_laxis: int) -> torch.Tensor:
     """:func:`gather_window` without host synchronisation: the recomputed window is placed by a masked
     select (``out[b, :, p] = new[b, :, p - shift[b]]`` where that index is inside ``new``)."""
-    p = torch.arange(width, device=cache.device)
-    f = torch.arange(cache.shape[1], device=cache.device)
-    out = cache[seq_idx[:, None, None], f[:, None], (start[:, None] + p)[:, None, :]]      # (B, F, width)
+    out = _window_static(cache, seq_idx, start, width)
     if new is not None:
-        nv = _as_3d(new.movedim(new_laxis, -1))                             # (B, F, Win)
-        win = nv.shape[-1]
-        j = p - shift[:, None]                                              # (B, width): index into new
-        valid = ((j >= 0) & (j < win))[:, None, :]
-        src = nv.gather(2, j.clamp(0, win - 1)[:, None, :].expand(-1, nv.shape[1], -1))
+        valid, src = _shifted_static(_as_3d(new.movedim(new_laxis, -1)), shift, width)
         out = torch.where(valid, src, out)
     out = out.view(out.shape[0], *feat_shape, width)
     return out.movedim(-1, laxis)
+
+
+def gather_window_delta_static(cache: torch.Tensor, change: torch.Tensor, seq_idx: torch.Tensor,
+                               start: torch.Tensor, shift: torch.Tensor, width: int, laxis: int,
+                               feat_shape: tuple, new_laxis: int) -> torch.Tensor:
+    """:func:`gather_window_delta` without host synchronisation (a masked add)."""
+    valid, src = _shifted_static(_as_3d(change.movedim(new_laxis, -1)), shift, width)
+    out = _window_static(cache, seq_idx, start, width) + torch.where(valid, src, 0.0)
+    out = out.view(out.shape[0], *feat_shape, width)
+    return out.movedim(-1, laxis)
+
+
+def _window_static(cache: torch.Tensor, seq_idx: torch.Tensor, start: torch.Tensor, width: int) -> torch.Tensor:
+    """``cache[seq_idx[b], :, start[b] : start[b] + width]`` for each b: ``(B, F, width)``, one indexed read."""
+    p = torch.arange(width, device=cache.device)
+    f = torch.arange(cache.shape[1], device=cache.device)
+    return cache[seq_idx[:, None, None], f[:, None], (start[:, None] + p)[:, None, :]]
+
+
+def _shifted_static(nv: torch.Tensor, shift: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(valid, src)``, ``(B, 1, width)`` and ``(B, F, width)``: ``src[b, :, p] = nv[b, :, p - shift[b]]`` where
+    ``valid`` (that index is inside ``nv``)."""
+    win = nv.shape[-1]
+    j = torch.arange(width, device=nv.device) - shift[:, None]                # (B, width): index into nv
+    valid = ((j >= 0) & (j < win))[:, None, :]
+    return valid, nv.gather(2, j.clamp(0, win - 1)[:, None, :].expand(-1, nv.shape[1], -1))
 
 
 def inc_linear_static(new: torch.Tensor, ref_window: torch.Tensor, ref_out: torch.Tensor, weight: torch.Tensor,

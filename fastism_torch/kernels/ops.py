@@ -23,6 +23,19 @@ def _(cache, new, seq_idx, start, shift, width, laxis, feat_shape, new_laxis):
     return out.movedim(-1, laxis)
 
 
+@torch.library.custom_op("fastism::gather_window_delta", mutates_args=())
+def gather_window_delta(cache: torch.Tensor, change: torch.Tensor, seq_idx: torch.Tensor, start: torch.Tensor,
+                        shift: torch.Tensor, width: int, laxis: int, feat_shape: list[int],
+                        new_laxis: int) -> torch.Tensor:
+    return _k.gather_window_delta(cache, change, seq_idx, start, shift, width, laxis, tuple(feat_shape), new_laxis)
+
+
+@gather_window_delta.register_fake
+def _(cache, change, seq_idx, start, shift, width, laxis, feat_shape, new_laxis):
+    out = cache.new_empty([seq_idx.shape[0], *feat_shape, width])
+    return out.movedim(-1, laxis)
+
+
 @torch.library.custom_op("fastism::gather_window_add", mutates_args=())
 def gather_window_add(cache: torch.Tensor, a: torch.Tensor, b: torch.Tensor, seq_idx: torch.Tensor,
                       start: torch.Tensor, shift: torch.Tensor, width: int, laxis: int, feat_shape: list[int],

@@ -40,6 +40,11 @@ class EditGraphBuilder(Protocol):
 #: ``emit(builder, node, args, kwargs) -> fx.Node``: the node re-emitted to run on a window without padding
 Emit = Callable[[EditGraphBuilder, fx.Node, tuple, dict], fx.Node]
 
+#: ``delta(builder, node, args, kwargs, change) -> fx.Node``: the change of a linear sliding op's output (no bias)
+#: from ``change``, the change of its windowed input over that input's window of width ``w``: ``w + extent - 1``
+#: output positions, the first ``extent - 1 - pad_left`` before the window's start (stride 1)
+Delta = Callable[[EditGraphBuilder, fx.Node, tuple, dict, fx.Node], fx.Node]
+
 
 @dataclass(frozen=True)
 class Read:
@@ -60,6 +65,9 @@ class Decision:
     flatten: bool = False                        # STOP: merges the length axis; a dense user may update it
     scale: float = 1.0                           # INC_MEAN: 1/L for a mean, 1 for a sum
     weight_node: Any = None                      # INC_LINEAR of F.linear: the weight's node (None: the module's)
+    delta: Delta | None = None                   # SLIDING and linear: its output's change from its input's change
+    macs: int = 0                                # SLIDING: multiply-adds per output position (all channels);
+    #                                              a delta op spends as many per *input* position it propagates
 
 
 def stop(reason: str, quiet: bool = False) -> Decision:
