@@ -89,8 +89,19 @@ def _per_item(node, gm) -> float:
 
 
 def mac_summary(gm, infos: dict, plan) -> dict:
-    """MACs of one full forward pass vs those recomputed per mutation under ``plan`` (single-base windows)."""
-    full = fast = 0.0
+    """MACs of one full forward pass vs those needed per mutation under ``plan`` (single-base windows).
+
+    - ``fast_macs_per_mutation`` / ``ratio``: the *recompute bound* (fastISM's): every windowed op recomputes
+      its changed range from a gathered window;
+    - ``delta_macs_per_mutation`` / ``delta_ratio``: the *delta bound*: a linear sliding op with a delta form
+      costs its changed *input* width, and the first layer on the sequence is free (a one-hot change is a
+      look-up of kernel columns);
+    - ``planned_macs_per_mutation`` / ``planned_ratio``: what the plan's per-layer choice (recompute or delta)
+      multiplies, the first layer included, at each edit's exact widths (execution adds the groups' padding
+      to the widest window: :func:`executed_macs`).
+    """
+    full = rec = dlt = planned = 0.0
+    first = next(iter(plan.nodes))                     # the sequence
     for node in gm.graph.nodes:
         per_item = _per_item(node, gm)
         if not per_item:
@@ -99,14 +110,43 @@ def mac_summary(gm, infos: dict, plan) -> dict:
         info = infos[node]
         if info.state == State.WINDOW:
             r = plan.nodes[node.name]
-            fast += per_item / r.length * float(np.mean(r.hi - r.lo))
-        elif info.state == State.FULL:
-            dec = info.decision
-            if dec is not None and dec.kind == Kind.INC_LINEAR:
-                x = next(iter(dec.reads))
-                r = plan.nodes[x.name]
-                fast += per_item / r.length * float(np.mean(r.hi - r.lo))
+            exact = per_item / r.length * float(np.mean(r.hi - r.lo))
+            if r.macs:
+                rec += r.recompute_macs
+                dlt += 0.0 if r.delta_input == first else min(r.delta_macs, r.recompute_macs)
+                planned += r.delta_macs if r.delta_from else r.recompute_macs
             else:
-                fast += per_item
-    return {"full_macs": int(full), "fast_macs_per_mutation": int(fast),
-            "ratio": full / fast if fast else float("inf")}
+                rec, dlt, planned = rec + exact, dlt + exact, planned + exact
+            continue
+        cost = per_item
+        if info.state == State.FULL and info.decision is not None and info.decision.kind == Kind.INC_LINEAR:
+            r = plan.nodes[next(iter(info.decision.reads)).name]
+            cost = per_item / r.length * float(np.mean(r.hi - r.lo))
+        if info.state == State.FULL:
+            rec, dlt, planned = rec + cost, dlt + cost, planned + cost
+    ratio = lambda x: full / x if x else float("inf")  # noqa: E731
+    return {"full_macs": int(full), "fast_macs_per_mutation": int(rec), "ratio": ratio(rec),
+            "delta_macs_per_mutation": int(dlt), "delta_ratio": ratio(dlt),
+            "planned_macs_per_mutation": int(planned), "planned_ratio": ratio(planned)}
+
+
+def executed_macs(ism, seqs) -> dict:
+    """Multiply-adds the engine actually executes for full saturation of ``seqs``, counted by PyTorch's
+    ``FlopCounterMode`` (convolutions, transposed convolutions, matrix products, and the incremental dense
+    layers inside the custom op) over the reference pass and every batch, groups' padding included.
+
+    Returns ``{"total": MACs, "per_mutation": MACs / (3 L N), "edits": 3 L N}``.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+    n, length = len(seqs), ism.seq_len
+    mapping = {torch.ops.fastism.inc_linear: _inc_linear_flops}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        ism.saturation_mutagenesis(seqs)
+    macs = counter.get_total_flops() / 2
+    edits = (ism.num_chars - 1) * length * n
+    return {"total": int(macs), "per_mutation": macs / edits, "edits": edits}
+
+
+def _inc_linear_flops(new_shape, ref_window_shape, ref_out_shape, weight_shape, *args, **kwargs) -> int:
+    """FLOPs of :func:`~fastism_torch.kernels.inc_linear`: the changed window's features times the outputs."""
+    return 2 * math.prod(new_shape) * weight_shape[0]

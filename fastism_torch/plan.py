@@ -49,6 +49,7 @@ class NodeRanges:
     hi: np.ndarray = field(repr=False)
     needed: tuple = None      # (lo, hi): the positions any output depends on (windows stay inside); None: all
     delta_from: str | None = None  # computed as reference + the change propagated from this input's change
+    delta_input: str | None = None  # the input a delta form would propagate from (None: no delta form)
     macs: int = 0             # multiply-adds per output position (linear sliding ops; 0: not counted here)
     recompute_macs: float = 0.0    # per edit, averaged: recomputing the changed range from a gathered window
     delta_macs: float = 0.0        # per edit, averaged: propagating the change of the input (linear ops)
@@ -127,13 +128,14 @@ def build_plan(gm: fx.GraphModule, infos: dict, seq_node: fx.Node, ranges, delta
 
 #: a linear op propagates changes when that costs at most this share of recomputing (the rest pays for reading
 #: the input's and the output's reference windows and adding the change)
-DELTA_GAIN = 0.8
+DELTA_GAIN = 0.85
 
 
 def _choose(node: fx.Node, infos: dict, nodes: dict, r: NodeRanges, allow: bool) -> NodeRanges:
     """Recompute ``node``'s changed range, or add the change propagated from its one windowed input's change
     (a linear sliding op: ``y_new = y_ref + delta(x_new - x_ref)``), whichever costs fewer multiply-adds per
-    edit (:data:`DELTA_GAIN`); both costs go into the plan."""
+    edit, weighed by the delta form's measured time per multiply-add (``Decision.delta_cost``) and
+    :data:`DELTA_GAIN`; both MAC counts go into the plan."""
     dec = infos[node].decision
     if not dec.macs:
         return r
@@ -143,8 +145,9 @@ def _choose(node: fx.Node, infos: dict, nodes: dict, r: NodeRanges, allow: bool)
         return replace(r, macs=dec.macs, recompute_macs=rec, delta_macs=rec)
     x = nodes[reads[0][0].name]
     dlt = dec.macs * float(np.mean(x.hi - x.lo))
-    use = allow and dlt <= DELTA_GAIN * rec
-    return replace(r, macs=dec.macs, recompute_macs=rec, delta_macs=dlt, delta_from=x.name if use else None)
+    use = allow and dlt * dec.delta_cost <= DELTA_GAIN * rec
+    return replace(r, macs=dec.macs, recompute_macs=rec, delta_macs=dlt, delta_from=x.name if use else None,
+                   delta_input=x.name)
 
 
 def _delta_gathers(node: fx.Node, infos: dict, nodes: dict) -> list:

@@ -64,12 +64,13 @@ class ProfileCounts(nn.Module):
 def _recorded_calls():
     with _Record() as rec:
         for model in (Net(), ProfileCounts()):
-            fast = ft.FastISM(scale_weights(model), 40)
-            fast.saturation_mutagenesis(random_onehot(2, 40))
+            for delta in (False, True):        # recomputed residual sums are fused into gathers; convs by delta
+                fast = ft.FastISM(scale_weights(model), 40, delta=delta)
+                fast.saturation_mutagenesis(random_onehot(2, 40))
     return rec.calls
 
 
-OPS = ["gather_window", "gather_window_add", "gather_window_add_mean", "inc_linear"]
+OPS = ["gather_window", "gather_window_add", "gather_window_add_mean", "inc_linear", "gather_window_delta"]
 
 
 def test_the_edit_graph_uses_the_custom_ops():
@@ -291,3 +292,27 @@ def test_relu_runs_in_place_only_on_a_convolution_output_nobody_else_reads(stati
     x = random_onehot(3, 30)
     torch.testing.assert_close(fast.saturation_mutagenesis(x), ft.NaiveISM(model, 30).saturation_mutagenesis(x),
                                rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("many_runs", [False, True])
+def test_gather_window_delta_adds_the_change_where_it_lands(many_runs):
+    """Delta propagation's write against a loop: the reference window plus the change at its shift, clipped;
+    eager (runs of equal shifts, and one index_add_ per shift when the runs are many) and static forms."""
+    from fastism_torch.kernels import gather_window_delta, gather_window_delta_static
+    g = torch.Generator().manual_seed(3)
+    n, f, length, width, win, B = 3, 5, 30, 9, 6, 70
+    cache = torch.randn(n, f, length, generator=g)
+    change = torch.randn(B, f, win, generator=g)
+    seq = torch.randint(0, n, (B,), generator=g)
+    start = torch.randint(0, length - width + 1, (B,), generator=g)
+    shift = (torch.randint(-win, width + 1, (B,), generator=g) if many_runs
+             else torch.tensor([-2] * 30 + [1] * 30 + [7] * 10))
+    expected = torch.stack([cache[seq[b], :, start[b]:start[b] + width] for b in range(B)]).clone()
+    for b in range(B):
+        for j in range(win):
+            p = int(shift[b]) + j
+            if 0 <= p < width:
+                expected[b, :, p] += change[b, :, j]
+    for fn in (gather_window_delta, gather_window_delta_static):
+        got = fn(cache, change, seq, start, shift, width, 2, (f,), 2)
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)

@@ -68,6 +68,7 @@ class Decision:
     delta: Delta | None = None                   # SLIDING and linear: its output's change from its input's change
     macs: int = 0                                # SLIDING: multiply-adds per output position (all channels);
     #                                              a delta op spends as many per *input* position it propagates
+    delta_cost: float = 1.0                      # time per multiply-add of ``delta`` relative to recomputing
 
 
 def stop(reason: str, quiet: bool = False) -> Decision:
