@@ -132,19 +132,36 @@ def mac_summary(gm, infos: dict, plan) -> dict:
 
 def executed_macs(ism, seqs) -> dict:
     """Multiply-adds the engine actually executes for full saturation of ``seqs``, counted by PyTorch's
-    ``FlopCounterMode`` (convolutions, transposed convolutions, matrix products, and the incremental dense
-    layers inside the custom op) over the reference pass and every batch, groups' padding included.
+    ``FlopCounterMode`` (convolutions, transposed convolutions, matrix products, the incremental dense layers
+    inside the custom op, and pooling as one op per window element, as :func:`mac_summary` counts it) over every
+    batch, groups' padding included, and the reference pass.
 
     Returns ``{"total": MACs, "per_mutation": MACs / (3 L N), "edits": 3 L N}``.
     """
     from torch.utils.flop_counter import FlopCounterMode
     n, length = len(seqs), ism.seq_len
-    mapping = {torch.ops.fastism.inc_linear: _inc_linear_flops}
+    aten = torch.ops.aten
+    mapping = {torch.ops.fastism.inc_linear: _inc_linear_flops, aten.max_pool1d: _pool_flops,
+               aten.max_pool2d_with_indices: _pool_flops, aten.avg_pool1d: _pool_flops, aten.avg_pool2d: _pool_flops,
+               aten.max_pool2d: _pool_flops}
+    if hasattr(torch.ops.mkldnn, "_linear_pointwise"):          # kernels.linear: oneDNN's dense products
+        mapping[torch.ops.mkldnn._linear_pointwise] = _onednn_linear_flops
     with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         ism.saturation_mutagenesis(seqs)
     macs = counter.get_total_flops() / 2
     edits = (ism.num_chars - 1) * length * n
     return {"total": int(macs), "per_mutation": macs / edits, "edits": edits}
+
+
+def _pool_flops(x_shape, kernel_size, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs (2 per op) of a pooling: one op per output element and window element."""
+    out = out_shape[0] if isinstance(out_shape[0], (tuple, list, torch.Size)) else out_shape
+    return 2 * math.prod(out) * _elements(kernel_size)
+
+
+def _onednn_linear_flops(x_shape, w_shape, *args, **kwargs) -> int:
+    """FLOPs of oneDNN's dense product ``x @ w.T``."""
+    return 2 * math.prod(x_shape[:-1]) * w_shape[0] * w_shape[1]
 
 
 def _inc_linear_flops(new_shape, ref_window_shape, ref_out_shape, weight_shape, *args, **kwargs) -> int:
