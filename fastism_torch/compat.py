@@ -142,32 +142,39 @@ def _edits(X8: torch.Tensor, start: int, end: int):
 def _predict(engine, X8: torch.Tensor, args: tuple, start: int, end: int, verbose: bool):
     """``y0`` (``(N, *out)``) and ``y_hat`` (``(N, C, end - start, *out)``) per model output, float32 on the CPU.
 
-    Chunks of sequences bounded by :data:`CHUNK_BYTES` of ``y_hat``; each chunk's grid is filled with ``y0`` (the
-    identity substitutions) and its edits' predictions (:meth:`FastISM.edit_outputs`) are written over it.
+    Chunks of sequences bounded by :data:`CHUNK_BYTES` of ``y_hat`` (64 at most); each chunk's grid is filled
+    with its ``y0`` (the identity substitutions) and its edits' predictions (:meth:`FastISM.edit_outputs`) are
+    written over it.
     """
     from tqdm.auto import tqdm
     n, C, _ = X8.shape
     W = end - start
     inputs = [X8.float(), *(a.float() for a in args)]
-    y0 = engine.predict(inputs)
-    y0 = [y0] if isinstance(y0, torch.Tensor) else list(y0)
-    y_hat = [torch.empty((n, C, W, *y.shape[1:]), dtype=torch.float32) for y in y0]
-    per_seq = max(1, 4 * C * W * sum(int(np.prod(y.shape[1:])) for y in y0))
-    step = int(np.clip(CHUNK_BYTES // per_seq, 1, 64))
+    y0, y_hat, step = None, None, 1
     eye = torch.eye(C)
     with tqdm(total=n, disable=not verbose, unit="seq", desc="saturation_mutagenesis", leave=False) as bar:
-        for lo in range(0, n, step):
+        lo = 0
+        while lo < n:
             hi = min(n, lo + step)
-            for yh, y in zip(y_hat, y0):
-                yh[lo:hi] = y[lo:hi].reshape(hi - lo, 1, 1, *y.shape[1:])
+            chunk = [t[lo:hi] for t in inputs]
+            ref = engine.predict(chunk)
+            ref = [ref] if isinstance(ref, torch.Tensor) else list(ref)
+            if y0 is None:                      # the first sequence sizes the chunks
+                y0 = [torch.empty((n, *r.shape[1:]), dtype=torch.float32) for r in ref]
+                y_hat = [torch.empty((n, C, W, *r.shape[1:]), dtype=torch.float32) for r in ref]
+                per_seq = max(1, 4 * C * W * sum(int(np.prod(r.shape[1:])) for r in ref))
+                step = int(np.clip(CHUNK_BYTES // per_seq, 1, 64))
+            for y, yh, r in zip(y0, y_hat, ref):
+                y[lo:hi] = r
+                yh[lo:hi] = r.reshape(hi - lo, 1, 1, *r.shape[1:])
             s, c, p = _edits(X8[lo:hi], start, end)
             if len(s):
-                inp = engine.inputs([t[lo:hi] for t in inputs])
-                outs = engine.edit_outputs(inp, s.numpy(), p.numpy(), eye[c][:, None, :])
+                outs = engine.edit_outputs(engine.inputs(chunk), s.numpy(), p.numpy(), eye[c][:, None, :])
                 rows = (s * C + c) * W + p
                 for yh, o in zip(y_hat, outs):
                     yh[lo:hi].view(-1, *o.shape[1:])[rows] = o.to("cpu", torch.float32)
             bar.update(hi - lo)
+            lo = hi
     return y0, y_hat
 
 

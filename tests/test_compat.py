@@ -126,6 +126,15 @@ def test_equals_tangermeme(name, window):
         assert float(b.abs().max()) > 1e-4 * scale
 
 
+@pytest.mark.parametrize("chunk_bytes", [1, 4 * 4 * 12 * 3 * 2])
+def test_chunks_of_sequences(monkeypatch, chunk_bytes):
+    """Several chunks (1 and 2 sequences each), with ``args`` sliced along: the same as one chunk."""
+    monkeypatch.setattr(compat, "CHUNK_BYTES", chunk_bytes)
+    model, X, args, _ = family("args", n=5)
+    ours, theirs = both(model, X, args=args, start=10, end=22, raw_outputs=True)
+    assert_matches(list(ours), list(theirs), _scale(theirs))
+
+
 def test_multi_output_raw_outputs():
     """BPNet's two heads: lists of ``y0`` and ``y_hat``; without ``raw_outputs`` both refuse alike."""
     model = models.bpnet(seq_len=L, num_tasks=2, n_dilated=2, filters=8)
