@@ -35,12 +35,22 @@ def _tensors(model: nn.Module):
     return itertools.chain(model.named_parameters(), model.named_buffers())
 
 
+def _equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same values, NaN equal to NaN (a buffer holding NaN must not rebuild the engine on every call)."""
+    if torch.equal(a, b):
+        return True
+    return a.is_floating_point() and bool(((a == b) | (a.isnan() & b.isnan())).all())
+
+
 def _same_values(model: nn.Module, copy: nn.Module) -> bool:
     """Every parameter and buffer of ``model`` equals the one of the same name in the engine's ``copy``."""
     theirs = dict(_tensors(copy))
-    for name, t in _tensors(model):
+    mine = list(_tensors(model))
+    if len(mine) != len(theirs):
+        return False
+    for name, t in mine:
         c = theirs.get(name)
-        if c is None or c.shape != t.shape or c.dtype != t.dtype or not torch.equal(t.detach().to(c.device), c):
+        if c is None or c.shape != t.shape or c.dtype != t.dtype or not _equal(t.detach().to(c.device), c):
             return False
     return True
 

@@ -307,6 +307,10 @@ def test_same_values_reloaded_reuse_the_engine_and_deleted_models_free_it():
     model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()})   # new _versions, same values
     ft.saturation_mutagenesis(model, X)
     assert _builds() == n0
+    model.register_buffer("unused", torch.tensor([float("nan"), 1.0]))    # a new buffer: rebuilt once
+    ft.saturation_mutagenesis(model, X)
+    ft.saturation_mutagenesis(model, X)
+    assert _builds() == n0 + 1                  # NaN == NaN here: not rebuilt on every call
     models_before = compat.cache_info()["models"]
     del model
     gc.collect()
