@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .engine_cache import cache_info, cached_engine, clear_cache
+from .errors import InputWarning
 
 __all__ = ["saturation_mutagenesis", "SaturationMutagenesisRawResult", "cached_engine", "clear_cache",
            "cache_info"]
@@ -59,7 +60,7 @@ def _as_int8(X) -> torch.Tensor:
     if X.is_floating_point() and not torch.equal(X, X.round()):
         warnings.warn("X contains non-integer values which will be truncated toward zero by the int8 cast; values "
                       "with magnitude < 1 become 0. Pass a hard one-hot encoding to avoid silently zeroing "
-                      "positions.", UserWarning, stacklevel=3)
+                      "positions.", InputWarning, stacklevel=3)
     return X.type(torch.int8).cpu()
 
 

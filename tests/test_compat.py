@@ -17,6 +17,7 @@ from torch import nn
 
 import fastism_torch as ft
 from fastism_torch import compat, models
+from fastism_torch.errors import InputWarning
 
 tm = pytest.importorskip("tangermeme.saturation_mutagenesis")
 
@@ -174,7 +175,7 @@ def test_identity_n_columns_and_input_types():
     assert_matches(ft.saturation_mutagenesis(model, packed), tm.saturation_mutagenesis(model, packed, fast=False),
                    scale)
     soft = X * 0.9 + 0.1 * X.roll(1, dims=1)
-    with pytest.warns(UserWarning, match="truncated toward zero"):
+    with pytest.warns(InputWarning, match="truncated toward zero"):
         a = ft.saturation_mutagenesis(model, soft, raw_outputs=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
