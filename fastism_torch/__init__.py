@@ -9,7 +9,10 @@ Public API::
 
     ism = fastism_torch.from_keras("model.h5")           # Keras 2/3 files, SavedModel, keras.Model
     ism = fastism_torch.from_onnx("model.onnx")
+
+    attr = fastism_torch.saturation_mutagenesis(model, X)  # tangermeme 1.6's call and results (see .compat)
 """
+from .compat import saturation_mutagenesis
 from .fast import FastISM
 from .naive import NaiveISM
 
@@ -28,4 +31,4 @@ def from_onnx(*args, **kwargs):
     return _from_onnx(*args, **kwargs)
 
 
-__all__ = ["FastISM", "NaiveISM", "from_keras", "from_onnx", "__version__"]
+__all__ = ["FastISM", "NaiveISM", "saturation_mutagenesis", "from_keras", "from_onnx", "__version__"]

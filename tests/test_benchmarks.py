@@ -54,3 +54,15 @@ def test_profile_gpu_tiny_on_cpu():
                                                  "tiny L=40 eager batch=32 cudnn.benchmark=off"], lines
     assert not any("ERROR" in s for s in lines) and "batch 32" in heads[1]
     assert sum("profiled:" in s for s in lines) == 2 and sum(s.strip() == "host:" for s in lines) == 2
+
+
+@pytest.mark.skipif(not HAS_TANGERMEME, reason="needs tangermeme")
+def test_bench_compat_tiny(tmp_path):
+    from benchmarks import bench_compat
+    out = tmp_path / "RESULTS.md"
+    rows = bench_compat.main(["--models", "tiny", "--length", "40", "--n-seqs", "1,3", "--threads", "1",
+                              "--out", str(out)])
+    assert [r["n"] for r in rows] == [1, 3] and all(r["diff"] < 1e-4 for r in rows)
+    assert all("fast=False path" in r["note"] for r in rows)          # under tangermeme's 30 s threshold
+    text = out.read_text()
+    assert "| tiny | 40 | 3 |" in text and "command:" in text and "noisy" in text
