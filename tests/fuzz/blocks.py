@@ -268,6 +268,66 @@ class Misc(nn.Module):
         raise AssertionError(k)
 
 
+class FConv(nn.Module):
+    """``F.conv1d`` with the layer's own weight and bias parameters, as ported models (onnx2torch, Keras ports,
+    hand-written reverse-complement layers) call it; ``rc``: the reverse-complement form
+    ``conv(x.flip([1, 2]), w).flip([1, 2])``-style weight sharing averaged with the forward strand."""
+
+    def __init__(self, cin, out, k, dilation, padding, rc):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out, cin, k) / (cin * k) ** 0.5)
+        self.bias = nn.Parameter(torch.randn(out) * 0.1)
+        self.dilation, self.padding, self.rc = dilation, padding, rc
+
+    def forward(self, x):
+        y = F.conv1d(x, self.weight, self.bias, padding=self.padding, dilation=self.dilation)
+        if self.rc:
+            w = self.weight.flip([0, 1, 2])              # complement strand: channels and taps reversed
+            y = 0.5 * (y + F.conv1d(x, w, self.bias.flip(0), padding=self.padding, dilation=self.dilation))
+        return y
+
+
+class Crop(nn.Module):
+    """Cropping a constant number of positions from each end (Keras ``Cropping1D``, Basenji/BPNet trimming)."""
+
+    def __init__(self, a, b, how):
+        super().__init__()
+        self.a, self.b, self.how = a, b, how
+
+    def forward(self, x):
+        if self.how == "slice":
+            return x[:, :, self.a:x.shape[-1] - self.b]
+        if self.how == "neg":
+            return x[..., self.a:-self.b] if self.b else x[..., self.a:]
+        return torch.narrow(x, 2, self.a, x.shape[2] - self.a - self.b)
+
+
+class SqueezeExcite(nn.Module):
+    """Channel gates from the sequence-wide mean: ``x * sigmoid(W2 relu(W1 mean(x)))`` (a global op mid-model)."""
+
+    def __init__(self, c, hidden):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(c, hidden), nn.Linear(hidden, c)
+
+    def forward(self, x):
+        g = torch.sigmoid(self.l2(F.relu(self.l1(x.mean(-1)))))
+        return x * g.unsqueeze(-1)
+
+
+class AttentionPool(nn.Module):
+    """Enformer's attention pooling over pairs of positions: softmax-weighted sums of (N, C, L/2, 2) blocks."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.logit = nn.Conv1d(c, c, 1, bias=False)
+
+    def forward(self, x):
+        n, c, length = x.shape
+        x = x[..., :length - length % 2]
+        w = self.logit(x).view(n, c, -1, 2).softmax(-1)
+        return (x.view(n, c, -1, 2) * w).sum(-1)
+
+
 class Mixer(nn.Module):
     """A sequence mixer after the convolutions: LSTM / GRU / MultiheadAttention on (N, L, C)."""
 
@@ -284,101 +344,3 @@ class Mixer(nn.Module):
         if self.residual:
             y = y + t
         return y.transpose(1, 2)
-
-
-class Head(nn.Module):
-    """Output heads: dense (flatten + Linear ``lin``), pooled (global pooling + Linear ``lin_p``), profile (conv
-    ``prof`` kept per position), and two-output forms: a dict, a tuple, dense + pooled; ``post`` after one output."""
-
-    def __init__(self, kind, mods, dense_how=None, pool_how=None, post=None):
-        super().__init__()
-        self.kind, self.dense_how, self.pool_how, self.post = kind, dense_how, pool_how, post
-        self.ms = nn.ModuleDict(mods)
-
-    def dense(self, x):
-        h = self.dense_how
-        if h == "flatten(1)":
-            f = x.flatten(1)
-        elif h == "torch.flatten":
-            f = torch.flatten(x, 1)
-        elif h == "view":
-            f = x.view(x.size(0), -1)
-        elif h == "reshape":
-            f = x.reshape(x.shape[0], -1)
-        else:
-            f = self.ms["flatten"](x)
-        return self.ms["lin"](f)
-
-    def pooled(self, x):
-        h = self.pool_how
-        if h == "mean":
-            p = x.mean(-1)
-        elif h == "sum":
-            p = x.sum(dim=2)
-        elif h == "amax":
-            p = x.amax(-1)
-        elif h == "max[0]":
-            p = x.max(dim=-1)[0]
-        elif h == "adaptive_avg":
-            p = self.ms["pool"](x).flatten(1)
-        elif h == "adaptive_max":
-            p = self.ms["pool"](x).squeeze(-1)
-        elif h == "mean_relu_inplace":
-            p = self.ms["relu"](x.mean(-1))
-        else:
-            p = torch.mean(x, dim=2)
-        return self.ms["lin_p"](p)
-
-    def forward(self, x):
-        if self.kind == "dict":
-            return {"profile": self.ms["prof"](x), "counts": self.pooled(x)}
-        if self.kind == "tuple":
-            return self.ms["prof"](x), self.pooled(x)
-        if self.kind == "dense+pool":
-            return self.dense(x), self.pooled(x)
-        if self.kind == "dense":
-            y = self.dense(x)
-        elif self.kind == "pool":
-            y = self.pooled(x)
-        else:
-            y = self.ms["prof"](x)
-        if self.post == "relu_inplace":
-            y = self.ms["post"](y)
-        elif self.post == "F.relu_":
-            y = F.relu_(y)
-        elif self.post == "softplus":
-            y = F.softplus(y)
-        return y
-
-
-class FuzzNet(nn.Module):
-    def __init__(self, body, head, nlc=False):
-        super().__init__()
-        self.body = nn.ModuleList(body)
-        self.head = head
-        self.nlc = nlc
-
-    def forward(self, x):
-        if self.nlc:
-            x = x.transpose(1, 2)
-        for b in self.body:
-            x = b(x)
-        return self.head(x)
-
-
-class FuzzNetCtl(FuzzNet):
-    """An extra forward argument with a default (a control track that is usually absent)."""
-
-    def __init__(self, body, head, nlc=False, use_ctl=True):
-        super().__init__(body, head, nlc)
-        self.use_ctl = use_ctl
-
-    def forward(self, x, ctl=None):
-        if self.nlc:
-            x = x.transpose(1, 2)
-        for b in self.body:
-            x = b(x)
-        if self.use_ctl and ctl is not None:
-            x = x + ctl
-        return self.head(x)
-
