@@ -25,8 +25,8 @@ FLOORS = [
     ("the edit graph and its executor", ["rewrite", "execute"]),
     ("the fast engine", ["fast", "selfcheck"]),
     ("the public API and the importers", ["", "importers", "importers.*"]),
-    ("files, scores and models around the API", ["loading", "inputs", "outputs", "scores", "models", "plot",
-                                                  "distributed"]),
+    ("files, scores and models around the API",
+     ["loading", "inputs", "outputs", "scores", "models", "plot", "distributed"]),
     ("the pipeline and the command line", ["pipeline", "runner", "cli", "__main__"]),
 ]
 

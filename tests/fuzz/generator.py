@@ -177,4 +177,3 @@ def build(seed: int):
         + g.ops + [f"head: {hdesc}"]
     settings = dict(n=r.choice([1, 2, 2]), saturation=seed % 4 == 0, static=r.random() < 0.5)
     return model, g.L0, layout, ops, settings
-

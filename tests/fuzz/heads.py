@@ -73,7 +73,6 @@ class Head(nn.Module):
         return y
 
 
-
 class Heads:
     """The head draw, mixed into :class:`~fuzz.generator.Gen`."""
 
