@@ -1,10 +1,11 @@
 """Differential fuzzer: FastISM (``test_correctness=False``) against NaiveISM on seeded random architectures.
 
 The architectures come from :mod:`fuzz.generator` (blocks in :mod:`fuzz.blocks`: convolutions of every padding /
-stride / dilation / group setting, pooling, BatchNorm, activations (also in place), residuals with crops by shape
-arithmetic, channel and batch concatenation, channel-wise Linear/LayerNorm, reverse-complement flips, recurrent
-and attention layers, flatten / pooling / profile / dict / tuple heads); :mod:`fuzz.harness` runs a seed and
-names its outcome.  Each seed compares every position zeroed (and full saturation for every 4th seed) on random
+stride / dilation / group setting, functional and depthwise-separable ones, pooling, BatchNorm, activations (also
+in place), residuals with crops by shape arithmetic, constant crops, channel and batch concatenation, channel-wise
+Linear/LayerNorm, reverse-complement flips and weight sharing, squeeze-excite gates, attention pooling, strided
+transposed-conv upsampling, recurrent and attention layers, flatten / pooling / profile / dict / tuple heads);
+:mod:`fuzz.harness` runs a seed and names its outcome.  Each seed compares every position zeroed (and full saturation for every 4th seed) on random
 one-hot input.  The default run is :data:`fuzz.harness.SEEDS_PER_RUN` seeds (0-1999) in chunks of
 :data:`CHUNK`, one test case each; a failing seed prints its architecture and a one-line replay command.
 

@@ -1,8 +1,8 @@
 """The generator: one seeded random architecture per seed (:func:`build`), deterministic.
 
 A model starts with a convolution on the one-hot input, draws 1-6 body blocks by :data:`BODY_WEIGHTS`
-(checking each on a probe batch, so that shapes stay valid), sometimes a sequence mixer (LSTM / GRU /
-attention), and ends in a head.  Weights are Kaiming-scaled with non-trivial BatchNorm statistics
+(:class:`~fuzz.body.Body`'s draws, each checked on a probe batch, so that shapes stay valid), sometimes a sequence
+mixer (LSTM / GRU / attention), and ends in a head (:class:`~fuzz.heads.Heads`).  Weights are Kaiming-scaled with non-trivial BatchNorm statistics
 (``helpers.scale_weights``), so outputs move under mutation.
 """
 from __future__ import annotations
