@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 import fastism_torch as ft
-from fastism_torch.errors import first_line
+from fastism_torch.errors import UnsupportedOpWarning, first_line
 from helpers import as_tuple, assert_close_to_naive, random_onehot, spread
 
 from .generator import build
@@ -107,7 +107,7 @@ def _norm(msg: str) -> str:
 def _stop_reasons(caught) -> list[str]:
     out = []
     for w in caught:
-        if not issubclass(w.category, ft.errors.UnsupportedOpWarning):
+        if not issubclass(w.category, UnsupportedOpWarning):
             continue
         m = re.match(r"fastism_torch: .*? \((.*?)\): (.*?); it becomes a stop point", str(w.message))
         out.append(_norm(f"{m.group(1)}: {m.group(2)}" if m else str(w.message).splitlines()[0])[:200])
