@@ -15,23 +15,15 @@ from dataclasses import dataclass
 from torch import fx, nn
 import torch.nn.functional as F
 
+from .errors import ISMUndefinedError, UnsupportedOpWarning
 from .kinds import Kind, State
 from .rules import Decision, RuleContext, describe, lookup, stop
 from .rules.dense import inc_linear, inc_linear_user
 
 
-class ISMUndefinedError(ValueError):
-    """The model's prediction for one sequence depends on the other sequences of its batch (e.g. BatchNorm
-    with batch statistics in eval mode): no ISM, fast or naive, is defined for it."""
-
-
 BATCH_STATS = ("normalises with the statistics of the batch (no running statistics): each prediction depends on "
                "the other sequences of its batch, so ISM is not defined; give it running statistics "
                "(track_running_stats=True) or use it in training mode only")
-
-
-class UnsupportedOpWarning(UserWarning):
-    """An op without a change-range rule (or with unsupported settings) became a stop point."""
 
 
 @dataclass(frozen=True)

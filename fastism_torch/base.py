@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .execute import Edits, as_output_list
+from .common import Edits, as_output_list
 from .kernels import onednn_dense
 from .precision import cudnn_benchmark, float32_precision
 from .validate import as_tensor, check_change_ranges, check_layout, check_replace_with, check_seqs

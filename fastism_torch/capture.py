@@ -34,7 +34,9 @@ from torch.fx.experimental import meta_tracer
 from torch.fx.experimental.meta_tracer import MetaProxy, MetaTracer
 from torch.fx.passes.shape_prop import ShapeProp
 
+from .common import as_output_list
 from .deferred_dynamo import dynamo_import_deferred
+from .errors import UnsupportedOpWarning
 
 BATCH_MARK = 97          # batch size of the meta trace: a size that marks the batch axis
 
@@ -72,7 +74,6 @@ def _propagate(gm: fx.GraphModule, example_args: list):
 
 def _difference(got, want, rtol: float = 1e-5) -> str | None:
     """Why two model outputs differ (structure, shape or values beyond ``rtol`` of the scale), or None."""
-    from .execute import as_output_list
     try:
         a, b = as_output_list(got), as_output_list(want)
     except TypeError:
@@ -143,7 +144,6 @@ def _trace(model: nn.Module, example_args: list, concrete: dict) -> fx.GraphModu
 
 def _as_one_op(model: nn.Module, example_args: list, reason: str) -> fx.GraphModule:
     """The whole model as one call: exact, as fast as naive ISM; the warning says why."""
-    from .analysis import UnsupportedOpWarning
     warnings.warn(f"fastism_torch: could not capture {type(model).__name__} with torch.fx ({reason}); it runs in "
                   "full for every edit, as fast as naive ISM. Models whose Python control flow depends on "
                   "tensor values, or that call torch.vmap, cannot be traced; wrapping such parts in a leaf "

@@ -1,4 +1,5 @@
-"""Errors and warnings that name a problem with the user's input."""
+"""Errors and warnings that name a problem with the user's input or model (ground floor: imports nothing of
+the package, so every module can raise them)."""
 from __future__ import annotations
 
 
@@ -8,6 +9,15 @@ class UserError(Exception):
 
 class InputWarning(UserWarning):
     """Input that was read with a change the user should know about (bases zeroed, sequences skipped)."""
+
+
+class ISMUndefinedError(ValueError):
+    """The model's prediction for one sequence depends on the other sequences of its batch (e.g. BatchNorm
+    with batch statistics in eval mode): no ISM, fast or naive, is defined for it."""
+
+
+class UnsupportedOpWarning(UserWarning):
+    """An op without a change-range rule (or with unsupported settings) became a stop point."""
 
 
 def first_line(e: BaseException) -> str:

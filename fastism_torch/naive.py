@@ -6,7 +6,7 @@ import time
 import torch
 
 from .base import ISMBase, log
-from .execute import check_output_shape, to_device
+from .common import check_output_shape, to_device
 
 
 class NaiveISM(ISMBase):

@@ -47,12 +47,24 @@ def random_onehot(n: int, length: int, layout: str = "NCL", seed: int = 1, c: in
     return x.transpose(1, 2).contiguous() if layout == "NCL" else x
 
 
-def _as_tuple(x):
+def as_tuple(x) -> tuple:
+    """An engine's result as a tuple of outputs (one per model output)."""
     return x if isinstance(x, tuple) else (x,)
 
 
+def spread(naive_out, relative: bool = False) -> float:
+    """How far the outputs move under mutation: the largest |output - the same sequence's first edit's output|
+    (along dim 1), over all outputs; with ``relative``, each divided by its output's largest |value|."""
+    out = 0.0
+    for o in as_tuple(naive_out):
+        o = torch.as_tensor(o)
+        d = float((o - o[:, :1]).abs().max())
+        out = max(out, d / (float(o.abs().max()) or 1.0) if relative else d)
+    return out
+
+
 def assert_close_to_naive(fast_out, naive_out, rtol: float = 1e-5):
-    for f, s in zip(_as_tuple(fast_out), _as_tuple(naive_out)):
+    for f, s in zip(as_tuple(fast_out), as_tuple(naive_out)):
         f, s = torch.as_tensor(f), torch.as_tensor(s)
         assert f.shape == s.shape, (f.shape, s.shape)
         scale = float(s.abs().max()) or 1.0
@@ -70,8 +82,8 @@ def check_model(model, length, n=2, layout="NCL", saturation=True, seqs=None, rt
     x = random_onehot(n, length, layout) if seqs is None else seqs
     a, b = fast(x), naive(x)
     assert_close_to_naive(a, b, rtol)
-    spread = max(float((torch.as_tensor(o) - torch.as_tensor(o)[:, :1]).abs().max()) for o in _as_tuple(b))
-    assert spread > min_spread, f"outputs barely move under mutation ({spread:.2g}): the test checks nothing"
+    moved = spread(b)
+    assert moved > min_spread, f"outputs barely move under mutation ({moved:.2g}): the test checks nothing"
     if saturation:
         assert_close_to_naive(fast.saturation_mutagenesis(x), naive.saturation_mutagenesis(x), rtol)
     return fast
