@@ -234,8 +234,8 @@ def fuse_adds_into_gathers(g: fx.Graph) -> None:
         args = (cache, *new.args, seq_idx, start, shift, width, laxis, feat, new_laxis)
         others = [u for u in new.users if u is not node]
         mean = others[0] if len(others) == 1 else None
-        if others and not _mean_of(mean, new, new_laxis):
-            continue
+        if others and not (_mean_of(mean, new, new_laxis) and _all_after(mean.users, node)):
+            continue                    # (the fused op replaces the mean where the gather is: its readers follow)
         with g.inserting_before(node):
             if mean is None:
                 fused = op = g.call_function(torch.ops.fastism.gather_window_add, args)
@@ -252,6 +252,15 @@ def fuse_adds_into_gathers(g: fx.Graph) -> None:
         node.replace_all_uses_with(fused)
         g.erase_node(node)
         g.erase_node(new)
+
+
+def _all_after(users, node: fx.Node) -> bool:
+    """Whether every node of ``users`` comes after ``node`` in its graph."""
+    after, n = set(), node.next
+    while n.op != "root":
+        after.add(n)
+        n = n.next
+    return all(u in after for u in users)
 
 
 def _mean_of(node, new: fx.Node, laxis: int) -> bool:

@@ -24,7 +24,7 @@ FLOORS = [
     ("analysis and the plan", ["analysis", "plan", "macs"]),
     ("the edit graph and its executor", ["rewrite", "execute"]),
     ("the fast engine", ["fast", "selfcheck"]),
-    ("the public API and the importers", ["", "importers", "importers.*"]),
+    ("the public API and the importers", ["", "compat", "engine_cache", "importers", "importers.*"]),
     ("files, scores and models around the API",
      ["loading", "inputs", "outputs", "scores", "models", "plot", "distributed"]),
     ("the pipeline and the command line", ["pipeline", "runner", "cli", "__main__"]),

@@ -42,11 +42,7 @@ INTERNAL_TYPES = (AssertionError, IndexError, KeyError, TypeError, AttributeErro
 FAIL_OUTCOMES = ("WRONG", "INTERNAL", "NAIVE_ERROR", "HARNESS_ERROR")
 # Failures already found, reported and pinned by a strict xfail test in tests/test_fuzz.py (which fails once the
 # bug is fixed: then delete the entry and the xfail mark).  Key: a pattern of "outcome: where detail".
-KNOWN_BUGS = {
-    r"^INTERNAL: rewrite\.py:\d+ build_edit_module \[ism\] RuntimeError: Argument '\w+' of Node '\w+' was used "
-    r"before it has been defined": "gather_window_add_mean fusion placed after a reader of the mean "
-                                   "(test_known_bug_fused_mean_read_before_defined)",
-}
+KNOWN_BUGS: dict = {}         # regex of a failure -> its name (and the strict xfail test that pins it)
 SEEDS_PER_RUN = 2000         # the default run: seeds FASTISM_FUZZ_START .. + FASTISM_FUZZ_SEEDS
 REPRO = "FASTISM_FUZZ_SEED={seeds} .venv/bin/python -m pytest -q -p no:cacheprovider tests/test_fuzz.py"
 
