@@ -71,7 +71,7 @@ def _check_output_prefix(output: str) -> None:
                         f"(e.g. -o {example} writes {example}.h5, {example}.attr.npz, ...)")
     near = runner.existing_ancestor(os.path.dirname(os.path.abspath(output)))
     if not os.path.isdir(near):
-        raise UserError(f"cannot create the output folder of -o {output}: {near} is not a folder")
+        raise UserError(f"cannot create output folder for -o {output}: {near} is not a folder")
     if not os.access(near, os.W_OK):
         raise UserError(f"output folder {near} is not writable")
 

@@ -99,13 +99,13 @@ def result_bytes(n: int, spec) -> int:
 
 
 def _create(f, name: str, shape: tuple, dtype, data=None, compress: bool = True):
-    """A dataset chunked by sequence, allocated when created, gzip-compressed unless ``compress`` is False."""
+    """A dataset chunked by sequence, allocated when created; gzip-compressed when it has a length axis."""
     import h5py
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
     n = shape[0]
     chunks = (1,) + tuple(shape[1:]) if len(shape) > 1 else (min(max(n, 1), 65536),)
-    kw = COMPRESSION if compress and len(shape) > 1 and n > 0 else {}
+    kw = COMPRESSION if compress and len(shape) > 2 and n > 0 else {}
     d = f.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, dcpl=dcpl, **kw)
     if data is not None:
         d[...] = data

@@ -99,6 +99,12 @@ def _differences(a: dict, b: dict) -> list:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
+def _round_up(x: float) -> float:
+    """``x`` rounded up to two significant digits."""
+    unit = 10.0 ** (math.floor(math.log10(x)) - 1) if x > 0 else 1.0
+    return round(math.ceil(x / unit - 1e-9) * unit, 12)
+
+
 def output_bytes(job: Job) -> int:
     """Uncompressed size of everything the run writes: the result file and the derived files."""
     n, spec = len(job.seqs), job.spec
@@ -116,7 +122,7 @@ def check_size(job: Job, out_dir: str) -> None:
     shapes = ", ".join(f"{outputs.dataset_path(h.name, 'ism')} {(len(job.seqs), job.spec.n_bases, lw, len(h.target_names))}"
                        for h in job.spec.heads)
     say(f"{len(job.seqs)} sequences: the outputs take up to {human(need)} before compression ({shapes})", job.ctx)
-    ask = f"--max-output-gb {math.ceil(need / 1e9 * 10) / 10:g}"
+    ask = f"--max-output-gb {_round_up(need / 1e9):g}"
     if need > limit:
         raise UserError(f"the outputs would take up to {human(need)} ({shapes}), over the limit of {limit / 1e9:g} "
                         f"GB; pass {ask} to write them, or score fewer values (--reduction counts or profile, "
