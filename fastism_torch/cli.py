@@ -22,6 +22,7 @@ import time
 import warnings
 
 from . import distributed, formats, inputs, outputs, pipeline, runner, scores
+from .distributed import resolve_device
 from .errors import UserError, first_line
 from .loading import EngineOptions, load_model
 
@@ -39,26 +40,6 @@ def _version():
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
-
-
-def resolve_device(name, ctx) -> str:
-    """``--device`` as a device string with an index for CUDA (``cuda`` -> this rank's or the current GPU)."""
-    import torch
-    if name in (None, "", "auto"):
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r} is not a device torch knows") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {name}: CUDA is not available on this machine")
-        index = dev.index if dev.index is not None else ctx.local_rank if ctx.active else torch.cuda.current_device()
-        if not 0 <= index < torch.cuda.device_count():
-            raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-        dev = torch.device("cuda", index)
-        torch.cuda.set_device(dev)
-    return str(dev)
 
 
 # ------------------------------------------------------------------------------------------- ism

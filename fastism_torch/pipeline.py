@@ -14,6 +14,11 @@ Outputs are reduced per target (:data:`fastism_torch.scores.REDUCTIONS`: e.g. a 
 counts or Jensen-Shannon distance to the reference profile), optionally averaged with the reverse
 complement strand, and restricted to chosen targets.  With a fixed replacement (``replace_with``, e.g. N)
 there is one row per position (K = 1) and no centring.
+
+User intent (:class:`ScoreSpec`) is resolved once against the model and the sequence length by
+:func:`resolve` into a :class:`ResolvedSpec` (the window checked, the sets of scores and their target
+names known); everything downstream reads the resolved spec.  ``reduction="auto"`` (the command line's
+default) scores a profile model's counts and profile heads as two sets (:func:`score_heads`).
 """
 from __future__ import annotations
 
