@@ -72,18 +72,24 @@ def write_chrombpnet(h5_path: str, prefix: str) -> None:
 @dataclass(frozen=True)
 class OutputFormat:
     """An output format: ``files(prefix, heads)`` the paths it writes for the sets of scores ``heads``,
-    ``write(result_h5, prefix)`` its writer, ``help`` for ``--format``, ``default`` written always."""
+    ``write(result_h5, prefix)`` its writer, ``size(n, lw, n_heads)`` the bytes it takes at most for ``n``
+    sequences with ``lw`` mutated positions, ``help`` for ``--format``, ``default`` written always."""
     name: str
     files: Callable[[str, Sequence], list]
     write: Callable[[str, str], None]
+    size: Callable[[int, int, int], int]
     help: str
     default: bool = False
 
 
 FORMATS = {f.name: f for f in (
-    OutputFormat("modisco", sidecar_files, write_sidecars, "PREFIX.ohe.npz, PREFIX[.HEAD].attr.npz "
+    OutputFormat("modisco", sidecar_files, write_sidecars,
+                 lambda n, lw, k: n * 4 * lw * (1 + 2 * 4 * k),             # int8 one-hot; float32 attr, proj
+                 "PREFIX.ohe.npz, PREFIX[.HEAD].attr.npz "
                  "(hypothetical), PREFIX[.HEAD].proj.npz, PREFIX.regions.bed", default=True),
-    OutputFormat("chrombpnet", chrombpnet_files, write_chrombpnet, "PREFIX.ism_scores.h5, or "
+    OutputFormat("chrombpnet", chrombpnet_files, write_chrombpnet,
+                 lambda n, lw, k: n * 4 * lw * 4 * 3 * k,                    # float32 raw, shap, projected
+                 "PREFIX.ism_scores.h5, or "
                  "PREFIX.HEAD_scores.h5 per set of scores, in chrombpnet's layout (/raw/seq, /shap/seq, "
                  "/projected_shap/seq)"))}
 
@@ -94,6 +100,11 @@ def selected(names: Sequence[str] = ()) -> list[OutputFormat]:
     if unknown:
         raise UserError(f"unknown output format(s) {', '.join(unknown)}; known: {', '.join(FORMATS)}")
     return [f for f in FORMATS.values() if f.default or f.name in names]
+
+
+def derived_bytes(n: int, lw: int, n_heads: int, names: Sequence[str] = ()) -> int:
+    """The most the derived files take (before compression)."""
+    return sum(f.size(n, lw, n_heads) for f in selected(names))
 
 
 def derived_files(prefix: str, heads: Sequence, names: Sequence[str] = ()) -> list[str]:

@@ -17,8 +17,9 @@ from .errors import UserError
 FORMAT_VERSION = 3   # 2: attr is hypothetical, proj holds the projected scores; 3: sets of scores (heads), gzip
 READABLE_SINCE = 2   # a version-2 file reads as one set of scores at the top of the file
 
-#: lossless compression of the per-sequence datasets (one HDF5 chunk per sequence)
-COMPRESSION = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+#: lossless compression of the per-sequence datasets (one HDF5 chunk per sequence): gzip level 1 with the
+#: shuffle filter, readable by any HDF5 tool; sizes and write times in benchmarks/RESULTS.md (bench_h5)
+COMPRESSION = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
 HEAD_DATASETS = ("ism", "attr", "proj", "y_ref", "raw")
 
 

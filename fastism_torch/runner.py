@@ -109,8 +109,7 @@ def output_bytes(job: Job) -> int:
     """Uncompressed size of everything the run writes: the result file and the derived files."""
     n, spec = len(job.seqs), job.spec
     lw = spec.window[1] - spec.window[0]
-    per_head = 2 * n * 4 * lw * 4 * (1 + ("chrombpnet" in job.opts.formats) * 1.5)   # npz; chrombpnet .h5
-    return int(outputs.result_bytes(n, spec) + n * 4 * lw + per_head * len(spec.heads))
+    return outputs.result_bytes(n, spec) + formats.derived_bytes(n, lw, len(spec.heads), job.opts.formats)
 
 
 def check_size(job: Job, out_dir: str) -> None:

@@ -119,3 +119,17 @@ def test_sigterm_keeps_what_is_computed_and_says_so(tmp_path):
         assert int(f["done"][...].sum()) == int(m[1]) >= 4
     r = run_cli(*argv)
     assert r.returncode == 0 and f"resuming: {m[1]} of 16" in r.stderr, r.stderr
+
+
+def test_outputs_larger_than_the_free_disk_space_stop_before_the_run(tmp_path, capsys, monkeypatch):
+    import collections
+    from fastism_torch import runner
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(runner.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 100, 100))
+    argv = ["ism", *_setup(tmp_path), "-o", str(tmp_path / "x" / "run")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert re.match(rf"fastism-torch: error: the outputs would take up to [\d.]+ kB but {re.escape(str(tmp_path))} "
+                    r"has 100 B free; free some space or choose another -o \(or pass --max-output-gb [\d.e-]+", err[-1])
+    assert not os.path.exists(tmp_path / "x")
+    assert main(argv + ["--max-output-gb", "1"]) == 0          # asked for explicitly: written
