@@ -2,8 +2,10 @@
 to ``PREFIX.h5`` (:class:`fastism_torch.outputs.ResultFile`) as soon as it is done.
 
 An interrupted run resumes where it stopped when started again with the same settings; a finished one is
-not redone.  Under ``torchrun`` each rank computes a contiguous block into its own part file and rank 0
-merges them (:mod:`fastism_torch.distributed`), checking that every sequence arrived.
+not redone.  Before a run the size of its outputs is printed, and the run stops (before removing or creating
+anything) when they would exceed the limit or the free disk space.  Under ``torchrun`` each rank computes a
+contiguous block into its own part file and rank 0 merges them (:mod:`fastism_torch.distributed`), checking
+that every sequence arrived.
 """
 from __future__ import annotations
 
@@ -156,6 +158,12 @@ def prepare_output(final: str, job: Job) -> str:
             raise UserError(f"{p} exists with different settings ({diff}); pass --overwrite to replace it, "
                             f"or choose another -o")
     derived = formats.derived_files(opts.prefix, job.heads, opts.formats)
+    if os.path.exists(final) and not opts.overwrite:
+        if ctx.is_main and not all(os.path.exists(p) for p in derived):
+            formats.write_derived(final, opts.prefix, opts.formats)
+        return "complete"
+    out_dir = os.path.dirname(os.path.abspath(final))
+    check_size(job, existing_ancestor(out_dir))          # before anything is removed or created
     if opts.overwrite:
         distributed.barrier(ctx)
         if ctx.is_main:
@@ -163,12 +171,6 @@ def prepare_output(final: str, job: Job) -> str:
                 if os.path.exists(p):
                     os.unlink(p)
         distributed.barrier(ctx)
-    elif os.path.exists(final):
-        if ctx.is_main and not all(os.path.exists(p) for p in derived):
-            formats.write_derived(final, opts.prefix, opts.formats)
-        return "complete"
-    out_dir = os.path.dirname(os.path.abspath(final))
-    check_size(job, existing_ancestor(out_dir))
     os.makedirs(out_dir, exist_ok=True)
     if ctx.is_main:
         from . import __version__

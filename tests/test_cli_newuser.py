@@ -133,3 +133,12 @@ def test_outputs_larger_than_the_free_disk_space_stop_before_the_run(tmp_path, c
                     r"has 100 B free; free some space or choose another -o \(or pass --max-output-gb [\d.e-]+", err[-1])
     assert not os.path.exists(tmp_path / "x")
     assert main(argv + ["--max-output-gb", "1"]) == 0          # asked for explicitly: written
+
+
+def test_overwrite_stopped_by_the_size_guard_keeps_the_old_result(tmp_path, capsys):
+    argv = ["ism", *_setup(tmp_path), "-o", str(tmp_path / "run")]
+    assert main(argv) == 0
+    before = open(tmp_path / "run.h5", "rb").read()
+    assert main(argv + ["--target", "t1", "--overwrite", "--max-output-gb", "1e-9"]) == 1
+    assert "over the limit" in capsys.readouterr().err
+    assert open(tmp_path / "run.h5", "rb").read() == before and os.path.exists(tmp_path / "run.attr.npz")
