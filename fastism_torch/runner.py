@@ -119,9 +119,8 @@ def check_size(job: Job, out_dir: str) -> None:
     need, opts = output_bytes(job), job.opts
     limit = (DEFAULT_MAX_OUTPUT_GB if opts.max_output_gb is None else opts.max_output_gb) * 1e9
     free = shutil.disk_usage(out_dir).free
-    lw = job.spec.window[1] - job.spec.window[0]
-    shapes = ", ".join(f"{outputs.dataset_path(h.name, 'ism')} {(len(job.seqs), job.spec.n_bases, lw, len(h.target_names))}"
-                       for h in job.spec.heads)
+    lw, n, k = job.spec.window[1] - job.spec.window[0], len(job.seqs), job.spec.n_bases
+    shapes = ", ".join(f"{outputs.dataset_path(h.name, 'ism')} {(n, k, lw, len(h.target_names))}" for h in job.spec.heads)
     say(f"{len(job.seqs)} sequences: the outputs take up to {human(need)} before compression ({shapes})", job.ctx)
     ask = f"--max-output-gb {_round_up(need / 1e9):g}"
     if need > limit:

@@ -8,7 +8,6 @@ import textwrap
 import h5py
 import numpy as np
 import pytest
-import torch
 
 from fastism_torch import NaiveISM
 from fastism_torch.cli import main

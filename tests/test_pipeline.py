@@ -108,7 +108,8 @@ def _profile_net():
         def __init__(self):
             super().__init__()
             torch.manual_seed(3)
-            self.conv, self.prof, self.count = nn.Conv1d(4, 8, 5, padding=2), nn.Conv1d(8, 2, 3, padding=1), nn.Linear(8, 2)
+            self.conv, self.prof = nn.Conv1d(4, 8, 5, padding=2), nn.Conv1d(8, 2, 3, padding=1)
+            self.count = nn.Linear(8, 2)
 
         def forward(self, x):
             h = torch.relu(self.conv(x))
