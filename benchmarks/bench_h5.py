@@ -1,5 +1,5 @@
 """What compressing the result file costs and saves: size and write time of ``PREFIX.h5`` with and without
-:data:`fastism_torch.outputs.COMPRESSION`, on real scores.
+:data:`fastism_torch.outputs.COMPRESSIONS`, on real scores.
 
 The scores are computed once (FastISM, self-check off) and then written by
 :class:`fastism_torch.outputs.ResultFile` (create, one ``write_chunk`` per ``--chunk`` sequences, finish) under
@@ -26,9 +26,9 @@ from fastism_torch.loading import EngineOptions, Model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-SETTINGS = {"uncompressed": {}, "gzip-1 + shuffle (the default)": outputs.COMPRESSION,
+SETTINGS = {"uncompressed": {}, "gzip-1 + shuffle (the default)": outputs.COMPRESSIONS["gzip"],
             "gzip-4 + shuffle": {"compression": "gzip", "compression_opts": 4, "shuffle": True},
-            "lzf + shuffle": {"compression": "lzf", "shuffle": True}}
+            "lzf + shuffle": outputs.COMPRESSIONS["lzf"]}
 
 
 def _example():
@@ -56,7 +56,7 @@ def _bpnet(filters: int, layers: int, seq_len: int, n: int):
 
 def _write(path: str, seqs, spec, by_head: dict, chunk: int) -> float:
     t0 = time.perf_counter()
-    rf = outputs.ResultFile(path)
+    rf = outputs.ResultFile(path, "bench")
     rf.create(seqs, spec, {"bench": True})
     for lo in range(0, len(seqs), chunk):
         hi = min(len(seqs), lo + chunk)
@@ -78,14 +78,14 @@ def measure(label: str, net, seqs, reduction: str, repeat: int, chunk: int) -> N
     base = None
     with tempfile.TemporaryDirectory() as d:
         for name, kw in SETTINGS.items():
-            outputs.COMPRESSION = kw if kw else {"compression": None}
+            outputs.COMPRESSIONS["bench"] = kw
             path = os.path.join(d, "r.h5")
             best = min(_write(path, seqs, spec, by_head, chunk) for _ in range(repeat))
             size = os.path.getsize(path)
             base = base or size
             print(f"| {name} | {size / 1e6:.2f} MB | {size / len(seqs) / 1e3:.1f} kB | {size / base:.2f} | "
                   f"{best:.3f} s |")
-    outputs.COMPRESSION = SETTINGS["gzip-1 + shuffle (the default)"]
+    outputs.COMPRESSIONS.pop("bench")
 
 
 def main(argv=None) -> None:

@@ -17,9 +17,12 @@ from .errors import UserError
 FORMAT_VERSION = 3   # 2: attr is hypothetical, proj holds the projected scores; 3: sets of scores (heads), gzip
 READABLE_SINCE = 2   # a version-2 file reads as one set of scores at the top of the file
 
-#: lossless compression of the per-sequence datasets (one HDF5 chunk per sequence): gzip level 1 with the
-#: shuffle filter, readable by any HDF5 tool; sizes and write times in benchmarks/RESULTS.md (bench_h5)
-COMPRESSION = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
+#: lossless compressions of the per-sequence datasets (one HDF5 chunk per sequence), by ``--compression`` name:
+#: gzip level 1 with the shuffle filter (the default; readable by any HDF5 tool), lzf (faster to write, read
+#: through h5py's filter), none; sizes and write times in benchmarks/RESULTS.md (bench_h5)
+COMPRESSIONS = {"gzip": {"compression": "gzip", "compression_opts": 1, "shuffle": True},
+                "lzf": {"compression": "lzf", "shuffle": True},
+                "none": {}}
 HEAD_DATASETS = ("ism", "attr", "proj", "y_ref", "raw")
 
 
@@ -99,14 +102,14 @@ def result_bytes(n: int, spec) -> int:
     return sum(int(np.prod(shape)) * np.dtype(dt).itemsize for _, shape, dt in result_layout(n, spec))
 
 
-def _create(f, name: str, shape: tuple, dtype, data=None, compress: bool = True):
-    """A dataset chunked by sequence, allocated when created; gzip-compressed when it has a length axis."""
+def _create(f, name: str, shape: tuple, dtype, data=None, compression: str = "gzip"):
+    """A dataset chunked by sequence, allocated when created; compressed when it has a length axis."""
     import h5py
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
     n = shape[0]
     chunks = (1,) + tuple(shape[1:]) if len(shape) > 1 else (min(max(n, 1), 65536),)
-    kw = COMPRESSION if compress and len(shape) > 2 and n > 0 else {}
+    kw = COMPRESSIONS[compression] if len(shape) > 2 and n > 0 else {}
     d = f.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, dcpl=dcpl, **kw)
     if data is not None:
         d[...] = data
@@ -128,12 +131,15 @@ class ResultFile:
     4 bases); ``proj`` (N, 4, Lw) the same projected onto the observed base; ``y_ref`` (N, T); optional
     ``raw`` (N, K, Lw, T); ``target_names``.  Shared: ``seqs`` (N, 4, L) int8; ``names``; ``index``;
     ``chrom/start/end`` when known; ``done`` (N,) uint8; settings as attributes; ``heads`` (JSON list of
-    the sets' names, ``[null]`` for a single set).  Per-sequence datasets are gzip-compressed
-    (:data:`COMPRESSION`).
+    the sets' names, ``[null]`` for a single set).  Per-sequence datasets are compressed (``compression``, a
+    name in :data:`COMPRESSIONS`; a resumed file keeps its own).
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, compression: str = "gzip"):
+        if compression not in COMPRESSIONS:
+            raise UserError(f"compression must be one of {', '.join(COMPRESSIONS)}; got {compression!r}")
         self.path = path
+        self.compression = compression
         self.partial = path + ".partial"
         self.h5 = None
 
@@ -154,7 +160,7 @@ class ResultFile:
         try:
             for name, shape, dtype in result_layout(n, spec):
                 _create(f, name, shape, dtype if name != "seqs" else seqs.onehot.dtype,
-                        seqs.onehot if name == "seqs" else None)
+                        seqs.onehot if name == "seqs" else None, self.compression)
             _create(f, "index", (n,), "i8", seqs.index)
             _create(f, "done", (n,), "u1")
             str_t = h5py.string_dtype()

@@ -37,7 +37,8 @@ class Terminated(KeyboardInterrupt):
 class RunOptions:
     """Where and how a run writes: ``prefix`` of every file, ``formats`` extra outputs (names in
     :data:`fastism_torch.formats.FORMATS`), ``record`` what ``PREFIX.args.json`` keeps (the command and its
-    options), ``max_output_gb`` the size the outputs may take (None: :data:`DEFAULT_MAX_OUTPUT_GB`)."""
+    options), ``max_output_gb`` the size the outputs may take (None: :data:`DEFAULT_MAX_OUTPUT_GB`),
+    ``compression`` of the result file (:data:`fastism_torch.outputs.COMPRESSIONS`)."""
     prefix: str
     overwrite: bool = False
     chunk_size: int | None = None
@@ -45,6 +46,7 @@ class RunOptions:
     formats: tuple = ()
     record: dict = field(default_factory=dict)
     max_output_gb: float | None = None
+    compression: str = "gzip"
 
 
 @dataclass
@@ -216,7 +218,7 @@ def _interrupted(rf: outputs.ResultFile, n: int, e: KeyboardInterrupt):
 def run_part(job: Job, seqs: Sequences, path: str) -> None:
     """Score ``seqs`` (this process's share of ``job.seqs``) into ``path`` chunk by chunk, resuming
     ``path.partial``."""
-    rf = outputs.ResultFile(path)
+    rf = outputs.ResultFile(path, job.opts.compression)
     if os.path.exists(path):      # a complete part file from an interrupted torchrun: reuse it
         return
     spec = job.spec

@@ -142,3 +142,16 @@ def test_overwrite_stopped_by_the_size_guard_keeps_the_old_result(tmp_path, caps
     assert main(argv + ["--target", "t1", "--overwrite", "--max-output-gb", "1e-9"]) == 1
     assert "over the limit" in capsys.readouterr().err
     assert open(tmp_path / "run.h5", "rb").read() == before and os.path.exists(tmp_path / "run.attr.npz")
+
+
+def test_compression_choice_is_lossless(tmp_path):
+    argv = ["ism", *_setup(tmp_path)]
+    got = {}
+    for c in ("gzip", "lzf", "none"):
+        assert main(argv + ["-o", str(tmp_path / c), "--compression", c]) == 0
+        with h5py.File(tmp_path / f"{c}.h5") as f:
+            assert f["ism"].compression == (None if c == "none" else c) and f["ism"].chunks[0] == 1
+            got[c] = f["ism"][...], f["attr"][...], f["seqs"][...]
+    for c in ("lzf", "none"):
+        for a, b in zip(got["gzip"], got[c]):
+            np.testing.assert_array_equal(a, b)

@@ -191,3 +191,8 @@ def test_size_of_the_layout():
     # seqs int8 + per set: ism and raw (4 x 50 x T) + attr, proj (4 x 50) + y_ref (T), float32
     want = 3 * (4 * 100 + 4 * (2 * 4 * 50 * 1 + 2 * 4 * 50 + 1) + 4 * (2 * 4 * 50 * 2 + 2 * 4 * 50 + 2))
     assert outputs.result_bytes(3, spec) == want
+
+
+def test_unknown_compression_is_refused():
+    with pytest.raises(UserError, match="compression must be one of gzip, lzf, none; got 'zstd'"):
+        outputs.ResultFile("x.h5", "zstd")
