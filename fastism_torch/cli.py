@@ -253,7 +253,11 @@ def _ism_parser(sub) -> None:
     g.add_argument("--rc-average", action="store_true", help="average with the reverse-complement strand")
     g.add_argument("--raw", action="store_true", help="also store raw (reduced) mutant predictions as 'raw'")
     g.add_argument("--hypothetical", action="store_true", help=argparse.SUPPRESS)   # deprecated: the default now
-    g = s.add_argument_group("execution")
+    _execution_options(s.add_argument_group("execution"))
+    s.set_defaults(func=cmd_ism)
+
+
+def _execution_options(g) -> None:
     g.add_argument("--batch-size", type=int, help="edits per forward pass (default: the engine's)")
     g.add_argument("--chunk-size", type=int, help="sequences per written chunk (default: by output size)")
     g.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
@@ -269,7 +273,6 @@ def _ism_parser(sub) -> None:
                    help="let Python code stored in a Keras model file (Lambda layers) run when it loads; only for "
                         "files you trust. Without it every Keras format is checked for Lambda layers first "
                         "(refused, naming them) and loaded in safe mode")
-    s.set_defaults(func=cmd_ism)
 
 
 def _plot_parser(sub) -> None:
