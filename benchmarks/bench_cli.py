@@ -74,6 +74,7 @@ def main():
     ap.add_argument("--engine", choices=("fast", "naive"), default="fast")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--no-subprocess", action="store_true", help="skip the subprocess timing")
+    ap.add_argument("--compression", default="gzip", help="the CLI's --compression (gzip, lzf, none)")
     a = ap.parse_args()
 
     import fastism_torch
@@ -95,7 +96,7 @@ def main():
         return out
 
     argv = ["ism", "-m", f"{os.path.join(HERE, 'bench_cli.py')}:make_basset", "-s", fa, "--device", a.device,
-            "--engine", a.engine, "--overwrite"] + (["--batch-size", str(a.batch_size)] if a.batch_size else [])
+            "--engine", a.engine, "--overwrite", "--compression", a.compression] + (["--batch-size", str(a.batch_size)] if a.batch_size else [])
 
     def cli_inproc():
         assert cli_main(argv + ["-o", os.path.join(tmp, "inproc")]) == 0
@@ -109,7 +110,7 @@ def main():
     t_lib = _best(library, a.repeat)
     t_cli = _best(cli_inproc, a.repeat)
     print(f"Basset L={a.seq_len}, N={a.n}, device={a.device}, engine={cls.__name__}, "
-          f"torch threads={torch.get_num_threads()}")
+          f"torch threads={torch.get_num_threads()}, --compression {a.compression}")
     print(f"library (build + saturation_mutagenesis): {t_lib:8.3f} s")
     print(f"CLI in process (FASTA -> files)         : {t_cli:8.3f} s   overhead {100 * (t_cli / t_lib - 1):+.1f}%")
     if not a.no_subprocess:

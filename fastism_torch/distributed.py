@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import UserError
+
 
 @dataclass(frozen=True)
 class Context:
@@ -82,3 +84,23 @@ def shard(n: int, ctx: Context) -> tuple[int, int]:
 
 def part_path(prefix: str, ctx: Context) -> str:
     return f"{prefix}.part{ctx.rank}of{ctx.world}.h5"
+
+
+def resolve_device(name, ctx) -> str:
+    """``--device`` as a device string with an index for CUDA (``cuda`` -> this rank's or the current GPU)."""
+    import torch
+    if name in (None, "", "auto"):
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device torch knows") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name}: CUDA is not available on this machine")
+        index = dev.index if dev.index is not None else ctx.local_rank if ctx.active else torch.cuda.current_device()
+        if not 0 <= index < torch.cuda.device_count():
+            raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        dev = torch.device("cuda", index)
+        torch.cuda.set_device(dev)
+    return str(dev)

@@ -307,13 +307,14 @@ def _load_onehot_sequences(path: str, opts: ReadOptions) -> Sequences:
 
 
 # --------------------------------------------------------------------------------------------- BED + genome
-def read_bed(path: str) -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:
-    """``(chrom, start, end, centre)`` of a BED3+/narrowPeak file (gzip allowed).
+def read_bed(path: str) -> tuple[list, np.ndarray, np.ndarray, np.ndarray, list]:
+    """``(chrom, start, end, centre, name)`` of a BED3+/narrowPeak file (gzip allowed).
 
     The centre is the summit (narrowPeak column 10, an offset from start) when given and not -1, else the
-    midpoint.  ``track``/``browser``/``#`` lines are skipped.
+    midpoint; the name is column 4 (None where there is none or it is ``.``).  ``track``/``browser``/``#``
+    lines are skipped.
     """
-    chrom, start, end, centre = [], [], [], []
+    chrom, start, end, centre, name = [], [], [], [], []
     for ln, line in enumerate(_open_bytes(path).decode(errors="replace").splitlines(), 1):
         if not line.strip() or line.startswith(("#", "track", "browser")):
             continue
@@ -330,20 +331,22 @@ def read_bed(path: str) -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:
         start.append(s)
         end.append(e)
         centre.append(s + summit if summit >= 0 else (s + e) // 2)
+        name.append(f[3].strip() if len(f) >= 4 and f[3].strip() not in ("", ".") else None)
     if not chrom:
         raise UserError(f"{path}: the BED file has no regions")
-    return chrom, np.asarray(start), np.asarray(end), np.asarray(centre)
+    return chrom, np.asarray(start), np.asarray(end), np.asarray(centre), name
 
 
 def load_loci(bed: str, genome: str, opts: ReadOptions) -> Sequences:
     """Sequences of ``opts.seq_len`` bp centred on each BED region's summit (or midpoint), from ``genome``.
 
     Regions that run off their chromosome are skipped with a warning (as chrombpnet does); a chromosome
-    that is not in the genome is an error.  Names are ``chrom:start-end`` of the model window.
+    that is not in the genome is an error.  Names are the BED names (column 4) when every kept region has
+    one and they are unique, else ``chrom:start-end`` of the model window.
     """
     import pyfaidx
     seq_len = opts.seq_len
-    chrom, _, _, centre = read_bed(bed)
+    chrom, _, _, centre, bed_names = read_bed(bed)
     lo = centre - seq_len // 2
     try:
         fa = pyfaidx.Fasta(genome, as_raw=True, sequence_always_upper=False, rebuild=False)
@@ -363,12 +366,18 @@ def load_loci(bed: str, genome: str, opts: ReadOptions) -> Sequences:
             warnings.warn(f"{bed}: skipped {int((~inside).sum())} of {len(chrom)} region(s) whose {seq_len}-bp "
                           f"window runs off the chromosome", InputWarning, stacklevel=2)
         keep = np.flatnonzero(inside)
-        names = [f"{chrom[i]}:{lo[i]}-{lo[i] + seq_len}" for i in keep]
         raw = [fa[chrom[i]][int(lo[i]):int(lo[i]) + seq_len].encode() for i in keep]
     finally:
         fa.close()
+    coords = [f"{chrom[i]}:{lo[i]}-{lo[i] + seq_len}" for i in keep]
+    given = [bed_names[i] for i in keep]
+    names = given if None not in given and len(set(given)) == len(given) else coords
     seqs = encode(names, raw, ReadOptions(seq_len, opts.n_policy, rna=opts.rna), path=bed)
-    seqs.index = keep[seqs.index]
+    rows = keep[seqs.index]
+    seqs.index = rows
+    seqs.chrom = [chrom[i] for i in rows]
+    seqs.start = np.asarray(lo[rows], dtype=np.int64)
+    seqs.end = seqs.start + seq_len
     return seqs
 
 

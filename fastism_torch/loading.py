@@ -27,10 +27,10 @@ LAYOUTS = ("NCL", "NLC")
 
 
 class Engine(Protocol):
-    """What the scoring pipeline needs from an ISM engine (:class:`~fastism_torch.FastISM` has it)."""
+    """What the scoring pipeline needs from an ISM engine (:class:`~fastism_torch.FastISM` has it): built
+    for a window, ``__call__`` edits exactly that window's positions (``(N, Lw, *out)``)."""
     seq_len: int
     layout: str
-    change_ranges: list
 
     def predict(self, x): ...
     def __call__(self, x, replace_with=None): ...
@@ -95,7 +95,8 @@ class Model:
             raise UserError(f"the model takes length {self.seq_len} but the sequences have length {seq_len}")
 
     def engine(self, window: tuple[int, int]) -> Engine:
-        """The engine that mutates ``window`` (built on first use)."""
+        """The engine that mutates exactly ``window`` (built on first use, with one change range per position
+        of the window), so that callers never need to ask the engine what it mutates."""
         key = tuple(window)
         if key not in self.engines:
             if self.build is None:

@@ -1,14 +1,7 @@
-"""Results out: the resumable HDF5 file, modisco- and chrombpnet-ready files, bigWig tracks.
+"""Results out: the resumable, compressed HDF5 result file (:class:`ResultFile`), the merge of torchrun's
+part files (:func:`merge_parts`), reading a result back (:class:`Result`), and small atomic file writers.
 
-``PREFIX.h5`` (:class:`ResultFile`) holds everything; from it come
-
-* ``PREFIX.ohe.npz``, ``PREFIX.attr.npz`` (hypothetical contributions, what ``modisco motifs -s -a`` expects)
-  and ``PREFIX.proj.npz`` (scores projected onto the observed base), ``PREFIX.regions.bed``
-  (:func:`write_sidecars`);
-* ``PREFIX.ism_scores.h5`` with ``/raw/seq``, ``/shap/seq`` (hypothetical) and ``/projected_shap/seq``, each
-  ``(N, 4, L)``, the layout of chrombpnet's ``*_scores.h5`` (:func:`write_chrombpnet`);
-* a bigWig of the projected scores at genome coordinates (:func:`write_bigwig`).
-
+The files derived from a result (modisco, chrombpnet, bigWig) are in :mod:`fastism_torch.formats`.
 Files are written to a temporary name and renamed, so a crash never leaves a half-written file.
 """
 from __future__ import annotations
@@ -21,7 +14,16 @@ import numpy as np
 
 from .errors import UserError
 
-FORMAT_VERSION = 2   # 2: attr is hypothetical, proj holds the projected scores
+FORMAT_VERSION = 3   # 2: attr is hypothetical, proj holds the projected scores; 3: sets of scores (heads), gzip
+READABLE_SINCE = 2   # a version-2 file reads as one set of scores at the top of the file
+
+#: lossless compressions of the per-sequence datasets (one HDF5 chunk per sequence), by ``--compression`` name:
+#: gzip level 1 with the shuffle filter (the default; readable by any HDF5 tool), lzf (faster to write, read
+#: through h5py's filter), none; sizes and write times in benchmarks/RESULTS.md (bench_h5)
+COMPRESSIONS = {"gzip": {"compression": "gzip", "compression_opts": 1, "shuffle": True},
+                "lzf": {"compression": "lzf", "shuffle": True},
+                "none": {}}
+HEAD_DATASETS = ("ism", "attr", "proj", "y_ref", "raw")
 
 
 # --------------------------------------------------------------------------------------------- small files
@@ -75,24 +77,69 @@ def _strings(d) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------- result file
+def dataset_path(head: str | None, name: str) -> str:
+    """Where a set of scores' dataset lives: at the top of the file for a single set (``head`` None), else
+    in the group named after the set (``counts/ism``)."""
+    return name if head is None else f"{head}/{name}"
+
+
+def result_layout(n: int, spec) -> list[tuple[str, tuple, str]]:
+    """``(path, shape, dtype)`` of the per-sequence datasets of a result for ``n`` sequences under a
+    :class:`~fastism_torch.pipeline.ResolvedSpec`."""
+    lw, k = spec.window[1] - spec.window[0], spec.n_bases
+    out = [("seqs", (n, 4, spec.seq_len), "i1")]
+    for h in spec.heads:
+        t = len(h.target_names)
+        out += [(dataset_path(h.name, "ism"), (n, k, lw, t), "f4"), (dataset_path(h.name, "attr"), (n, 4, lw), "f4"),
+                (dataset_path(h.name, "proj"), (n, 4, lw), "f4"), (dataset_path(h.name, "y_ref"), (n, t), "f4")]
+        if spec.raw:
+            out.append((dataset_path(h.name, "raw"), (n, k, lw, t), "f4"))
+    return out
+
+
+def result_bytes(n: int, spec) -> int:
+    """Uncompressed size of the result's per-sequence datasets (an upper bound of the file's size)."""
+    return sum(int(np.prod(shape)) * np.dtype(dt).itemsize for _, shape, dt in result_layout(n, spec))
+
+
+def _create(f, name: str, shape: tuple, dtype, data=None, compression: str = "gzip"):
+    """A dataset chunked by sequence, allocated when created; compressed when it has a length axis."""
+    import h5py
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    n = shape[0]
+    chunks = (1,) + tuple(shape[1:]) if len(shape) > 1 else (min(max(n, 1), 65536),)
+    kw = COMPRESSIONS[compression] if len(shape) > 2 and n > 0 else {}
+    d = f.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, dcpl=dcpl, **kw)
+    if data is not None:
+        d[...] = data
+    return d
+
+
 class ResultFile:
     """The HDF5 result file, written chunk by chunk and resumable.
 
-    Datasets are chunked and allocated when created (no metadata changes while data are written), so a
-    process killed mid-write leaves a file that reopens; a per-sequence ``done`` flag is set only after a
-    chunk's data are flushed.  The file is written under ``PATH.partial`` and renamed to ``PATH`` by
-    :meth:`finish`, which also sets the ``complete`` attribute: a file named ``PATH`` is always complete.
+    Datasets are chunked by sequence and allocated when created; a per-sequence ``done`` flag is set only
+    after a chunk's data are flushed, so a process killed between chunks leaves a file that reopens (one
+    killed inside HDF5's write reopens or, if its index is torn, is recomputed from the start).  The file is
+    written under ``PATH.partial`` and renamed to ``PATH`` by :meth:`finish`, which also sets the
+    ``complete`` attribute: a file named ``PATH`` is always complete.
 
-    Layout: ``ism`` (N, K, Lw, T) float32 (K = 4 bases, or 1 with a fixed replacement); ``attr`` (N, 4, Lw)
-    hypothetical contributions (the scores averaged over targets, for all 4 bases); ``proj`` (N, 4, Lw) the
-    same projected onto the observed base; ``y_ref`` (N, T); optional ``raw`` (N, K, Lw, T); ``seqs``
-    (N, 4, L) int8; ``names``; ``index``; ``chrom/start/end`` when known; ``target_names``; ``done`` (N,)
-    uint8; settings as attributes.
+    Layout, per set of scores (at the top of the file for a single set, else in a group per set, e.g.
+    ``counts/`` and ``profile/``): ``ism`` (N, K, Lw, T) float32 (K = 4 bases, or 1 with a fixed
+    replacement); ``attr`` (N, 4, Lw) hypothetical contributions (the scores averaged over targets, for all
+    4 bases); ``proj`` (N, 4, Lw) the same projected onto the observed base; ``y_ref`` (N, T); optional
+    ``raw`` (N, K, Lw, T); ``target_names``.  Shared: ``seqs`` (N, 4, L) int8; ``names``; ``index``;
+    ``chrom/start/end`` when known; ``done`` (N,) uint8; settings as attributes; ``heads`` (JSON list of
+    the sets' names, ``[null]`` for a single set).  Per-sequence datasets are compressed (``compression``, a
+    name in :data:`COMPRESSIONS`; a resumed file keeps its own).
     """
-    CHUNKED = ("ism", "attr", "proj", "y_ref", "raw")
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, compression: str = "gzip"):
+        if compression not in COMPRESSIONS:
+            raise UserError(f"compression must be one of {', '.join(COMPRESSIONS)}; got {compression!r}")
         self.path = path
+        self.compression = compression
         self.partial = path + ".partial"
         self.h5 = None
 
@@ -103,34 +150,26 @@ class ResultFile:
             s = f.attrs.get("settings_json")
             return None if s is None else json.loads(s)
 
-    def create(self, seqs, window: tuple, n_bases: int, target_names: list, settings: dict, raw: bool) -> None:
+    def create(self, seqs, spec, settings: dict) -> None:
+        """A new ``PATH.partial`` for ``seqs`` under a :class:`~fastism_torch.pipeline.ResolvedSpec`."""
         import h5py
         n = len(seqs)
-        lw, t = window[1] - window[0], len(target_names)
         if os.path.exists(self.partial):
             os.unlink(self.partial)
         f = h5py.File(self.partial, "w")
         try:
-            def dset(name, shape, dtype, data=None):
-                dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-                dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-                chunks = (1,) + tuple(shape[1:]) if len(shape) > 1 else (min(max(n, 1), 65536),)
-                d = f.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, dcpl=dcpl)
-                if data is not None:
-                    d[...] = data
-            dset("ism", (n, n_bases, lw, t), "f4")
-            dset("attr", (n, 4, lw), "f4")
-            dset("proj", (n, 4, lw), "f4")
-            dset("y_ref", (n, t), "f4")
-            if raw:
-                dset("raw", (n, n_bases, lw, t), "f4")
-            dset("seqs", seqs.onehot.shape, seqs.onehot.dtype, seqs.onehot)
-            dset("index", (n,), "i8", seqs.index)
-            dset("done", (n,), "u1")
+            for name, shape, dtype in result_layout(n, spec):
+                _create(f, name, shape, dtype if name != "seqs" else seqs.onehot.dtype,
+                        seqs.onehot if name == "seqs" else None, self.compression)
+            _create(f, "index", (n,), "i8", seqs.index)
+            _create(f, "done", (n,), "u1")
             str_t = h5py.string_dtype()
             f.create_dataset("names", data=np.asarray(seqs.names, dtype=object), dtype=str_t)
-            f.create_dataset("target_names", data=np.asarray([str(x) for x in target_names], dtype=object),
-                             dtype=str_t)
+            for h in spec.heads:
+                f.create_dataset(dataset_path(h.name, "target_names"), dtype=str_t,
+                                 data=np.asarray([str(x) for x in h.target_names], dtype=object))
+                if h.name is not None:
+                    f[h.name].attrs["reduction"] = h.reduction
             if seqs.chrom is not None:
                 f.create_dataset("chrom", data=np.asarray(seqs.chrom, dtype=object), dtype=str_t)
                 f.create_dataset("start", data=seqs.start)
@@ -141,7 +180,8 @@ class ResultFile:
                 else:
                     f.attrs[k] = "None" if v is None else json.dumps(v)
             f.attrs["settings_json"] = json.dumps(settings, sort_keys=True)
-            f.attrs["window_start"], f.attrs["window_end"] = int(window[0]), int(window[1])
+            f.attrs["heads"] = json.dumps([h.name for h in spec.heads])
+            f.attrs["window_start"], f.attrs["window_end"] = int(spec.window[0]), int(spec.window[1])
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["complete"] = False
             f.flush()
@@ -164,12 +204,15 @@ class ResultFile:
         return self.h5["done"][...].astype(bool)
 
     def write_chunk(self, lo: int, hi: int, scores) -> None:
-        """Write one chunk of :class:`fastism_torch.pipeline.Scores` (rows ``lo:hi``) and mark it done."""
+        """Write one chunk (rows ``lo:hi``) and mark it done: ``{head name: Scores}`` as
+        :func:`fastism_torch.pipeline.score_heads` gives, or one :class:`~fastism_torch.pipeline.Scores`."""
         f = self.h5
-        for name, value in (("ism", scores.ism), ("attr", scores.hypothetical), ("proj", scores.projected),
-                            ("y_ref", scores.y_ref), ("raw", scores.raw)):
-            if value is not None:
-                f[name][lo:hi] = value
+        by_head = {None: scores} if isinstance(scores, tuple) else scores
+        for head, s in by_head.items():
+            for name, value in zip(("ism", "attr", "proj", "y_ref", "raw"),
+                                   (s.ism, s.hypothetical, s.projected, s.y_ref, s.raw)):
+                if value is not None:
+                    f[dataset_path(head, name)][lo:hi] = value
         f.flush()
         f["done"][lo:hi] = 1
         f.flush()
@@ -187,11 +230,30 @@ class ResultFile:
         os.replace(self.partial, self.path)
 
 
+def _datasets(f) -> list:
+    import h5py
+    out = []
+    f.visititems(lambda name, obj: out.append(name) if isinstance(obj, h5py.Dataset) else None)
+    return out
+
+
+def _copy_rows(o, srcs: list, name: str) -> None:
+    at = 0
+    for s in srcs:
+        src = s[name]
+        step = max(1, (64 << 20) // max(1, src.dtype.itemsize * int(np.prod(src.shape[1:]))))
+        for lo in range(0, src.shape[0], step):
+            blk = src[lo:lo + step]
+            o[at + lo:at + lo + len(blk)] = blk
+        at += src.shape[0]
+
+
 def merge_parts(parts: list, out_path: str, n_total: int, index) -> None:
     """Concatenate complete part files (in order) into ``out_path`` via ``out_path.partial`` and a rename.
 
     Before the merged file is marked complete, the parts must hold every one of the ``n_total`` sequences
-    exactly once, in order (their ``index`` equal to ``index``), each marked done.
+    exactly once, in order (their ``index`` equal to ``index``), each marked done.  Datasets keep their
+    chunking and compression.
     """
     import h5py
     partial = out_path + ".partial"
@@ -207,23 +269,21 @@ def merge_parts(parts: list, out_path: str, n_total: int, index) -> None:
                                f"has {n_total}; rerun the same command to compute the missing ones")
         first = srcs[0]
         with h5py.File(partial, "w") as out:
-            for name, d in first.items():
-                if name == "target_names":
+            for name in _datasets(first):
+                d = first[name]
+                if name.endswith("target_names"):
                     out.create_dataset(name, data=d[...], dtype=d.dtype)
                     continue
-                shape = (n_total,) + d.shape[1:]
                 chunks = d.chunks
                 if chunks is not None and name in ("index", "done"):
                     chunks = (min(max(n_total, 1), 65536),)
-                o = out.create_dataset(name, shape=shape, dtype=d.dtype, chunks=chunks)
-                at = 0
-                for s in srcs:
-                    src = s[name]
-                    step = max(1, (64 << 20) // max(1, src.dtype.itemsize * int(np.prod(src.shape[1:]))))
-                    for lo in range(0, src.shape[0], step):
-                        blk = src[lo:lo + step]
-                        o[at + lo:at + lo + len(blk)] = blk
-                    at += src.shape[0]
+                o = out.create_dataset(name, shape=(n_total,) + d.shape[1:], dtype=d.dtype, chunks=chunks,
+                                       compression=d.compression, compression_opts=d.compression_opts,
+                                       shuffle=d.shuffle)
+                _copy_rows(o, srcs, name)
+            for name, g in first.items():
+                if isinstance(g, h5py.Group):
+                    out[name].attrs.update(dict(g.attrs))
             for k, v in first.attrs.items():
                 out.attrs[k] = v
             out.attrs["complete"] = True
@@ -235,7 +295,7 @@ def merge_parts(parts: list, out_path: str, n_total: int, index) -> None:
 
 # --------------------------------------------------------------------------------------------- reading back
 class Result:
-    """A complete result file opened for reading: the window, names, coordinates and arrays by row."""
+    """A result file opened for reading: the window, names, coordinates, sets of scores and arrays by row."""
 
     def __init__(self, path: str):
         import h5py
@@ -245,18 +305,19 @@ class Result:
             self.f = h5py.File(path, "r")
         except OSError:
             raise UserError(f"{path}: not an HDF5 result file") from None
-        if "ism" not in self.f or "names" not in self.f:
+        if "names" not in self.f or "seqs" not in self.f:
             self.f.close()
-            raise UserError(f"{path}: not a fastism-torch result file (no 'ism' dataset)")
-        if int(self.f.attrs.get("format_version", 1)) < FORMAT_VERSION:
+            raise UserError(f"{path}: not a fastism-torch result file (no 'names' and 'seqs' datasets)")
+        version = int(self.f.attrs.get("format_version", 1))
+        if version < READABLE_SINCE:
             self.f.close()
-            raise UserError(f"{path} was written by an older fastism-torch (format "
-                            f"{int(self.f.attrs.get('format_version', 1))}); rerun 'fastism-torch ism' with --overwrite")
+            raise UserError(f"{path} was written by an older fastism-torch (format {version}); rerun "
+                            f"'fastism-torch ism' with --overwrite")
         self.path = path
         self.complete = bool(self.f.attrs.get("complete", False))
         self.window = int(self.f.attrs["window_start"]), int(self.f.attrs["window_end"])
+        self.heads = json.loads(self.f.attrs["heads"]) if "heads" in self.f.attrs else [None]
         self.names = _strings(self.f["names"])
-        self.target_names = _strings(self.f["target_names"])
         self.chrom = _strings(self.f["chrom"]) if "chrom" in self.f else None
         self.start = self.f["start"][...] if "start" in self.f else None
 
@@ -265,6 +326,22 @@ class Result:
 
     def __exit__(self, *exc):
         self.f.close()
+
+    def head(self, name: str | None = None) -> str | None:
+        """A set of scores by name (None: the first)."""
+        if name is None:
+            return self.heads[0]
+        if name not in self.heads:
+            raise UserError(f"{self.path} has no set of scores {name!r}; it has "
+                            f"{', '.join(map(str, self.heads)) if self.heads != [None] else 'one (no --head)'}")
+        return name
+
+    def data(self, name: str, head: str | None = None):
+        """The dataset ``name`` (``ism``, ``attr``, ``proj``, ``y_ref``, ``raw``) of a set of scores."""
+        return self.f[dataset_path(head, name)]
+
+    def target_names(self, head: str | None = None) -> list[str]:
+        return _strings(self.data("target_names", head))
 
     def row(self, seq: str | int | None) -> int:
         """Row of a sequence given by name or index (default: the first)."""
@@ -289,106 +366,3 @@ class Result:
             return self.names, np.full(len(self.names), ws), np.full(len(self.names), we)
         start = self.start + ws
         return self.chrom, start, start + (we - ws)
-
-
-# --------------------------------------------------------------------------------------------- derived files
-def write_sidecars(h5_path: str, prefix: str) -> None:
-    """``PREFIX.ohe.npz``, ``PREFIX.attr.npz`` (hypothetical), ``PREFIX.proj.npz`` and ``PREFIX.regions.bed``."""
-    with Result(h5_path) as r:
-        ws, we = r.window
-        ohe = r.f["seqs"][:, :, ws:we]
-        save_npz(prefix + ".ohe.npz", ohe.astype(np.float32) if ohe.dtype != np.int8 else ohe)
-        save_npz(prefix + ".attr.npz", r.f["attr"][...])
-        save_npz(prefix + ".proj.npz", r.f["proj"][...])
-        save_bed(prefix + ".regions.bed", *r.window_coordinates(), r.names)
-
-
-def write_chrombpnet(h5_path: str, out_path: str) -> None:
-    """chrombpnet's ``*_scores.h5`` layout: ``/raw/seq``, ``/shap/seq``, ``/projected_shap/seq``, (N, 4, Lw)."""
-    import h5py
-
-    def w(tmp):
-        with Result(h5_path) as r, h5py.File(tmp, "w") as out:
-            out.create_dataset("raw/seq", data=r.onehot(), compression="gzip")
-            out.create_dataset("shap/seq", data=r.f["attr"][...], compression="gzip")
-            out.create_dataset("projected_shap/seq", data=r.f["proj"][...], compression="gzip")
-    atomic_write(out_path, w, suffix=".h5")
-
-
-def read_chrom_sizes(path: str) -> list[tuple[str, int]]:
-    """``(chrom, size)`` pairs of a two-column chrom.sizes file (a ``.fai`` index works too)."""
-    sizes = []
-    try:
-        with open(path) as fh:
-            for ln, line in enumerate(fh, 1):
-                f = line.split()
-                if not f:
-                    continue
-                if len(f) < 2 or not f[1].isdigit():
-                    raise UserError(f"{path}: line {ln} is not 'chrom<TAB>size': {line.strip()[:60]!r}")
-                sizes.append((f[0], int(f[1])))
-    except OSError as e:
-        raise UserError(f"{path}: {e.strerror}") from None
-    if not sizes:
-        raise UserError(f"{path}: no chromosome sizes")
-    return sizes
-
-
-def track_entries(chrom, start, values, order: list) -> list[tuple[str, int, np.ndarray]]:
-    """Non-overlapping ``(chrom, start, values)`` pieces of region tracks, one value per base.
-
-    Regions are taken in genome order (``order``: chromosome names); where two overlap, the boundary is
-    midway between their centres, so each base takes its value from the region whose centre is nearest
-    (chrombpnet's rule for its bigWigs).
-    """
-    rank = {c: i for i, c in enumerate(order)}
-    idx = sorted(range(len(chrom)), key=lambda i: (rank[chrom[i]], int(start[i])))
-    out, cur_chrom, cur_end = [], None, 0
-    for k, i in enumerate(idx):
-        c, s, v = chrom[i], int(start[i]), values[i]
-        e, mid = s + len(v), s + len(v) // 2
-        if c != cur_chrom:
-            cur_chrom, cur_end = c, 0
-        lo, hi = max(cur_end, s), e
-        if k + 1 < len(idx):
-            j = idx[k + 1]
-            if chrom[j] == c and int(start[j]) < e:
-                hi = max(lo, min(e, (mid + int(start[j]) + len(values[j]) // 2) // 2))
-        if hi > lo:
-            out.append((c, lo, np.asarray(v[lo - s:hi - s], dtype=np.float64)))
-        cur_end = max(cur_end, hi)
-    return out
-
-
-def write_bigwig(h5_path: str, chrom_sizes: str, out_path: str) -> int:
-    """A bigWig of the projected scores (summed over bases: the observed base's score) at genome
-    coordinates; returns the number of bases written.  Needs ``pyBigWig``."""
-    try:
-        import pyBigWig
-    except ImportError:
-        raise UserError("bigWig output needs pyBigWig: pip install pyBigWig") from None
-    sizes = read_chrom_sizes(chrom_sizes)
-    with Result(h5_path) as r:
-        if r.chrom is None:
-            raise UserError(f"{h5_path} has no genome coordinates: give regions (-s peaks.bed --genome ...) "
-                            f"or FASTA names chrom:start-end")
-        chrom, start, end = r.window_coordinates()
-        values = r.f["proj"][...].sum(1)
-    known = dict(sizes)
-    for c, e in zip(chrom, end):
-        if c not in known:
-            raise UserError(f"chromosome {c!r} is not in {chrom_sizes}")
-        if e > known[c]:
-            raise UserError(f"region {c}:{e} ends past {c}'s size {known[c]} in {chrom_sizes}")
-    pieces = track_entries(chrom, start, values, [c for c, _ in sizes])
-
-    def w(tmp):
-        bw = pyBigWig.open(tmp, "w")
-        try:
-            bw.addHeader(sizes)
-            for c, s, v in pieces:
-                bw.addEntries(c, s, values=v.tolist(), span=1, step=1)
-        finally:
-            bw.close()
-    atomic_write(out_path, w, suffix=".bw")
-    return sum(len(v) for _, _, v in pieces)

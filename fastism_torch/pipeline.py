@@ -14,10 +14,15 @@ Outputs are reduced per target (:data:`fastism_torch.scores.REDUCTIONS`: e.g. a 
 counts or Jensen-Shannon distance to the reference profile), optionally averaged with the reverse
 complement strand, and restricted to chosen targets.  With a fixed replacement (``replace_with``, e.g. N)
 there is one row per position (K = 1) and no centring.
+
+User intent (:class:`ScoreSpec`) is resolved once against the model and the sequence length by
+:func:`resolve` into a :class:`ResolvedSpec` (the window checked, the sets of scores and their target
+names known); everything downstream reads the resolved spec.  ``reduction="auto"`` (the command line's
+default) scores a profile model's counts and profile heads as two sets (:func:`score_heads`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -26,18 +31,23 @@ from . import scores
 from .errors import UserError, first_line
 from .loading import Model, as_list, to_layout
 
-__all__ = ["Model", "ScoreSpec", "Scores", "score", "target_names", "parse_replace", "parse_targets"]
+__all__ = ["Model", "ScoreSpec", "ResolvedSpec", "Head", "Scores", "resolve", "score", "score_heads", "target_names",
+           "parse_replace", "parse_targets"]
 
 
 @dataclass(frozen=True)
 class ScoreSpec:
-    """What to compute for each sequence.
+    """What to compute for each sequence, as the user asked for it.
 
-    ``window``: positions to mutate ``(start, end)`` (default: all); ``replace_with``: a (4,) vector put at
-    each position instead of full saturation; ``reduction``/``profile_axis``: per-target value of each
-    output (see :func:`fastism_torch.scores.reduce_outputs`); ``targets``: indices into the reduced
-    targets (default: all); ``rc_average``: average with the reverse-complement strand; ``raw``: keep the
-    reduced mutant predictions.
+    ``window``: positions to mutate ``(start, end)`` (default: all; a negative end counts from the end);
+    ``replace_with``: a (4,) vector put at each position instead of full saturation;
+    ``reduction``/``profile_axis``: per-target value of each output (see
+    :func:`fastism_torch.scores.reduce_outputs`), or ``"auto"``: for a model with several outputs one of
+    which has a length axis (BPNet, ChromBPNet), two sets of scores, ``counts`` and ``profile``, else
+    ``none``; ``targets``: indices into the reduced targets (default: all); ``rc_average``: average with
+    the reverse-complement strand; ``raw``: keep the reduced mutant predictions.
+
+    :func:`resolve` turns it, with the model and the sequences' length, into a :class:`ResolvedSpec`.
     """
     window: tuple[int, int] | None = None
     replace_with: np.ndarray | None = None
@@ -47,16 +57,40 @@ class ScoreSpec:
     rc_average: bool = False
     raw: bool = False
 
-    def window_for(self, seq_len: int) -> tuple[int, int]:
-        s, e = (0, seq_len) if self.window is None else self.window
-        e = e + seq_len if e < 0 else e
-        if not 0 <= s < e <= seq_len:
-            raise UserError(f"the window (--start/--end) must satisfy 0 <= start < end <= {seq_len}; got {s}, {e}")
-        return int(s), int(e)
+
+@dataclass(frozen=True)
+class Head:
+    """One set of scores: ``name`` (None: a single set, stored at the top of the result file), the
+    ``reduction`` that makes it, the ``targets`` kept (indices into the reduced values; None: all) and the
+    kept targets' names."""
+    name: str | None
+    reduction: str
+    target_names: tuple[str, ...]
+    targets: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ResolvedSpec:
+    """A :class:`ScoreSpec` resolved once against a model and a sequence length: the window as
+    ``0 <= start < end <= seq_len``, the sets of scores (:class:`Head`) with their target names, and
+    ``values_per_seq``, the number of raw output values per sequence (all heads)."""
+    seq_len: int
+    window: tuple[int, int]
+    heads: tuple[Head, ...]
+    values_per_seq: int
+    replace_with: np.ndarray | None = None
+    profile_axis: int = -1
+    rc_average: bool = False
+    raw: bool = False
 
     @property
     def n_bases(self) -> int:
+        """Rows per position: 4 bases, or 1 with a fixed replacement."""
         return 4 if self.replace_with is None else 1
+
+    @property
+    def full(self) -> bool:
+        return self.window == (0, self.seq_len)
 
 
 class Scores(NamedTuple):
@@ -103,7 +137,7 @@ def parse_targets(spec, names: Sequence[str]) -> list | None:
     return out
 
 
-# --------------------------------------------------------------------------------------------- scoring
+# --------------------------------------------------------------------------------------------- resolving
 def _as_model(model, seq_len: int) -> Model:
     if isinstance(model, Model):
         return model
@@ -113,11 +147,29 @@ def _as_model(model, seq_len: int) -> Model:
     raise TypeError(f"model must be a fastism_torch.loading.Model or a torch.nn.Module; got {type(model).__name__}")
 
 
-def _reduce(outs: list, refs: list, spec: ScoreSpec, batch_ndims: int):
+def _as_onehot(onehot) -> np.ndarray:
+    x = np.asarray(onehot, dtype=np.float32)
+    if x.ndim != 3 or x.shape[1] != 4:
+        raise UserError(f"sequences must be one-hot (N, 4, L); got shape {x.shape}")
+    return x
+
+
+def check_window(window, seq_len: int) -> tuple[int, int]:
+    """``(start, end)`` with ``0 <= start < end <= seq_len`` (None: every position; a negative end counts
+    from the end)."""
+    s, e = (0, seq_len) if window is None else window
+    s, e = (0 if s is None else s), (seq_len if e is None else e)
+    e = e + seq_len if e < 0 else e
+    if not 0 <= s < e <= seq_len:
+        raise UserError(f"the window (--start/--end) must satisfy 0 <= start < end <= {seq_len}; got {s}, {e}")
+    return int(s), int(e)
+
+
+def _reduce(outs: list, refs: list, reduction: str, profile_axis: int, batch_ndims: int):
     import torch
     t = lambda xs: [torch.from_numpy(np.asarray(x)) for x in xs]   # noqa: E731
     try:
-        return scores.reduce_outputs(t(outs), t(refs), spec.reduction, batch_ndims, spec.profile_axis).numpy()
+        return scores.reduce_outputs(t(outs), t(refs), reduction, batch_ndims, profile_axis).numpy()
     except ValueError as e:
         raise UserError(str(e)) from None
 
@@ -128,70 +180,113 @@ def predict(model: Model, x: np.ndarray, window) -> list:
     return [np.asarray(r) for r in as_list(eng.predict(to_layout(x, eng.layout)))]
 
 
-def target_names(model, x: np.ndarray, spec: ScoreSpec = ScoreSpec()) -> list[str]:
-    """Names of the reduced targets (the model's names when it has as many, else indices), from one
-    sequence's prediction; ``spec.targets`` is not applied."""
-    model = _as_model(model, x.shape[2])
-    window = spec.window_for(x.shape[2])
+def auto_reductions(refs: list) -> tuple[str, ...]:
+    """``("counts", "profile")`` for a model with several outputs one of which has a length axis (2 or more
+    dimensions per sequence: BPNet, ChromBPNet), else ``("none",)`` (every output value a target)."""
+    return ("counts", "profile") if len(refs) > 1 and max(r.ndim - 1 for r in refs) >= 2 else ("none",)
+
+
+def _head(name, reduction: str, refs: list, names, spec: ScoreSpec, target) -> Head:
+    n = _reduce(refs, refs, reduction, spec.profile_axis, 1).shape[-1]
+    names = [str(t) for t in names] if names is not None and len(names) == n else [str(i) for i in range(n)]
+    idx = parse_targets(target, names) if target is not None else spec.targets
+    if idx is not None and not all(-n <= int(i) < n for i in idx):
+        raise UserError(f"targets {list(idx)} out of range: the {reduction!r} scores have {n} target(s)")
+    idx = None if idx is None else tuple(int(i) % n for i in idx)
+    return Head(name, reduction, tuple(names if idx is None else [names[i] for i in idx]), idx)
+
+
+def resolve(model, onehot, spec: ScoreSpec = ScoreSpec(), target: str | None = None) -> ResolvedSpec:
+    """Resolve ``spec`` once for ``model`` and sequences ``onehot`` (N, 4, L): check the window, and
+    predict one sequence to learn the sets of scores and their targets.  ``target`` ("name,3,-1", the
+    command line's ``--target``) replaces ``spec.targets``; with several sets it applies to each."""
+    x = _as_onehot(onehot)
+    seq_len = x.shape[2]
+    model = _as_model(model, seq_len)
+    window = check_window(spec.window, seq_len)
+    if spec.reduction != "auto" and spec.reduction not in scores.REDUCTIONS:
+        raise UserError(f"reduction must be 'auto' or one of {scores.REDUCTIONS}; got {spec.reduction!r}")
     try:
-        refs = predict(model, x[:1].astype(np.float32), window)
+        refs = predict(model, x[:1], window)
     except UserError:
         raise
     except Exception as e:
         raise UserError(f"the model fails on the sequences ({first_line(e)})") from None
-    n = _reduce(refs, refs, spec, 1).shape[-1]
-    names = model.target_names
-    return [str(t) for t in names] if names is not None and len(names) == n else [str(i) for i in range(n)]
+    reductions = auto_reductions(refs) if spec.reduction == "auto" else (spec.reduction,)
+    heads = tuple(_head(r if len(reductions) > 1 else None, r, refs, model.target_names, spec, target)
+                  for r in reductions)
+    return ResolvedSpec(seq_len, window, heads, sum(int(np.prod(r.shape[1:])) for r in refs), spec.replace_with,
+                        spec.profile_axis, spec.rc_average, spec.raw)
 
 
-def _raw_edits(model: Model, x: np.ndarray, window: tuple, replace) -> list:
-    """Raw model outputs per head, ``(n, K, Lw, *out)`` in forward (NCL) base/position order."""
+def target_names(model, x: np.ndarray, spec: ScoreSpec = ScoreSpec()) -> list[str]:
+    """Names of the reduced targets of the first set of scores (the model's names when it has as many,
+    else indices), from one sequence's prediction; ``spec.targets`` is not applied."""
+    return list(resolve(model, x, replace(spec, targets=None)).heads[0].target_names)
+
+
+# --------------------------------------------------------------------------------------------- scoring
+def _raw_edits(model: Model, x: np.ndarray, window: tuple, replace_with, full: bool) -> list:
+    """Raw model outputs per head, ``(n, K, Lw, *out)`` in forward (NCL) base/position order; the engine
+    for ``window`` mutates exactly the window (:meth:`fastism_torch.loading.Model.engine`)."""
     eng = model.engine(window)
-    full = window == (0, model.seq_len)
-    # an engine that cannot restrict its ranges mutates everything: slice its result
-    ranges = getattr(eng, "change_ranges", None)
-    pick = np.arange(*window) if not full and ranges is not None and len(ranges) == model.seq_len else None
     xin = to_layout(x, eng.layout)
-    if replace is None and (full or pick is not None):
+    if replace_with is None and full:
         outs = as_list(eng.saturation_mutagenesis(xin))
-        outs = [np.swapaxes(o, 1, 2) if eng.layout == "NLC" else np.asarray(o) for o in outs]   # (n, 4, L, *out)
-        return outs if pick is None else [o[:, :, pick] for o in outs]
+        return [np.swapaxes(o, 1, 2) if eng.layout == "NLC" else np.asarray(o) for o in outs]   # (n, 4, L, *out)
     per_base = []
-    for r in ([replace] if replace is not None else list(np.eye(4, dtype=np.float32))):
-        o = [np.asarray(a) for a in as_list(eng(xin, replace_with=r))]        # (n, R, *out)
-        per_base.append(o if pick is None else [a[:, pick] for a in o])
+    for r in ([replace_with] if replace_with is not None else list(np.eye(4, dtype=np.float32))):
+        per_base.append([np.asarray(a) for a in as_list(eng(xin, replace_with=r))])        # (n, R, *out)
     return [np.stack(hs, axis=1) for hs in zip(*per_base)]
 
 
-def _strand(model: Model, x: np.ndarray, window: tuple, replace, spec: ScoreSpec):
-    """Reduced values ``(n, K, Lw, T_all)`` for the edits and ``(n, T_all)`` for the references."""
+def _strand(model: Model, x: np.ndarray, spec: ResolvedSpec, window: tuple, replace_with) -> dict:
+    """Per head: reduced values ``(n, K, Lw, T_all)`` for the edits and ``(n, T_all)`` for the references."""
     refs = predict(model, x, window)
-    muts = _raw_edits(model, x, window, replace)
-    return _reduce(muts, [r[:, None, None] for r in refs], spec, 3), _reduce(refs, refs, spec, 1)
+    muts = _raw_edits(model, x, window, replace_with, full=spec.full)
+    ax = spec.profile_axis
+    return {h: (_reduce(muts, [r[:, None, None] for r in refs], h.reduction, ax, 3),
+                _reduce(refs, refs, h.reduction, ax, 1)) for h in spec.heads}
 
 
-def score(model, onehot: np.ndarray, spec: ScoreSpec = ScoreSpec()) -> Scores:
-    """ISM scores of one-hot sequences ``(N, 4, L)`` (ACGT) under ``spec``.
-
-    ``model`` is a :class:`~fastism_torch.loading.Model` (engines are built once per window and reused
-    across calls) or an ``nn.Module`` taking ``(N, 4, L)``.
-    """
-    x = np.asarray(onehot, dtype=np.float32)
-    if x.ndim != 3 or x.shape[1] != 4:
-        raise UserError(f"sequences must be one-hot (N, 4, L); got shape {x.shape}")
-    model = _as_model(model, x.shape[2])
-    window = spec.window_for(x.shape[2])
-    v_mut, v_ref = _strand(model, x, window, spec.replace_with, spec)
-    if spec.rc_average:
-        L = x.shape[2]
-        rc_rep = None if spec.replace_with is None else spec.replace_with[::-1].copy()
-        m2, r2 = _strand(model, scores.reverse_complement(x), (L - window[1], L - window[0]), rc_rep, spec)
-        v_mut = (v_mut + scores.from_reverse_strand(m2)) / 2
-        v_ref = (v_ref + r2) / 2
-    v_mut = np.asarray(scores.select_targets(v_mut, spec.targets))
-    v_ref = np.asarray(scores.select_targets(v_ref, spec.targets))
+def _scores(v_mut: np.ndarray, v_ref: np.ndarray, head: Head, spec: ResolvedSpec, seq: np.ndarray) -> Scores:
+    v_mut = np.asarray(scores.select_targets(v_mut, head.targets))
+    v_ref = np.asarray(scores.select_targets(v_ref, head.targets))
     ism = scores.ism_scores(v_mut, v_ref, centre=spec.replace_with is None)
-    seq = x[:, :, window[0]:window[1]]
     hyp = scores.attributions(ism, seq, hypothetical=True)
     return Scores(ism.astype(np.float32), hyp, (hyp * seq).astype(np.float32), v_ref.astype(np.float32),
                   v_mut.astype(np.float32) if spec.raw else None)
+
+
+def score_heads(model, onehot: np.ndarray, spec: ScoreSpec | ResolvedSpec = ScoreSpec()) -> dict:
+    """ISM scores of one-hot sequences ``(N, 4, L)`` (ACGT), one :class:`Scores` per set of scores
+    (``{head.name: Scores}``; the name is None for a single set).
+
+    ``model`` is a :class:`~fastism_torch.loading.Model` (engines are built once per window and reused
+    across calls) or an ``nn.Module`` taking ``(N, 4, L)``; ``spec`` a :class:`ScoreSpec` (resolved here)
+    or a :class:`ResolvedSpec` from :func:`resolve`.
+    """
+    x = _as_onehot(onehot)
+    model = _as_model(model, x.shape[2])
+    if isinstance(spec, ScoreSpec):
+        spec = resolve(model, x, spec)
+    elif x.shape[2] != spec.seq_len:
+        raise UserError(f"the spec was resolved for length {spec.seq_len}; the sequences have length {x.shape[2]}")
+    w, L = spec.window, spec.seq_len
+    values = _strand(model, x, spec, w, spec.replace_with)
+    if spec.rc_average:
+        rc_rep = None if spec.replace_with is None else spec.replace_with[::-1].copy()
+        rc = _strand(model, scores.reverse_complement(x), spec, (L - w[1], L - w[0]), rc_rep)
+        values = {h: ((m + scores.from_reverse_strand(rc[h][0])) / 2, (r + rc[h][1]) / 2)
+                  for h, (m, r) in values.items()}
+    seq = x[:, :, w[0]:w[1]]
+    return {h.name: _scores(m, r, h, spec, seq) for h, (m, r) in values.items()}
+
+
+def score(model, onehot: np.ndarray, spec: ScoreSpec | ResolvedSpec = ScoreSpec()) -> Scores:
+    """ISM scores of one-hot sequences ``(N, 4, L)`` under ``spec``, for a spec with one set of scores
+    (any reduction but ``"auto"`` on a profile model: use :func:`score_heads` there)."""
+    out = score_heads(model, onehot, spec)
+    if len(out) != 1:
+        raise UserError(f"the spec gives {len(out)} sets of scores ({', '.join(map(str, out))}); use score_heads")
+    return next(iter(out.values()))

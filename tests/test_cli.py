@@ -45,7 +45,8 @@ def test_example_end_to_end(tmp_path):
         assert f["start"][1] == 12000 and f["end"][1] == 12300
         np.testing.assert_allclose(f["ism"][...].sum(1), 0, atol=1e-5)           # centred across bases
         settings = json.loads(f.attrs["settings_json"])
-        assert settings["reduction"] == "none" and f.attrs["n_policy"] == "zero"
+        assert settings["reduction"] == "auto" and f.attrs["n_policy"] == "zero"     # auto: "none" for a classifier
+        assert settings["heads"] == [[None, "none", ["gata", "ebox", "ap1"]]] and f["ism"].compression == "gzip"
         attr, proj = f["attr"][...], f["proj"][...]
         seqs = f["seqs"][...]
     np.testing.assert_array_equal(np.load(str(p) + ".attr.npz")["arr_0"], attr)
@@ -298,12 +299,13 @@ def test_bed_regions_to_chrombpnet_h5_and_bigwig(tmp_path):
     assert main(["ism", "-m", f"{EXAMPLE_MODEL}:make_model", "-s", str(bed), "--genome", fa, "-o", prefix,
                  "--format", "chrombpnet", "--engine", "naive", "--start", "100", "--end", "200"]) == 0
     with h5py.File(prefix + ".h5") as f:
-        assert [n.decode() for n in f["names"][...]] == ["chr1:400-700", "chr1:550-850", "chr2:150-450"]
+        assert [n.decode() for n in f["names"][...]] == ["p1", "p2", "p3"]            # narrowPeak column 4
+        assert [c.decode() for c in f["chrom"][...]] == ["chr1", "chr1", "chr2"]
         assert list(f["start"][...]) == [400, 550, 150]
         proj, attr, seqs = f["proj"][...], f["attr"][...], f["seqs"][...]
     decoded = "".join("ACGT"[i] for i in seqs[2].argmax(0))
     assert decoded == genome["chr2"][150:450]
-    assert open(prefix + ".regions.bed").read().splitlines()[0].split("\t")[:3] == ["chr1", "500", "600"]
+    assert open(prefix + ".regions.bed").read().splitlines()[0].split("\t") == ["chr1", "500", "600", "p1"]
     with h5py.File(prefix + ".ism_scores.h5") as f:
         np.testing.assert_array_equal(f["raw/seq"][...], seqs[:, :, 100:200])
         np.testing.assert_array_equal(f["shap/seq"][...], attr)

@@ -26,7 +26,7 @@ FLOORS = [
     ("the fast engine", ["fast", "selfcheck"]),
     ("the public API and the importers", ["", "compat", "engine_cache", "importers", "importers.*"]),
     ("files, scores and models around the API",
-     ["loading", "inputs", "outputs", "scores", "models", "plot", "distributed"]),
+     ["loading", "inputs", "outputs", "scores", "models", "plot", "distributed", "formats"]),
     ("the pipeline and the command line", ["pipeline", "runner", "cli", "__main__"]),
 ]
 

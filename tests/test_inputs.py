@@ -141,6 +141,22 @@ def test_bed_regions_centred_on_summit_or_midpoint(tmp_path):
     assert decoded == [g["chr1"][120:140], g["chr2"][60:80]]
 
 
+def test_bed_names_are_kept_when_every_region_has_a_unique_one(tmp_path):
+    genome, _ = _genome(tmp_path)
+    bed = tmp_path / "peaks.narrowPeak"
+    bed.write_text("chr1\t100\t200\tpeakA\t0\t.\t1\t1\t1\t30\n"
+                   "chr1\t0\t40\toff\t0\t.\t1\t1\t1\t5\n"            # skipped: its name goes too
+                   "chr2\t50\t90\tpeakB\n")
+    with pytest.warns(InputWarning):
+        s = fio.load_sequences(str(bed), fio.ReadOptions(seq_len=20), genome=genome)
+    assert s.names == ["peakA", "peakB"] and list(s.index) == [0, 2]
+    assert s.chrom == ["chr1", "chr2"] and list(s.start) == [120, 60] and list(s.end) == [140, 80]
+    for dup in ("chr1\t100\t200\tp\nchr2\t50\t90\tp\n", "chr1\t100\t200\tp\nchr2\t50\t90\t.\n"):
+        bed.write_text(dup)                  # repeated or missing names: coordinates name every region
+        s = fio.load_sequences(str(bed), fio.ReadOptions(seq_len=20), genome=genome)
+        assert s.names == ["chr1:140-160", "chr2:60-80"] and list(s.start) == [140, 60]
+
+
 def test_bed_errors(tmp_path):
     genome, _ = _genome(tmp_path)
     bed = tmp_path / "p.bed"

@@ -1,13 +1,15 @@
-"""Results out: the resumable HDF5 file, modisco/chrombpnet files, merging parts, bigWig tracks."""
+"""Results out: the resumable, compressed HDF5 file with its sets of scores, the formats table
+(modisco/chrombpnet files), merging parts, bigWig tracks."""
+import json
 import os
 
 import h5py
 import numpy as np
 import pytest
 
-from fastism_torch import inputs, outputs
+from fastism_torch import formats, inputs, outputs
 from fastism_torch.errors import UserError
-from fastism_torch.pipeline import Scores
+from fastism_torch.pipeline import Head, ResolvedSpec, Scores
 
 from _cli_helpers import random_seqs
 
@@ -18,11 +20,16 @@ def _scores(n, value, L=10, T=1, seed=0):
     return Scores(np.full((n, 4, L, T), value, np.float32), hyp, hyp * 0.5, np.ones((n, T), np.float32), None)
 
 
-def _result(tmp_path, names=("a", "b", "c", "d"), L=10):
+def _spec(L=10, window=None, heads=(None,), T=1):
+    hs = tuple(Head(h, h or "none", tuple(f"t{i}" for i in range(T))) for h in heads)
+    return ResolvedSpec(L, window or (0, L), hs, 1)
+
+
+def _result(tmp_path, names=("a", "b", "c", "d"), L=10, **kw):
     seqs = inputs.encode(list(names), [s.encode() for s in random_seqs(len(names), L)])
     path = str(tmp_path / "r.h5")
     rf = outputs.ResultFile(path)
-    rf.create(seqs, (0, L), 4, ["t"], {"k": 1}, raw=False)
+    rf.create(seqs, _spec(L, **kw), {"k": 1})
     return seqs, path, rf
 
 
@@ -43,7 +50,7 @@ def test_result_file_resumes(tmp_path):
         assert f["seqs"].dtype == np.int8 and [n.decode() for n in f["names"][...]] == ["a", "b", "c", "d"]
         np.testing.assert_array_equal(f["attr"][2:], s2.hypothetical)
         np.testing.assert_array_equal(f["proj"][2:], s2.projected)
-    outputs.write_sidecars(path, str(tmp_path / "r"))
+    formats.write_sidecars(path, str(tmp_path / "r"))
     ohe = np.load(tmp_path / "r.ohe.npz")
     assert list(ohe.keys()) == ["arr_0"] and ohe["arr_0"].shape == (4, 4, 10)
     np.testing.assert_array_equal(np.load(tmp_path / "r.attr.npz")["arr_0"][2:], s2.hypothetical)
@@ -56,19 +63,19 @@ def test_chrombpnet_layout(tmp_path):
     s = _scores(4, 1)
     rf.write_chunk(0, 4, s)
     rf.finish()
-    outputs.write_chrombpnet(path, str(tmp_path / "x.ism_scores.h5"))
+    formats.write_chrombpnet(path, str(tmp_path / "x"))
     with h5py.File(tmp_path / "x.ism_scores.h5") as f:
         np.testing.assert_array_equal(f["raw/seq"][...], seqs.onehot)
         np.testing.assert_array_equal(f["shap/seq"][...], s.hypothetical)
         np.testing.assert_array_equal(f["projected_shap/seq"][...], s.projected)
 
 
-def _part(tmp_path, name, seqs, index, done=True):
+def _part(tmp_path, name, seqs, index, done=True, heads=(None,)):
     rf = outputs.ResultFile(str(tmp_path / name))
     sub = inputs.Sequences(seqs.names, seqs.onehot, np.asarray(index))
-    rf.create(sub, (0, 10), 4, ["t"], {"k": 1}, raw=False)
+    rf.create(sub, _spec(heads=heads), {"k": 1})
     if done:
-        rf.write_chunk(0, len(index), _scores(len(index), index[0]))
+        rf.write_chunk(0, len(index), {h: _scores(len(index), index[0] + k) for k, h in enumerate(heads)})
     rf.finish()
     return rf.path
 
@@ -107,7 +114,7 @@ def test_track_entries_split_overlaps_between_centres():
     chrom = ["chr1", "chr2", "chr1", "chr1", "chr1"]
     start = [100, 10, 130, 300, 106]
     values = [rng.normal(size=40) for _ in start]
-    pieces = outputs.track_entries(chrom, start, values, ["chr1", "chr2"])
+    pieces = formats.track_entries(chrom, start, values, ["chr1", "chr2"])
     got = {}
     for c, s, v in pieces:
         for k, x in enumerate(v):
@@ -122,13 +129,13 @@ def test_bigwig_reads_back(tmp_path):
     seqs = inputs.encode(["chr1:100-110", "chr1:300-310", "chr2:5-15"],
                          [s.encode() for s in random_seqs(3, 10)])
     rf = outputs.ResultFile(str(tmp_path / "r.h5"))
-    rf.create(seqs, (2, 8), 4, ["t"], {}, raw=False)
+    rf.create(seqs, _spec(10, (2, 8)), {})
     s = _scores(3, 1, L=6)
     rf.write_chunk(0, 3, s)
     rf.finish()
     sizes = tmp_path / "chrom.sizes"
     sizes.write_text("chr1\t1000\nchr2\t500\n")
-    n = outputs.write_bigwig(rf.path, str(sizes), str(tmp_path / "r.bw"))
+    n = formats.write_bigwig(rf.path, str(sizes), str(tmp_path / "r.bw"))
     assert n == 18
     bw = pyBigWig.open(str(tmp_path / "r.bw"))
     want = s.projected.sum(1)
@@ -139,4 +146,53 @@ def test_bigwig_reads_back(tmp_path):
     bw.close()
     sizes.write_text("chr1\t1000\n")
     with pytest.raises(UserError, match="'chr2' is not in"):
-        outputs.write_bigwig(rf.path, str(sizes), str(tmp_path / "r2.bw"))
+        formats.write_bigwig(rf.path, str(sizes), str(tmp_path / "r2.bw"))
+
+
+def test_sets_of_scores_compressed_merged_and_derived_per_head(tmp_path):
+    """Two sets of scores (counts, profile): a group each, gzip per sequence, kept through the torchrun
+    merge; modisco and chrombpnet files per set, named by the formats table."""
+    seqs, _, rf = _result(tmp_path)
+    rf.close()
+    heads = ("counts", "profile")
+    a = _part(tmp_path, "a.h5", seqs.subset(0, 2), [0, 1], heads=heads)
+    b = _part(tmp_path, "b.h5", seqs.subset(2, 4), [2, 3], heads=heads)
+    m = str(tmp_path / "m.h5")
+    outputs.merge_parts([a, b], m, 4, np.arange(4))
+    with h5py.File(m) as f:
+        assert json.loads(f.attrs["heads"]) == ["counts", "profile"] and "ism" not in f
+        assert f["counts"].attrs["reduction"] == "counts"
+        for h, k in (("counts", 0), ("profile", 1)):
+            d = f[f"{h}/ism"]
+            assert d.compression == "gzip" and d.shuffle and d.chunks == (1, 4, 10, 1)
+            assert d[0, 0, 0, 0] == k and d[3, 0, 0, 0] == 2 + k
+        assert f["seqs"].compression == "gzip"
+    prefix = str(tmp_path / "m")
+    want = formats.derived_files(prefix, heads, ["chrombpnet"])
+    assert want == [prefix + s for s in (".ohe.npz", ".counts.attr.npz", ".counts.proj.npz", ".profile.attr.npz",
+                                         ".profile.proj.npz", ".regions.bed", ".counts_scores.h5",
+                                         ".profile_scores.h5")]
+    formats.write_derived(m, prefix, ["chrombpnet"])
+    with outputs.Result(m) as r, h5py.File(prefix + ".profile_scores.h5") as c:
+        assert all(os.path.exists(p) for p in want)
+        np.testing.assert_array_equal(np.load(prefix + ".counts.attr.npz")["arr_0"], r.data("attr", "counts")[...])
+        np.testing.assert_array_equal(c["shap/seq"][...], r.data("attr", "profile")[...])
+        np.testing.assert_array_equal(c["raw/seq"][...], seqs.onehot)
+        assert r.head() == "counts" and r.target_names("profile") == ["t0"]
+        with pytest.raises(UserError, match="no set of scores 'jsd'; it has counts, profile"):
+            r.head("jsd")
+    with pytest.raises(UserError, match="unknown output format"):
+        formats.selected(["bogus"])
+
+
+def test_size_of_the_layout():
+    spec = ResolvedSpec(100, (10, 60), (Head("counts", "counts", ("a",)), Head("profile", "profile", ("a", "b"))),
+                        1, raw=True)
+    # seqs int8 + per set: ism and raw (4 x 50 x T) + attr, proj (4 x 50) + y_ref (T), float32
+    want = 3 * (4 * 100 + 4 * (2 * 4 * 50 * 1 + 2 * 4 * 50 + 1) + 4 * (2 * 4 * 50 * 2 + 2 * 4 * 50 + 2))
+    assert outputs.result_bytes(3, spec) == want
+
+
+def test_unknown_compression_is_refused():
+    with pytest.raises(UserError, match="compression must be one of gzip, lzf, none; got 'zstd'"):
+        outputs.ResultFile("x.h5", "zstd")

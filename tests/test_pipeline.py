@@ -100,3 +100,46 @@ def test_bad_window_and_replacement():
         pipeline.score(_net(), _x(), pipeline.ScoreSpec(window=(10, 30)))
     with pytest.raises(UserError, match="--replace-with must be"):
         pipeline.parse_replace("1,2")
+
+
+def _profile_net():
+    """(N, 4, L) -> profile logits (N, 2, L), log counts (N, 2)."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(3)
+            self.conv, self.prof = nn.Conv1d(4, 8, 5, padding=2), nn.Conv1d(8, 2, 3, padding=1)
+            self.count = nn.Linear(8, 2)
+
+        def forward(self, x):
+            h = torch.relu(self.conv(x))
+            return self.prof(h), self.count(h.mean(-1))
+    return Net().eval()
+
+
+def test_resolve_once_window_and_heads(monkeypatch):
+    spec = pipeline.resolve(_net(), _x(1), pipeline.ScoreSpec(window=(3, -4), reduction="auto"), target="2,0")
+    assert spec.window == (3, 20) and spec.n_bases == 4 and not spec.full and spec.values_per_seq == 3
+    assert spec.heads == (pipeline.Head(None, "none", ("2", "0"), (2, 0)),)     # a classifier: every output
+    # a resolved spec is used as it is: no second resolution of the window or the targets
+    monkeypatch.setattr(pipeline, "check_window", lambda *a: pytest.fail("the window was resolved again"))
+    s = pipeline.score(_net(), _x(), spec)
+    mut, ref = _by_hand(_net(), _x(), (3, 20))
+    d = (mut - ref[:, None, None])[..., [2, 0]]
+    np.testing.assert_allclose(s.ism, d - d.mean(1, keepdims=True), rtol=1e-4, atol=1e-5)
+
+
+def test_auto_scores_a_profile_model_per_head():
+    net, x = _profile_net(), _x(2, seed=4)
+    spec = pipeline.resolve(net, x, pipeline.ScoreSpec(reduction="auto"))
+    assert [(h.name, h.reduction, h.target_names) for h in spec.heads] == [("counts", "counts", ("0", "1")),
+                                                                            ("profile", "profile", ("0", "1"))]
+    got = pipeline.score_heads(net, x, spec)
+    for name in ("counts", "profile"):
+        one = pipeline.score(net, x, pipeline.ScoreSpec(reduction=name))
+        np.testing.assert_allclose(got[name].ism, one.ism, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(got[name].hypothetical, one.hypothetical, rtol=1e-6, atol=1e-7)
+    with pytest.raises(UserError, match="gives 2 sets of scores \\(counts, profile\\); use score_heads"):
+        pipeline.score(net, x, spec)
+    with pytest.raises(UserError, match="reduction must be 'auto' or one of"):
+        pipeline.resolve(net, x, pipeline.ScoreSpec(reduction="mean"))
