@@ -81,10 +81,11 @@ class FastISM(ISMBase):
         Show a progress bar.
     tf32 : bool, default False
         Let cuDNN and matrix products run in TF32 on GPUs (faster, ~1e-3 relative error; see :mod:`.precision`).
-    delta : bool, default True
+    delta : bool or "always", default True
         Let linear ops (convolutions) add the change propagated from their input's change to their reference
-        output, where that costs fewer multiply-adds than recomputing their changed range (the plan shows the
-        choice per layer); ``False`` recomputes everywhere, as fastISM does (benchmarks, debugging).
+        output, where that costs less than recomputing their changed range (the plan shows the choice and both
+        costs per layer); ``False`` recomputes everywhere, as fastISM does; ``"always"`` propagates wherever an
+        op can (benchmarks, error measurements, debugging).
     copy_model : bool, default True
         ``False`` runs ``model`` itself (set to eval mode and moved to ``device`` in place) instead of a private
         copy: one copy of a large model in memory.
@@ -97,9 +98,11 @@ class FastISM(ISMBase):
     cudnn_benchmark = False
 
     def __init__(self, model: nn.Module, seq_len: int, *, early_stop_layers=None, test_correctness: bool = True,
-                 strict: bool = False, compile: bool | str = False, delta: bool = True, **options):
+                 strict: bool = False, compile: bool | str = False, delta: bool | str = True, **options):
         super().__init__(model, seq_len, **options)
-        self.delta = bool(delta)
+        if delta not in (True, False, "always"):
+            raise ValueError(f"delta must be True, False or 'always'; got {delta!r}")
+        self.delta = delta
         self.early_stop_layers = list(early_stop_layers or [])
         self.strict = strict
         self.compile = compile

@@ -135,6 +135,48 @@ class BPNet(nn.Module):
         return self.profile(x), self.counts(x.mean(dim=-1))
 
 
+class DilatedResidual(nn.Module):
+    """A deep dilated residual tower (a long chain of convolutions: delta propagation's error growth):
+    a stem, ``n_layers`` blocks ``x + relu(conv_d(x))`` with dilations ``2 ** (i % cycle)``, BPNet's heads."""
+
+    def __init__(self, seq_len: int = 1000, n_layers: int = 20, filters: int = 32, cycle: int = 6,
+                 num_chars: int = 4):
+        super().__init__()
+        self.seq_len = seq_len
+        self.stem = nn.Conv1d(num_chars, filters, 11, padding=5)
+        self.blocks = nn.ModuleList(nn.Conv1d(filters, filters, 3, padding=2 ** (i % cycle), dilation=2 ** (i % cycle))
+                                    for i in range(n_layers))
+        self.profile = nn.Conv1d(filters, 1, 25, padding=12)
+        self.counts = nn.Linear(filters, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        for conv in self.blocks:
+            x = x + torch.relu(conv(x))
+        return self.profile(x), self.counts(x.mean(dim=-1))
+
+
+class BasenjiTower(nn.Module):
+    """A Basenji-style convolution tower: a stem, ``n_blocks`` of conv(k=5) + BatchNorm + GELU + max pool 2
+    with channels growing by ``growth``, then a 1x1 convolution to ``num_outputs`` tracks per pooled bin."""
+
+    def __init__(self, seq_len: int = 1024, n_blocks: int = 5, filters: int = 64, growth: float = 1.25,
+                 num_outputs: int = 8, num_chars: int = 4):
+        super().__init__()
+        self.seq_len = seq_len
+        layers, c = [nn.Conv1d(num_chars, filters, 15, padding=7), nn.BatchNorm1d(filters), nn.GELU(),
+                     nn.MaxPool1d(2)], filters
+        for _ in range(n_blocks):
+            c_out = int(round(c * growth))
+            layers += [nn.Conv1d(c, c_out, 5, padding=2), nn.BatchNorm1d(c_out), nn.GELU(), nn.MaxPool1d(2)]
+            c = c_out
+        layers.append(nn.Conv1d(c, num_outputs, 1))
+        self.tower = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.tower(x)
+
+
 class Tiny(nn.Module):
     """A small, fast model: conv+BN+ReLU, pool 2, a dilated residual conv, flatten -> dense ``num_outputs``."""
 
@@ -253,4 +295,24 @@ def tiny(seq_len: int = 100, num_outputs: int = 2, init: str = "kaiming", seed: 
     return _make(lambda: Tiny(seq_len, num_outputs, num_chars), seq_len, init, seed, num_chars)
 
 
-MODELS = {"basset": basset, "factorized_basset": factorized_basset, "bpnet": bpnet, "tiny": tiny}
+def dilated_residual(seq_len: int = 1000, n_layers: int = 20, filters: int = 32, init: str = "kaiming",
+                     seed: int = 0, num_chars: int = 4) -> DilatedResidual:
+    """A deep dilated residual tower, ``(N, num_chars, L) -> ((N, 1, L), (N, 1))``, in evaluation mode."""
+    model = _make(lambda: DilatedResidual(seq_len, n_layers, filters, num_chars=num_chars), seq_len, init, seed,
+                  num_chars)
+    if init == "kaiming":       # as for BPNet: keep the residual sum's growth per block small
+        with torch.no_grad():
+            for conv in model.blocks:
+                conv.weight.mul_(0.3)
+    return model
+
+
+def basenji_tower(seq_len: int = 1024, n_blocks: int = 5, init: str = "kaiming", seed: int = 0,
+                  num_chars: int = 4, num_outputs: int = 8) -> BasenjiTower:
+    """A Basenji-style tower, ``(N, num_chars, L) -> (N, num_outputs, L / 2 ** (n_blocks + 1))``."""
+    return _make(lambda: BasenjiTower(seq_len, n_blocks, num_outputs=num_outputs, num_chars=num_chars), seq_len,
+                 init, seed, num_chars)
+
+
+MODELS = {"basset": basset, "factorized_basset": factorized_basset, "bpnet": bpnet, "tiny": tiny,
+          "dilated_residual": dilated_residual, "basenji_tower": basenji_tower}

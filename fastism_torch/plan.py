@@ -65,7 +65,7 @@ class Plan:
     nodes: dict               # name -> NodeRanges, for every windowed node
     gathers: tuple            # Gather, in graph order
     stops: tuple              # (node name, reason) of the stop points reached from the sequence
-    delta: bool = True        # whether linear ops may propagate changes (``FastISM(delta=False)``: never)
+    delta: bool | str = True  # whether linear ops may propagate changes (False: never; "always": wherever they can)
 
     def widths(self, idx: np.ndarray) -> dict:
         """Window width of every windowed node for a group of mutations ``idx``."""
@@ -101,7 +101,7 @@ class Plan:
         return "\n".join(rows)
 
 
-def build_plan(gm: fx.GraphModule, infos: dict, seq_node: fx.Node, ranges, delta: bool = True) -> Plan:
+def build_plan(gm: fx.GraphModule, infos: dict, seq_node: fx.Node, ranges, delta: bool | str = True) -> Plan:
     """The plan for mutation windows ``ranges``: in graph order, each windowed node's change range (the
     hull of what its windowed inputs' changes reach, kept inside what some output reads), how it is computed
     (recomputed from gathered windows, or, for a linear op where it costs less, its reference plus the
@@ -131,7 +131,7 @@ def build_plan(gm: fx.GraphModule, infos: dict, seq_node: fx.Node, ranges, delta
 DELTA_GAIN = 0.85
 
 
-def _choose(node: fx.Node, infos: dict, nodes: dict, r: NodeRanges, allow: bool) -> NodeRanges:
+def _choose(node: fx.Node, infos: dict, nodes: dict, r: NodeRanges, allow: bool | str) -> NodeRanges:
     """Recompute ``node``'s changed range, or add the change propagated from its one windowed input's change
     (a linear sliding op: ``y_new = y_ref + delta(x_new - x_ref)``), whichever costs fewer multiply-adds per
     edit, weighed by the delta form's measured time per multiply-add (``Decision.delta_cost``) and
@@ -145,7 +145,7 @@ def _choose(node: fx.Node, infos: dict, nodes: dict, r: NodeRanges, allow: bool)
         return replace(r, macs=dec.macs, recompute_macs=rec, delta_macs=rec)
     x = nodes[reads[0][0].name]
     dlt = dec.macs * float(np.mean(x.hi - x.lo))
-    use = allow and dlt * dec.delta_cost <= DELTA_GAIN * rec
+    use = allow == "always" or (allow and dlt * dec.delta_cost <= DELTA_GAIN * rec)
     return replace(r, macs=dec.macs, recompute_macs=rec, delta_macs=dlt, delta_from=x.name if use else None,
                    delta_input=x.name)
 

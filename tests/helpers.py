@@ -77,7 +77,7 @@ def check_model(model, length, n=2, layout="NCL", saturation=True, seqs=None, rt
     """FastISM == NaiveISM for the default windows (and full saturation), on random one-hot input."""
     model = model.eval()
     fast = ft.FastISM(model, length, layout=layout, test_correctness=False, **kw)
-    naive_kw = {k: v for k, v in kw.items() if k not in ("early_stop_layers", "strict")}
+    naive_kw = {k: v for k, v in kw.items() if k not in ("early_stop_layers", "strict", "delta")}
     naive = ft.NaiveISM(model, length, layout=layout, **naive_kw)
     x = random_onehot(n, length, layout) if seqs is None else seqs
     a, b = fast(x), naive(x)

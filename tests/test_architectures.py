@@ -362,3 +362,36 @@ class RCAverage(nn.Module):
 def test_reverse_complement_averaging():
     fast = check_model(scale_weights(RCAverage()), 40)
     assert not fast.plan.stops or all("flip" not in s for s, _ in fast.plan.stops)
+
+
+# ------------------------------------------------------------------ delta propagation
+@pytest.mark.parametrize("delta", [True, "always", False])
+def test_long_chains_of_delta_layers_stay_exact(delta):
+    """A 20-layer dilated residual tower (22 convolutions) and a Basenji-style tower (convolutions + BatchNorm +
+    GELU + pooling): with every convolution by delta propagation (``"always"``), by the plan's choice, or
+    recomputed, FastISM equals naive ISM (self-check off)."""
+    from fastism_torch import models
+    fast = check_model(models.dilated_residual(seq_len=96, n_layers=20, filters=8), 96, delta=delta)
+    n_delta = sum(bool(r.delta_from) for r in fast.plan.nodes.values())
+    assert (n_delta == 22) if delta == "always" else (n_delta == 0) if delta is False else n_delta >= 1
+    check_model(models.basenji_tower(seq_len=128, n_blocks=3), 128, delta=delta)
+
+
+def test_delta_handles_windows_replacements_n_columns_and_edges():
+    """Delta convolutions for windows of 3 bases, a replacement vector, all-zero (N) columns and the first and
+    last positions, against naive ISM."""
+    from fastism_torch import models
+    m = models.dilated_residual(seq_len=40, n_layers=4, filters=8)
+    x = random_onehot(2, 40)
+    x[0, :, 5] = 0                                                         # an N column
+    ranges = [(0, 3), (10, 13), (37, 40)]
+    fast = ft.FastISM(m, 40, change_ranges=ranges, test_correctness=False, delta="always")
+    naive = ft.NaiveISM(m, 40, change_ranges=ranges)
+    for rw in (0, torch.tensor([0.25, 0.25, 0.25, 0.25]), torch.eye(4)[[2, 0, 3]]):
+        for a, b in zip(fast(x, replace_with=rw), naive(x, replace_with=rw)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
+
+
+def test_delta_switch_is_checked():
+    with pytest.raises(ValueError, match="delta must be"):
+        ft.FastISM(nn.Conv1d(4, 2, 3), 10, delta="sometimes")
