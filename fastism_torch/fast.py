@@ -32,6 +32,13 @@ def _compiled(module, mode):
     return call
 
 
+def _not_deterministic(e: BaseException) -> bool:
+    """PyTorch's error for an op without a deterministic implementation under
+    ``torch.use_deterministic_algorithms(True)``."""
+    return (isinstance(e, RuntimeError) and torch.are_deterministic_algorithms_enabled()
+            and "does not have a deterministic implementation" in str(e))
+
+
 MAX_BATCH = 1 << 16
 MAX_BATCH_WITH_TAIL = 512   # a tail in chunks frees memory, but a batch spans batch/3 positions whose windows
 #                             share one width (the widest): larger groups recompute more at the edges
@@ -237,6 +244,10 @@ class FastISM(ISMBase):
                 try:
                     ex.run(ref, part, batch, sinks, part_done, bar, chunk)
                 except Exception as e:
+                    if _not_deterministic(e):            # deterministic mode, an op of ours without such a kernel
+                        done[todo[part_done]] = True
+                        self._run_naive(inp, ranges, edits.subset(np.flatnonzero(~done)), sinks, bar, e)
+                        break
                     if not is_out_of_memory(e):
                         raise
                     done[todo[part_done]] = True          # what is written stays written: resume after it
@@ -254,6 +265,15 @@ class FastISM(ISMBase):
             if self.compile:
                 self.compiled_graphs += _compiled_graphs() - graphs
                 log.info("torch.compile: %d graph(s) compiled so far for this engine", self.compiled_graphs)
+
+    def _run_naive(self, inp, ranges, edits, sinks, bar, why: Exception) -> None:
+        """The edits the fast path could not run in deterministic mode, by naive ISM (the model's own ops)."""
+        from .naive import NaiveISM
+        log.warning("torch.use_deterministic_algorithms(True): an op of the fast path has no deterministic "
+                    "implementation on %s (%s); %d edits run by naive ISM instead", self.device,
+                    str(why).split(" does not")[0][:80], len(edits.seq))
+        naive = NaiveISM(self.model, self.seq_len, copy_model=False, batch_size=self.batch_size, **self.settings())
+        naive._run_edits(inp, ranges, edits, sinks, bar)
 
     # --------------------------------------------------------------- checks
     def check_correctness(self, inp: Inputs | None = None, n_seqs: int = 2, n_ranges: int = 24,

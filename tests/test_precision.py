@@ -127,7 +127,7 @@ def model_and_want():
 
 
 @pytest.mark.parametrize("tf32", [False, True])
-def test_fastism_runs_exact_and_leaves_the_callers_settings(user_setting, model_and_want, tf32, kernel_form):
+def test_fastism_runs_exact_and_leaves_the_callers_settings(user_setting, model_and_want, tf32):
     m, x, want = model_and_want
     before, state = observe(), precision_state()
     with warnings.catch_warnings():
@@ -294,3 +294,36 @@ def test_cudnn_benchmark_restored():
         with precision.cudnn_benchmark(on):
             assert torch.backends.cudnn.benchmark == (before if on is None else on)
         assert torch.backends.cudnn.benchmark == before
+
+
+def test_deterministic_mode_falls_back_to_naive_for_an_op_without_a_deterministic_kernel(
+        model_and_want, monkeypatch, caplog):
+    """On a GPU some op of the fast path may have no deterministic kernel (none does on the CPU): PyTorch
+    raises; the edits not yet written then run by naive ISM (the model's own ops), with a warning -- no crash, no
+    edit lost or computed twice, and still equal to naive ISM."""
+    import numpy as np
+    from fastism_torch.execute import Executor
+    m, x, want = model_and_want
+    real, calls = Executor.run, []
+
+    def half_then_raise(self, ref, edits, batch_size, sink, done=None, bar=None, chunk=None):
+        half = len(edits.seq) // 2
+        part = np.zeros(half, dtype=bool)
+        real(self, ref, edits.subset(np.arange(half)), batch_size, sink, part, bar, chunk)
+        done[:half] = part
+        calls.append(len(edits.seq))
+        raise RuntimeError("index_copy_cuda does not have a deterministic implementation, but you set "
+                           "'torch.use_deterministic_algorithms(True)'.")
+
+    fast = ft.FastISM(m, L, batch_size=16)
+    monkeypatch.setattr(Executor, "run", half_then_raise)
+    with pytest.raises(RuntimeError, match="deterministic"):     # not in deterministic mode: PyTorch's error
+        fast.saturation_mutagenesis(x)
+    torch.use_deterministic_algorithms(True)
+    try:
+        got = fast.saturation_mutagenesis(x)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert len(calls) == 2
+    assert "run by naive ISM" in caplog.text
+    assert_close_to_naive(got.double(), want)
