@@ -97,7 +97,14 @@ class FastISM(ISMBase):
     #: kernel form of the edit graph: None = static (sync-free, fixed-shape) on GPUs and with ``compile``, the
     #: CPU eager form otherwise; True/False force one (the tests run both forms on the CPU)
     static_kernels: bool | None = None
-    cudnn_benchmark = False
+    #: cuDNN autotuning (``torch.backends.cudnn.benchmark``) inside the engine's calls, the caller's setting
+    #: restored after (None: the caller's setting).  Off: the static path's shapes are now fixed per run (one
+    #: width per node, one batch size), so autotuning would run once per shape per process, but its one-time
+    #: cost was measured at 410 s on an H100 (Factorized Basset eager, batch 4096, first call, at d63c328, which
+    #: already had fixed widths) and its steady-state gain has not been measured.  ``benchmarks/bench_gpu.py``
+    #: (``fast_eager+autotune``, ``fast_compiled+autotune``: first-call cost in the set-up column) and
+    #: ``benchmarks/profile_gpu.py --cudnn-benchmark`` measure both; ``scripts/gpu_check.sh part2`` runs them.
+    cudnn_benchmark: bool | None = False
 
     def __init__(self, model: nn.Module, seq_len: int, *, early_stop_layers=None, test_correctness: bool = True,
                  strict: bool = False, compile: bool | str = False, **options):
