@@ -1,6 +1,6 @@
 """Where FastISM's time goes on a GPU: per configuration, the steady time of a full saturation run, the batch
 size FastISM chose and peak memory, then (``--profile``) the kernels that took the most device time and the
-host calls that took the most host time, from ``torch.profiler``.  ``scripts/gpu_check.sh`` runs it last::
+host calls that took the most host time, from ``torch.profiler``.  ``scripts/gpu_check.sh part2`` runs it::
 
     python -m benchmarks.profile_gpu --models factorized_basset,bpnet               # on a GPU machine
     python -m benchmarks.profile_gpu --device cpu --models tiny --lengths 40 --n-seqs 2   # smoke run

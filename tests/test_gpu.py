@@ -1,7 +1,7 @@
 """CUDA: the fast path equals naive ISM on the CPU, launches no host synchronisation in its batch loop, keeps
 results on the GPU, follows the TF32 policy, and the command-line tool runs on one GPU.
 
-Every test here is marked ``gpu`` and skips without CUDA; ``bash scripts/gpu_check.sh`` runs them (then the
+Every test here is marked ``gpu`` and skips without CUDA; ``bash scripts/gpu_check.sh part1`` runs them (then the
 GPU benchmark) on a GPU machine.
 """
 from __future__ import annotations
