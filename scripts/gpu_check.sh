@@ -2,8 +2,8 @@
 # The GPU check, in parts that each fit one device command (issue 22):
 #
 #   bash scripts/gpu_check.sh part1            # GPU tests + the headline table (Basset, BPNet L=1000)
-#   bash scripts/gpu_check.sh part2            # precision tiers (error vs float64 naive ISM), the one-sequence
-#                                              # rows, cuDNN autotuning, profiles (top kernels)
+#   bash scripts/gpu_check.sh part2            # precision tiers (error vs float64 naive ISM), cuDNN
+#                                              # autotuning, profiles (top kernels)
 #   bash scripts/gpu_check.sh part3            # the rest of the table: Factorized Basset, BPNet L=2114,
 #                                              # bpnet-lite ChromBPNet L=2114 (when bpnetlite imports)
 #   bash scripts/gpu_check.sh --dry-run part1 part2 part3   # the same steps on the CPU, tiny sizes (CI runs it:
@@ -20,10 +20,10 @@
 #     n=64: naive eager 2 x 6.8 s per batch size, naive compiled 9 s compile + 2 x 3.5 s, tangermeme ~5 s,
 #     FastISM eager ~2 s, compiled 16 s set-up, reduce-overhead 7.5 s; BPNet n=64: naive eager 2 x 4.3 s,
 #     compiled 5 + 2 x 2 s, tangermeme ~4 s, FastISM eager ~6 s, compiled 18 s, reduce-overhead 14.5 s; naive
-#     at 2 batch sizes (the second compiled shape ~5 s).
-#   part2 ~4.8 min: tiers (Basset n=64: naive compiled ~16 s, FastISM compiled x 3 tiers ~17 s each, eager x 3,
-#     float64 reference on 1 sequence: not measured yet, estimated < 20 s); one-sequence rows ~15 s per model;
-#     autotuning rows capped at
+#     at 2 batch sizes (the second compiled shape ~5 s); then 1 sequence on the same engines (no new set-up;
+#     tangermeme ~4 s per call): ~25 s.  Total ~5 min: the tightest part.
+#   part2 ~4.5 min: tiers (Basset n=64: naive compiled ~16 s, FastISM compiled x 3 tiers ~17 s each, eager x 3,
+#     float64 reference on 1 sequence: not measured yet, estimated < 20 s); autotuning rows capped at
 #     AUTOTUNE_TIMEOUT (default 90 s: its first call was measured at 410 s for Factorized Basset at batch 4096);
 #     profiles ~90 s (eager Factorized Basset and BPNet with and without autotuning, compiled BPNet).
 #   part3 ~5 min (estimate; BPNet L=2114 and ChromBPNet have never run on a GPU): Factorized Basset n=64 ~110 s
@@ -143,7 +143,7 @@ part1() {
     else
         step part1-gpu-tests "$PYTHON" -m pytest -q -p no:cacheprovider -m gpu tests/ --junitxml="$OUT/pytest_part1.xml"
     fi
-    step part1-headline bench --models "$MODELS_A" --lengths "$L1" --n-seqs "$N" --batch-sizes "$FAST_BATCH" \
+    step part1-headline bench --models "$MODELS_A" --lengths "$L1" --n-seqs "1,$N" --batch-sizes "$FAST_BATCH" \
         --naive-batch-sizes "$NAIVE_BATCH" --f64-seqs 0 \
         --methods "$(methods naive_eager,naive_compiled,tangermeme,fast_eager,fast_compiled,fast_reduce_overhead)"
 }
@@ -153,8 +153,6 @@ part2() {
     [ "$DRY" = 1 ] && tiers=naive_eager,fast_eager,fast_eager+tf32,fast_eager+bf16
     step part2-tiers bench --models "${MODELS_A%%,*}" --lengths "$L1" --n-seqs "$N" --batch-sizes "$FAST_BATCH" \
         --naive-batch-sizes "${NAIVE_BATCH%%,*}" --methods "$tiers"
-    step part2-one-sequence bench --models "$MODELS_A" --lengths "$L1" --n-seqs 1 --batch-sizes "$FAST_BATCH" \
-        --naive-batch-sizes "${NAIVE_BATCH%%,*}" --f64-seqs 0 --methods "$(methods naive_eager,tangermeme,fast_eager light)"
     step part2-autotune timeout "${AUTOTUNE_TIMEOUT:-90}" "$PYTHON" -m benchmarks.bench_gpu "${COMMON[@]}" \
         --out "$OUT/RESULTS_gpu.md" --models "$MODELS_A" --lengths "$L1" --n-seqs "$N" --batch-sizes "$FAST_BATCH" \
         --naive-batch-sizes "${NAIVE_BATCH%%,*}" --f64-seqs 0 --methods "$(methods naive_eager,fast_eager,fast_eager+autotune,fast_compiled+autotune)"
@@ -169,7 +167,7 @@ part2() {
 }
 
 part3() {
-    step part3-headline bench --models "$MODELS_B" --lengths "$L1" --n-seqs "$N" --batch-sizes "$FAST_BATCH" \
+    step part3-headline bench --models "$MODELS_B" --lengths "$L1" --n-seqs "1,$N" --batch-sizes "$FAST_BATCH" \
         --naive-batch-sizes "$NAIVE_BATCH" --f64-seqs 0 \
         --methods "$(methods naive_eager,naive_compiled,tangermeme,fast_eager,fast_compiled,fast_reduce_overhead light)"
     local long=$BPNET
