@@ -22,10 +22,11 @@
 #     compiled 5 + 2 x 2 s, tangermeme ~4 s, FastISM eager ~6 s, compiled 18 s, reduce-overhead 14.5 s; naive
 #     at 2 batch sizes (the second compiled shape ~5 s); then 1 sequence on the same engines (no new set-up;
 #     tangermeme ~4 s per call): ~25 s.  Total ~5 min: the tightest part.
-#   part2 ~4.5 min: tiers (Basset n=64: naive compiled ~16 s, FastISM compiled x 3 tiers ~17 s each, eager x 3,
-#     float64 reference on 1 sequence: not measured yet, estimated < 20 s); autotuning rows capped at
-#     AUTOTUNE_TIMEOUT (default 90 s: its first call was measured at 410 s for Factorized Basset at batch 4096);
-#     profiles ~90 s (eager Factorized Basset and BPNet with and without autotuning, compiled BPNet).
+#   part2 ~5 min at most: tiers ~85 s (Basset n=64: naive compiled ~16 s, FastISM compiled x 3 tiers ~17 s
+#     each, eager TF32 ~2 s, float64 reference on 1 sequence: not measured yet, estimated < 20 s); BPNet's
+#     autotuning rows capped at AUTOTUNE_TIMEOUT (default 100 s: a first call with autotuning was measured at
+#     410 s for Factorized Basset at batch 4096); profiles ~90 s (eager Factorized Basset and BPNet with and
+#     without autotuning, compiled BPNet, Basset TF32).
 #   part3 ~5 min (estimate; BPNet L=2114 and ChromBPNet have never run on a GPU): Factorized Basset n=64 ~110 s
 #     (naive eager 2 x 14 s, compiled 11 + 2 x 8 s, FastISM compiled 28-49 s set-up, reduce-overhead 14-16 s).
 #
@@ -96,7 +97,15 @@ for name in sorted(os.listdir(site)):
 EOF
 fi
 export PYTHONPATH="$ROOT:$SITE${PYTHONPATH:+:$PYTHONPATH}"
-has() { "$PYTHON" -c "import $1" >/dev/null 2>&1; }
+# what the interpreter has, in one start-up (each costs seconds): the versions, and the optional packages
+HAS=$("$PYTHON" - <<'EOF'
+import importlib.util, platform, sys, torch
+print("torch", torch.__version__, "Python", platform.python_version(), "CUDA",
+      torch.cuda.is_available() and torch.cuda.get_device_name(), file=sys.stderr)
+print(" ".join(m for m in ("tangermeme", "bpnetlite") if importlib.util.find_spec(m)))
+EOF
+)
+has() { [[ " $HAS " == *" $1 "* ]]; }
 
 # ---------------------------------------------------------------- sizes
 if [ "$DRY" = 1 ]; then
@@ -134,8 +143,7 @@ step() {    # step NAME command...: run, log its exit status and duration, go on
 }
 bench() { "$PYTHON" -m benchmarks.bench_gpu "${COMMON[@]}" --out "$OUT/RESULTS_gpu.md" "$@" ${BENCH_ARGS:-}; }
 
-echo "gpu_check ${PARTS[*]}$([ "$DRY" = 1 ] && echo ' (dry run, CPU)'): PYTHON=$PYTHON, OUT=$OUT, commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
-"$PYTHON" -c "import torch, platform; print('torch', torch.__version__, 'Python', platform.python_version(), 'CUDA', torch.cuda.is_available() and torch.cuda.get_device_name())"
+echo "gpu_check ${PARTS[*]}$([ "$DRY" = 1 ] && echo ' (dry run, CPU)'): PYTHON=$PYTHON, OUT=$OUT, commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'), optional packages: ${HAS:-none}"
 
 part1() {
     if [ "$DRY" = 1 ]; then
@@ -149,13 +157,14 @@ part1() {
 }
 
 part2() {
-    local tiers=naive_compiled,fast_compiled,fast_compiled+tf32,fast_compiled+bf16,fast_eager,fast_eager+tf32,fast_eager+bf16
+    local tiers=naive_compiled,fast_compiled,fast_compiled+tf32,fast_compiled+bf16,fast_eager+tf32
     [ "$DRY" = 1 ] && tiers=naive_eager,fast_eager,fast_eager+tf32,fast_eager+bf16
     step part2-tiers bench --models "${MODELS_A%%,*}" --lengths "$L1" --n-seqs "$N" --batch-sizes "$FAST_BATCH" \
         --naive-batch-sizes "${NAIVE_BATCH%%,*}" --methods "$tiers"
-    step part2-autotune timeout "${AUTOTUNE_TIMEOUT:-90}" "$PYTHON" -m benchmarks.bench_gpu "${COMMON[@]}" \
-        --out "$OUT/RESULTS_gpu.md" --models "$MODELS_A" --lengths "$L1" --n-seqs "$N" --batch-sizes "$FAST_BATCH" \
-        --naive-batch-sizes "${NAIVE_BATCH%%,*}" --f64-seqs 0 --methods "$(methods naive_eager,fast_eager,fast_eager+autotune,fast_compiled+autotune)"
+    # BPNet: cuDNN picked its legacy implicit-GEMM kernel for the profile head (profile at d63c328)
+    step part2-autotune timeout "${AUTOTUNE_TIMEOUT:-100}" "$PYTHON" -m benchmarks.bench_gpu "${COMMON[@]}" \
+        --out "$OUT/RESULTS_gpu.md" --models "$BPNET" --lengths "$L1" --n-seqs "$N" --batch-sizes "$FAST_BATCH" \
+        --f64-seqs 0 --methods "$(methods fast_eager,fast_eager+autotune,fast_compiled+autotune)"
     step part2-profile "$PYTHON" -m benchmarks.profile_gpu "${PROF[@]}" --models "$([ "$DRY" = 1 ] && echo tiny || echo factorized_basset,bpnet)" \
         --cudnn-benchmark --out "$OUT/profile_eager.txt"
     if [ "$DRY" != 1 ]; then
