@@ -16,12 +16,12 @@
 #
 # Sizing, one H100, from the recorded timings in benchmarks/RESULTS.md (2026-11-26, torch 2.11; the parts'
 # steps were timed separately there, never together):
-#   part1 ~4.7 min: GPU tests 82-95 s recorded + ~55 s for the three added in issue 22 (one compiles); Basset
+#   part1 ~5 min (the tightest part): GPU tests 82-95 s recorded + ~55 s for the three added in issue 22 (one compiles); Basset
 #     n=64: naive eager 2 x 6.8 s per batch size, naive compiled 9 s compile + 2 x 3.5 s, tangermeme ~5 s,
 #     FastISM eager ~2 s, compiled 16 s set-up, reduce-overhead 7.5 s; BPNet n=64: naive eager 2 x 4.3 s,
 #     compiled 5 + 2 x 2 s, tangermeme ~4 s, FastISM eager ~6 s, compiled 18 s, reduce-overhead 14.5 s; naive
 #     at 2 batch sizes (the second compiled shape ~5 s); then 1 sequence on the same engines (no new set-up;
-#     tangermeme ~4 s per call): ~25 s.  Total ~5 min: the tightest part.
+#     tangermeme ~4 s per call): ~25 s.  If it runs over, N_SEQS=32 halves the benchmark's per-call times.
 #   part2 ~5 min at most: tiers ~85 s (Basset n=64: naive compiled ~16 s, FastISM compiled x 3 tiers ~17 s
 #     each, eager TF32 ~2 s, float64 reference on 1 sequence: not measured yet, estimated < 20 s); BPNet's
 #     autotuning rows capped at AUTOTUNE_TIMEOUT (default 100 s: a first call with autotuning was measured at
