@@ -97,10 +97,16 @@ def peak_gib(device: torch.device) -> float | None:
 
 # ------------------------------------------------------------------ models and data
 def make_model(name: str, seq_len: int, seed: int = 0, bpnet_head: str = "conv") -> torch.nn.Module:
-    """A reference model from :mod:`fastism_torch.models` (Kaiming init, calibrated BatchNorm statistics)."""
+    """A reference model from :mod:`fastism_torch.models` (Kaiming init, calibrated BatchNorm statistics), or
+    one of :data:`benchmarks.bench_zoo.MODELS` (the field's packages, e.g. ``bpnetlite_chrombpnet``)."""
     from fastism_torch import models
     if name == "bpnet":
         return models.bpnet(seq_len=seq_len, seed=seed, profile_head=bpnet_head)
+    if name not in models.MODELS:
+        from benchmarks import bench_zoo
+        if name in bench_zoo.MODELS:
+            return bench_zoo.MODELS[name](seq_len).eval()
+        raise ValueError(f"unknown model {name!r}; choose from {sorted(models.MODELS) + sorted(bench_zoo.MODELS)}")
     return models.MODELS[name](seq_len=seq_len, seed=seed)
 
 
@@ -111,6 +117,32 @@ def random_seqs(n: int, seq_len: int, seed: int = 123) -> torch.Tensor:
 
 def as_list(y) -> list[torch.Tensor]:
     return [y] if isinstance(y, torch.Tensor) else list(y)
+
+
+@torch.no_grad()
+def naive_float64(model, seqs, device, batch_size: int = 256) -> list[torch.Tensor]:
+    """Full saturation mutagenesis ``(N, 4, L, *out)`` per output in float64 (a float64 copy of the model, one
+    forward pass per position and base, no TF32 or autocast: they act on float32 and 16-bit types only): the
+    reference the precision tiers' errors are measured against.  ``seqs``: ``(N, 4, L)`` one-hot, NCL."""
+    import copy
+    m = copy.deepcopy(model).to(device).double().eval()
+    n, c, length = seqs.shape
+    eye = torch.eye(c, dtype=torch.float64, device=device)
+    pos, base = torch.arange(length, device=device).repeat_interleave(c), torch.arange(c, device=device).repeat(length)
+    outs = None
+    for i in range(n):
+        x = seqs[i].to(device, torch.float64)
+        parts = []
+        for lo in range(0, c * length, batch_size):
+            p, b = pos[lo:lo + batch_size], base[lo:lo + batch_size]
+            xb = x.expand(len(p), c, length).clone()
+            xb[torch.arange(len(p), device=device), :, p] = eye[b]
+            parts.append(as_list(m(xb)))
+        per_out = [torch.cat(o).view(length, c, *o[0].shape[1:]).transpose(0, 1).cpu() for o in zip(*parts)]
+        outs = [[] for _ in per_out] if outs is None else outs
+        for acc, o in zip(outs, per_out):
+            acc.append(o)
+    return [torch.stack(o) for o in outs]
 
 
 def max_rel_diff(a, b) -> float:
@@ -143,14 +175,22 @@ class Timing:
         return (self.setup_s + self.steady_s) / self.n_seqs
 
 
-def run_fastism(model, seqs, device, batch_size=None, compile=False, label="FastISM", repeat=1, tf32=False):
-    """Build FastISM (with its correctness self-test), then full calls: the first (plan building, compilation)
-    and ``repeat`` steady ones (the fastest counts)."""
+def run_fastism(model, seqs, device, batch_size=None, compile=False, label="FastISM", repeat=1, tf32=False,
+                dtype=None, cudnn_benchmark=None):
+    """Build FastISM (with its correctness self-test), then full calls: the first (plan building, compilation;
+    with ``cudnn_benchmark=True`` cuDNN's autotuning of each shape) and ``repeat`` steady ones (the fastest
+    counts).  ``cudnn_benchmark``: None = FastISM's own policy (:attr:`FastISM.cudnn_benchmark`)."""
     from fastism_torch import FastISM
     seqs = seqs.to(device)
     reset_peak(device)
-    ism, t_build = timed(lambda: FastISM(model, seqs.shape[-1], device=device, batch_size=batch_size,
-                                         compile=compile, tf32=tf32), device)
+
+    def build():
+        ism = FastISM(model, seqs.shape[-1], device=device, batch_size=batch_size, compile=compile, tf32=tf32,
+                      dtype=dtype)
+        if cudnn_benchmark is not None:
+            ism.cudnn_benchmark = cudnn_benchmark
+        return ism
+    ism, t_build = timed(build, device)
     sat, t_first = timed(lambda: ism.saturation_mutagenesis(seqs), device)
     t_steady = float("inf")
     for _ in range(max(1, repeat)):
@@ -160,12 +200,13 @@ def run_fastism(model, seqs, device, batch_size=None, compile=False, label="Fast
                peak_gib=peak_gib(device))
     t.extra["macs"] = ism.mac_summary()
     t.extra["build_s"], t.extra["first_call_s"] = t_build, t_first
+    t.extra["engine"] = ism                  # for a caller that times it again on other sequences
     if compile:
         t.note = f"{ism.compiled_graphs} graph(s) compiled"
     return t, sat
 
 
-def run_naive(model, seqs, device, batch_size=None, compile=False, label="NaiveISM", tf32=False):
+def run_naive(model, seqs, device, batch_size=None, compile=False, label="NaiveISM", tf32=False, dtype=None):
     """NaiveISM, batched; ``compile=True`` wraps its model copy in ``torch.compile``.  With ``compile`` or on a
     GPU a first call is the warm-up (compilation; cuDNN's autotuning of each batch shape and its library
     loading: unwarmed, Factorized Basset's eager run took 219, 238 and 362 s per 1000 sequences in three runs
@@ -174,7 +215,7 @@ def run_naive(model, seqs, device, batch_size=None, compile=False, label="NaiveI
     from fastism_torch import NaiveISM
     seqs = seqs.to(device)
     reset_peak(device)
-    ism = NaiveISM(model, seqs.shape[-1], device=device, batch_size=batch_size, tf32=tf32)
+    ism = NaiveISM(model, seqs.shape[-1], device=device, batch_size=batch_size, tf32=tf32, dtype=dtype)
     warm = 0.0
     if compile:
         ism.model = torch.compile(ism.model)
@@ -183,8 +224,25 @@ def run_naive(model, seqs, device, batch_size=None, compile=False, label="NaiveI
     sat, t = timed(lambda: ism.saturation_mutagenesis(seqs), device)
     used = batch_size or next(iter(getattr(ism, "_tuned", {}).values()), ism.default_batch_size)
     note = f"{used}" + ("" if batch_size else " (measured)" if getattr(ism, "_tuned", None) else "")
-    return Timing(label, seqs.shape[0], setup_s=max(0.0, warm - t), steady_s=t, peak_gib=peak_gib(device),
-                  note=note), sat
+    timing = Timing(label, seqs.shape[0], setup_s=max(0.0, warm - t), steady_s=t, peak_gib=peak_gib(device),
+                    note=note)
+    timing.extra["engine"] = ism             # for a caller that times it again on other sequences
+    return timing, sat
+
+
+def rerun(ism, first: Timing, seqs, device, label: str):
+    """Time ``ism``, the engine of an earlier :func:`run_fastism` / :func:`run_naive` (``first``: its timing; the
+    engine is ``first.extra["engine"]``), on other sequences: a first call (recompilation or autotuning of new
+    shapes, if any) and a steady one.  The set-up is the engine's own plus what the first call took over the
+    steady one: what a user of these sequences pays."""
+    seqs = seqs.to(device)
+    reset_peak(device)
+    _, t_first = timed(lambda: ism.saturation_mutagenesis(seqs), device)
+    sat, t = timed(lambda: ism.saturation_mutagenesis(seqs), device)
+    again = Timing(label, seqs.shape[0], setup_s=first.setup_s + max(0.0, t_first - t), steady_s=t,
+                   peak_gib=peak_gib(device), note=(first.note + "; " if first.note else "") +
+                   f"engine of the n={first.n_seqs} run (its set-up counted)")
+    return again, sat
 
 
 def run_tangermeme(model, seqs, device, batch_size=32, force_fast=False, label="tangermeme fast=True", repeat=1):

@@ -1,6 +1,6 @@
 """Where FastISM's time goes on a GPU: per configuration, the steady time of a full saturation run, the batch
 size FastISM chose and peak memory, then (``--profile``) the kernels that took the most device time and the
-host calls that took the most host time, from ``torch.profiler``.  ``scripts/gpu_check.sh`` runs it last::
+host calls that took the most host time, from ``torch.profiler``.  ``scripts/gpu_check.sh part2`` runs it::
 
     python -m benchmarks.profile_gpu --models factorized_basset,bpnet               # on a GPU machine
     python -m benchmarks.profile_gpu --device cpu --models tiny --lengths 40 --n-seqs 2   # smoke run
@@ -8,7 +8,10 @@ host calls that took the most host time, from ``torch.profiler``.  ``scripts/gpu
 Each configuration is FastISM eager (``--compile``: compiled instead) at ``--batch-sizes`` (``auto`` = its own
 choice), with cuDNN's autotuning off (FastISM's default) and, with ``--cudnn-benchmark``, on as well.  A first
 call on the same sequences warms up (autotuning, plan building, compilation); the second is timed.  Nothing is
-appended to RESULTS.md: these are leads for the next change, not results.
+appended to RESULTS.md: these are leads for the next change, not results; ``--out FILE`` also writes the lines
+to FILE (``scripts/gpu_check.sh`` writes them under ``$OUT``, the only place that comes back from the device).
+``--tf32`` / ``--dtype bfloat16`` profile a precision tier.  With ``--cudnn-benchmark`` the first call's time
+includes cuDNN's autotuning of every convolution shape of the run: that is its one-time cost.
 """
 from __future__ import annotations
 
@@ -32,6 +35,9 @@ def parse_args(argv=None):
     p.add_argument("--n-seqs", type=int, default=16)
     p.add_argument("--profile", type=int, default=4, metavar="N", help="profile a call on N sequences (0: none)")
     p.add_argument("--rows", type=int, default=12, help="kernels and host calls listed per profile")
+    p.add_argument("--tf32", action="store_true", help="FastISM(tf32=True)")
+    p.add_argument("--dtype", default=None, choices=["bfloat16", "float16"], help="FastISM(dtype=...) (autocast)")
+    p.add_argument("--out", default=None, help="also write the lines to this file (appended)")
     return p.parse_args(argv)
 
 
@@ -66,14 +72,16 @@ def profile_table(fast, x, device, rows: int) -> list[str]:
 
 def run_case(name: str, L: int, batch, bench: bool, args, device) -> list[str]:
     from fastism_torch import FastISM
-    tag = (f"{name} L={L} {'compiled' if args.compile else 'eager'} batch={batch or 'auto'} "
+    tier = "".join([" tf32" if args.tf32 else "", f" {args.dtype}" if args.dtype else ""])
+    tag = (f"{name} L={L} {'compiled' if args.compile else 'eager'}{tier} batch={batch or 'auto'} "
            f"cudnn.benchmark={'on' if bench else 'off'}")
     old = FastISM.cudnn_benchmark
     FastISM.cudnn_benchmark = bench
     try:
         model = common.make_model(name, L)
         x = common.random_seqs(args.n_seqs, L).to(device)
-        fast = FastISM(model, L, device=device, batch_size=batch, test_correctness=False, compile=args.compile)
+        fast = FastISM(model, L, device=device, batch_size=batch, test_correctness=False, compile=args.compile,
+                       tf32=args.tf32, dtype=getattr(torch, args.dtype) if args.dtype else None)
         first = _timed(fast, x, device)
         steady = _timed(fast, x, device)
         used = fast._auto_batch(fast._engine(fast.change_ranges))
@@ -102,6 +110,12 @@ def main(argv=None) -> list[str]:
                     lines = run_case(name, L, None if b == "auto" else int(b), bench, args, device)
                     print("\n".join(lines), flush=True)
                     out += lines
+    if args.out:
+        import os
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "a") as fh:
+            fh.write(f"# {common.machine(device)}; torch {torch.__version__}\n# profile_gpu {' '.join(argv or sys.argv[1:])}\n")
+            fh.write("\n".join(out) + "\n\n")
     return out
 
 

@@ -268,7 +268,7 @@ class ISMBase:
         """The engine's numerics: autocast to ``dtype`` (if any) and the TF32 policy (:mod:`.precision`)."""
         stack = ExitStack()
         stack.enter_context(self._autocast())
-        stack.enter_context(float32_precision(self.tf32))
+        stack.enter_context(float32_precision(self.tf32, self.device))
         stack.enter_context(cudnn_benchmark(self.cudnn_benchmark))
         return stack
 

@@ -32,6 +32,13 @@ def _compiled(module, mode):
     return call
 
 
+def _not_deterministic(e: BaseException) -> bool:
+    """PyTorch's error for an op without a deterministic implementation under
+    ``torch.use_deterministic_algorithms(True)``."""
+    return (isinstance(e, RuntimeError) and torch.are_deterministic_algorithms_enabled()
+            and "does not have a deterministic implementation" in str(e))
+
+
 MAX_BATCH = 1 << 16
 MAX_BATCH_WITH_TAIL = 512   # a tail in chunks frees memory, but a batch spans batch/3 positions whose windows
 #                             share one width (the widest): larger groups recompute more at the edges
@@ -95,7 +102,14 @@ class FastISM(ISMBase):
     #: kernel form of the edit graph: None = static (sync-free, fixed-shape) on GPUs and with ``compile``, the
     #: CPU eager form otherwise; True/False force one (the tests run both forms on the CPU)
     static_kernels: bool | None = None
-    cudnn_benchmark = False
+    #: cuDNN autotuning (``torch.backends.cudnn.benchmark``) inside the engine's calls, the caller's setting
+    #: restored after (None: the caller's setting).  Off: the static path's shapes are now fixed per run (one
+    #: width per node, one batch size), so autotuning would run once per shape per process, but its one-time
+    #: cost was measured at 410 s on an H100 (Factorized Basset eager, batch 4096, first call, at d63c328, which
+    #: already had fixed widths) and its steady-state gain has not been measured.  ``benchmarks/bench_gpu.py``
+    #: (``fast_eager+autotune``, ``fast_compiled+autotune``: first-call cost in the set-up column) and
+    #: ``benchmarks/profile_gpu.py --cudnn-benchmark`` measure both; ``scripts/gpu_check.sh part2`` runs them.
+    cudnn_benchmark: bool | None = False
 
     def __init__(self, model: nn.Module, seq_len: int, *, early_stop_layers=None, test_correctness: bool = True,
                  strict: bool = False, compile: bool | str = False, delta: bool | str = True, **options):
@@ -245,6 +259,10 @@ class FastISM(ISMBase):
                 try:
                     ex.run(ref, part, batch, sinks, part_done, bar, chunk)
                 except Exception as e:
+                    if _not_deterministic(e):            # deterministic mode, an op of ours without such a kernel
+                        done[todo[part_done]] = True
+                        self._run_naive(inp, ranges, edits.subset(np.flatnonzero(~done)), sinks, bar, e)
+                        break
                     if not is_out_of_memory(e):
                         raise
                     done[todo[part_done]] = True          # what is written stays written: resume after it
@@ -262,6 +280,15 @@ class FastISM(ISMBase):
             if self.compile:
                 self.compiled_graphs += _compiled_graphs() - graphs
                 log.info("torch.compile: %d graph(s) compiled so far for this engine", self.compiled_graphs)
+
+    def _run_naive(self, inp, ranges, edits, sinks, bar, why: Exception) -> None:
+        """The edits the fast path could not run in deterministic mode, by naive ISM (the model's own ops)."""
+        from .naive import NaiveISM
+        log.warning("torch.use_deterministic_algorithms(True): an op of the fast path has no deterministic "
+                    "implementation on %s (%s); %d edits run by naive ISM instead", self.device,
+                    str(why).split(" does not")[0][:80], len(edits.seq))
+        naive = NaiveISM(self.model, self.seq_len, copy_model=False, batch_size=self.batch_size, **self.settings())
+        naive._run_edits(inp, ranges, edits, sinks, bar)
 
     # --------------------------------------------------------------- checks
     def check_correctness(self, inp: Inputs | None = None, n_seqs: int = 2, n_ranges: int = 24,

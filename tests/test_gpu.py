@@ -1,7 +1,7 @@
 """CUDA: the fast path equals naive ISM on the CPU, launches no host synchronisation in its batch loop, keeps
 results on the GPU, follows the TF32 policy, and the command-line tool runs on one GPU.
 
-Every test here is marked ``gpu`` and skips without CUDA; ``bash scripts/gpu_check.sh`` runs them (then the
+Every test here is marked ``gpu`` and skips without CUDA; ``bash scripts/gpu_check.sh part1`` runs them (then the
 GPU benchmark) on a GPU machine.
 """
 from __future__ import annotations
@@ -104,6 +104,61 @@ def test_tf32_policy():
         assert_close_to_naive(loose, want, rtol=5e-3)
     finally:
         torch.backends.cudnn.allow_tf32 = before
+
+
+@pytest.mark.parametrize("setting", ["legacy", "new_global", "new_per_backend"])
+def test_callers_precision_settings_on_cuda(cpu_naive, setting):
+    """Whatever precision API the caller used (issue 22: the new one crashed FastISM), FastISM on CUDA runs IEEE
+    float32 (exact), eager and compiled, and the caller's settings read the same after it."""
+    import warnings
+    from fastism_torch.precision import precision_state, restore_precision
+    m, x, want = cpu_naive("basset", 200)
+    saved = precision_state()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if setting == "legacy":
+            torch.set_float32_matmul_precision("high")
+            torch.backends.cudnn.allow_tf32 = True
+        elif setting == "new_global":
+            torch.backends.fp32_precision = "tf32"
+        else:
+            torch.backends.cuda.matmul.fp32_precision = "tf32"
+            torch.backends.cudnn.conv.fp32_precision = "tf32"
+    try:
+        before = precision_state()
+        for compile_ in (False, True) if setting == "new_global" else (False,):    # compiling: ~35 s
+            fast = ft.FastISM(m, 200, device="cuda", compile=compile_, batch_size=256)
+            assert_close_to_naive(fast.saturation_mutagenesis(x.cuda()).cpu(), want)
+            after = precision_state()
+            assert after[1:] == before[1:]
+            # cuDNN's start-up "default" conv/RNN settings come back as the TF32 they resolved to
+            assert after[0] == {k: ("tf32" if v == "default" else v) for k, v in before[0].items()}
+    finally:
+        restore_precision(saved)
+
+
+def test_deterministic_mode_on_cuda():
+    """torch.use_deterministic_algorithms(True) on CUDA (cuBLAS needs its workspace setting, read once per
+    process: a fresh process): FastISM runs (falling back to naive ISM for any op without a deterministic
+    kernel), equals naive ISM, and two runs give identical results."""
+    import os
+    import subprocess
+    import sys
+    code = ("import torch, fastism_torch as ft\nfrom fastism_torch import models\n"
+            "torch.use_deterministic_algorithms(True)\n"
+            "m = models.bpnet(seq_len=200, n_dilated=4)\n"
+            "x = torch.eye(4)[torch.randint(0, 4, (2, 200), generator=torch.Generator().manual_seed(0))].mT.contiguous()\n"
+            "want = ft.NaiveISM(m, 200).saturation_mutagenesis(x)\n"
+            "fast = ft.FastISM(m, 200, device='cuda', batch_size=256)\n"
+            "a, b = (fast.saturation_mutagenesis(x.cuda()) for _ in range(2))\n"
+            "a, b = (t if isinstance(t, tuple) else (t,) for t in (a, b))\n"
+            "w = want if isinstance(want, tuple) else (want,)\n"
+            "assert all(torch.equal(p, q) for p, q in zip(a, b))\n"
+            "assert all(float((p.cpu() - q).abs().max()) <= 5e-5 * float(q.abs().max()) for p, q in zip(a, w))\n"
+            "print('ok')\n")
+    env = {**os.environ, "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
 
 
 def test_bfloat16_on_cuda_close_to_float32(cpu_naive):
