@@ -40,6 +40,14 @@ def _not_deterministic(e: BaseException) -> bool:
 
 
 MAX_BATCH = 1 << 16
+# The cost model that runs a call as naive ISM when that is cheaper (CPU eager, :meth:`FastISM._naive_is_cheaper`),
+# measured on the 2-core AMD EPYC, 1 thread, 2026-12-06: a small model's call (24 windows x 3 bases) costs the
+# fast path ~2 ms plus ~30 us per edit-graph node per batch, naive ISM ~15 us per model op per batch; products
+# run at 30-40 GMAC/s per thread in both.
+CPU_MACS_PER_S = 30e9
+FAST_CALL_S = 2e-3
+FAST_OP_S = 30e-6
+NAIVE_OP_S = 15e-6
 MAX_BATCH_WITH_TAIL = 512   # a tail in chunks frees memory, but a batch spans batch/3 positions whose windows
 #                             share one width (the widest): larger groups recompute more at the edges
 
@@ -110,6 +118,8 @@ class FastISM(ISMBase):
     #: (``fast_eager+autotune``, ``fast_compiled+autotune``: first-call cost in the set-up column) and
     #: ``benchmarks/profile_gpu.py --cudnn-benchmark`` measure both; ``scripts/gpu_check.sh part2`` runs them.
     cudnn_benchmark: bool | None = False
+    #: run a call as naive ISM where the cost model says that is cheaper (CPU eager); the tests turn it off
+    naive_when_cheaper = True
 
     def __init__(self, model: nn.Module, seq_len: int, *, early_stop_layers=None, test_correctness: bool = True,
                  strict: bool = False, compile: bool | str = False, delta: bool | str = True, **options):
@@ -123,6 +133,9 @@ class FastISM(ISMBase):
         self.compiled_graphs = 0          # graphs torch.compile built for this engine (compile=True)
         self._test_correctness = test_correctness
         self._engines: dict = {}
+        self._costs: dict = {}            # executor -> (planned MACs per edit, full MACs, edit-graph nodes, model ops)
+        self._naive = None                # the naive engine sharing this model (cost model, deterministic mode)
+        self._told: set = set()           # reasons for running naive ISM already logged
         self._pattern = None
         self.gm = None
         params = inspect.signature(self.model.forward).parameters.values()
@@ -190,6 +203,7 @@ class FastISM(ISMBase):
         pattern = tuple(a is None for a in inp.args)         # which inputs were given: fixed in the trace
         if self.gm is None or pattern != self._pattern:
             self._engines.clear()
+            self._costs.clear()
             self._pattern = pattern
             self._build(inp)
         return inp
@@ -247,6 +261,10 @@ class FastISM(ISMBase):
 
     def _run_edits(self, inp, ranges, edits, sinks, bar):
         ex = self._engine(ranges)
+        if self.naive_when_cheaper and self._naive_is_cheaper(ex, len(edits.seq)):
+            self._run_naive(inp, ranges, edits, sinks, bar, "naive ISM is cheaper for this call by the plan's cost "
+                            "model (few edits, or little to reuse)")
+            return
         with self._precision():
             ref = ex.reference(inp.args)
             batch, chunk = self._auto_batch(ex), self._tail_chunk(ex)
@@ -261,7 +279,9 @@ class FastISM(ISMBase):
                 except Exception as e:
                     if _not_deterministic(e):            # deterministic mode, an op of ours without such a kernel
                         done[todo[part_done]] = True
-                        self._run_naive(inp, ranges, edits.subset(np.flatnonzero(~done)), sinks, bar, e)
+                        why = (f"torch.use_deterministic_algorithms(True): an op of the fast path has no deterministic "
+                               f"implementation on {self.device} ({str(e).split(' does not')[0][:80]})")
+                        self._run_naive(inp, ranges, edits.subset(np.flatnonzero(~done)), sinks, bar, why)
                         break
                     if not is_out_of_memory(e):
                         raise
@@ -281,14 +301,33 @@ class FastISM(ISMBase):
                 self.compiled_graphs += _compiled_graphs() - graphs
                 log.info("torch.compile: %d graph(s) compiled so far for this engine", self.compiled_graphs)
 
-    def _run_naive(self, inp, ranges, edits, sinks, bar, why: Exception) -> None:
-        """The edits the fast path could not run in deterministic mode, by naive ISM (the model's own ops)."""
+    def _run_naive(self, inp, ranges, edits, sinks, bar, why: str) -> None:
+        """``edits`` by naive ISM (the model's own ops, sharing this engine's model), saying why once."""
         from .naive import NaiveISM
-        log.warning("torch.use_deterministic_algorithms(True): an op of the fast path has no deterministic "
-                    "implementation on %s (%s); %d edits run by naive ISM instead", self.device,
-                    str(why).split(" does not")[0][:80], len(edits.seq))
-        naive = NaiveISM(self.model, self.seq_len, copy_model=False, batch_size=self.batch_size, **self.settings())
-        naive._run_edits(inp, ranges, edits, sinks, bar)
+        if why not in self._told:
+            self._told.add(why)
+            log.warning("FastISM: %s; %d edits run by naive ISM instead (said once per engine)", why, len(edits.seq))
+        if self._naive is None:
+            self._naive = NaiveISM(self.model, self.seq_len, copy_model=False, batch_size=self.batch_size,
+                                   **self.settings())
+        self._naive._run_edits(inp, ranges, edits, sinks, bar)
+
+    def _naive_is_cheaper(self, ex, n_edits: int) -> bool:
+        """The cost model (CPU eager only): seconds of the fast path (a fixed cost per call, a cost per node of
+        the edit graph per batch, the plan's multiply-adds) against naive ISM's (a cost per op of the model per
+        batch of :attr:`NaiveISM.default_batch_size`, full passes), both at :data:`CPU_MACS_PER_S` per thread."""
+        if self.device.type != "cpu" or self.compile or ex.edit.static:
+            return False
+        if ex not in self._costs:
+            from .macs import mac_summary
+            macs = mac_summary(self.gm, self.infos, ex.plan)
+            nodes = sum(len(m.graph.nodes) for m in ex.edit.module.modules() if isinstance(m, torch.fx.GraphModule))
+            self._costs[ex] = (macs["planned_macs_per_mutation"], macs["full_macs"], nodes, len(self.gm.graph.nodes))
+        planned, full, edit_nodes, model_nodes = self._costs[ex]
+        rate = CPU_MACS_PER_S * torch.get_num_threads()
+        fast = FAST_CALL_S + -(-n_edits // self._auto_batch(ex)) * edit_nodes * FAST_OP_S + n_edits * planned / rate
+        naive = -(-n_edits // self.default_batch_size) * model_nodes * NAIVE_OP_S + n_edits * full / rate
+        return naive < fast
 
     # --------------------------------------------------------------- checks
     def check_correctness(self, inp: Inputs | None = None, n_seqs: int = 2, n_ranges: int = 24,

@@ -70,8 +70,18 @@ def span_input(name: str) -> str:
 
 GATHER_META = "fastism_gather"           # node.meta key: the plan gather a gather node implements
 DELTA_OPS = (torch.ops.fastism.gather_window_delta, kernels.gather_window_delta_static)   # eager, static
+#: the CPU eager form calls the kernels' Python functions directly (:func:`direct_kernels`): the custom ops
+#: (opaque to ``torch.compile``, checked by ``opcheck``) cost ~100 us of dispatch per call, most of a small
+#: model's per-call time; ``False`` keeps the custom ops in eager graphs too (the op tests record them)
+DIRECT_KERNELS = True
+DIRECT = {torch.ops.fastism.gather_window: kernels.gather_window,
+          torch.ops.fastism.gather_window_add: kernels.gather_window_add,
+          torch.ops.fastism.gather_window_add_mean: kernels.gather.gather_window_add_mean,
+          torch.ops.fastism.gather_window_delta: kernels.gather_window_delta,
+          torch.ops.fastism.inc_linear: kernels.inc_linear}
 GATHER_OPS = (torch.ops.fastism.gather_window, kernels.gather_window_static, torch.ops.fastism.gather_window_add,
-              torch.ops.fastism.gather_window_add_mean, *DELTA_OPS)
+              torch.ops.fastism.gather_window_add_mean, *DELTA_OPS,
+              *(DIRECT[op] for op in DIRECT if op is not torch.ops.fastism.inc_linear))
 ADDS = (operator.add, torch.add)
 
 
@@ -211,6 +221,8 @@ def build_edit_module(gm: fx.GraphModule, infos: dict, plan: Plan, seq_node: fx.
         fuse_adds_into_gathers(b.graph)
         use_kernel_linear(b.graph, b.root)
         relu_in_place_after_conv(b.graph, b.root)
+        if DIRECT_KERNELS:
+            direct_kernels(b.graph)
     b.graph.lint()
     module = fx.GraphModule(b.root, b.graph, class_name="FastISMEditGraph")
     inputs = tuple(n.target for n in b.graph.nodes if n.op == "placeholder")   # the call's keyword names
@@ -254,6 +266,13 @@ def fuse_adds_into_gathers(g: fx.Graph) -> None:
         g.erase_node(new)
 
 
+def direct_kernels(g: fx.Graph) -> None:
+    """The CPU eager form: each custom op -> its kernel's Python function (:data:`DIRECT_KERNELS`)."""
+    for node in g.nodes:
+        if node.op == "call_function" and node.target in DIRECT:
+            node.target = DIRECT[node.target]
+
+
 def _all_after(users, node: fx.Node) -> bool:
     """Whether every node of ``users`` comes after ``node`` in its graph."""
     after, n = set(), node.next
@@ -289,7 +308,8 @@ def relu_in_place_after_conv(g: fx.Graph, root: torch.nn.Module) -> None:
         if not (is_relu and isinstance(src, fx.Node) and len(src.users) == 1):
             continue
         if not ((src.op == "call_module" and type(root.get_submodule(src.target)) in convs)
-                or (src.op == "call_function" and src.target in (torch.nn.functional.conv1d, DELTA_OPS[0]))):
+                or (src.op == "call_function" and src.target in (torch.nn.functional.conv1d, DELTA_OPS[0],
+                                                                 DIRECT[DELTA_OPS[0]]))):
             continue
         with g.inserting_before(node):
             new = g.call_function(torch.relu_, (src,))

@@ -68,7 +68,11 @@ def check_against_naive(fast, inp: Inputs | None = None, *, n_seqs: int = 2, n_r
     width = fast.change_ranges[0][1] - fast.change_ranges[0][0]
     values = torch.as_tensor(random_onehot(len(s_idx), width, fast.num_chars, "NLC", rng)).to(fast.device)
 
-    fast_out = fast.edit_outputs(chk, s_idx, r_idx, values)
+    cheaper, fast.naive_when_cheaper = fast.naive_when_cheaper, False     # check the fast path itself
+    try:
+        fast_out = fast.edit_outputs(chk, s_idx, r_idx, values)
+    finally:
+        fast.naive_when_cheaper = cheaper
     naive = NaiveISM(fast.model, fast.seq_len, batch_size=256, copy_model=False, **fast.settings())
     slow_out = naive.edit_outputs(chk, s_idx, r_idx, values)
     worst = 0.0

@@ -18,3 +18,11 @@ def kernel_form(request, monkeypatch):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True)
+def fast_path_always(monkeypatch):
+    """FastISM runs its own path in every test: its cost model would otherwise run small models' calls as naive
+    ISM, and a test comparing FastISM with NaiveISM would compare naive ISM with itself (the cost model has its
+    own tests, which turn it back on)."""
+    monkeypatch.setattr(ft.FastISM, "naive_when_cheaper", False)

@@ -258,3 +258,37 @@ def test_static_batch_size_buckets():
     sizes = [bucket(n) for n in range(1, 1 << 16)]
     assert all(n <= b <= n + n // 8 for n, b in enumerate(sizes, 1))
     assert len(set(sizes)) <= 8 * 16 and bucket(3000) == 3072 and bucket(4096) == 4096
+
+
+def test_cost_model_runs_cheap_calls_as_naive_and_says_so_once(monkeypatch, caplog):
+    """A tiny model's few edits: the plan's cost model runs them as naive ISM (logged once per engine), with the
+    same results; a model with much to reuse and many edits stays on the fast path."""
+    import logging
+    from fastism_torch import models
+    monkeypatch.setattr(ft.FastISM, "naive_when_cheaper", True)
+    m, x = models.tiny(seq_len=60), models.random_onehot(2, 60)
+    ranges = [(5, 6), (30, 31)]
+    fast = ft.FastISM(m, 60, change_ranges=ranges, test_correctness=False)
+    with caplog.at_level(logging.WARNING, logger="fastism_torch"):
+        a, b = fast(x), fast(x)
+    assert sum("run by naive ISM instead" in r.message for r in caplog.records) == 1
+    assert fast._naive is not None
+    torch.testing.assert_close(a, ft.NaiveISM(m, 60, change_ranges=ranges)(x)) and torch.testing.assert_close(a, b)
+    big = ft.FastISM(models.basset(seq_len=300), 300, test_correctness=False)
+    big.saturation_mutagenesis(models.random_onehot(1, 300))
+    assert big._naive is None
+
+
+def test_self_check_checks_the_fast_path_even_where_naive_is_cheaper(monkeypatch):
+    """The cost model must not route the self-check's own edits to naive ISM (it would compare naive with
+    itself): a fast path broken on purpose is caught on a model small enough for the cost model to prefer naive."""
+    from fastism_torch import execute, models
+    monkeypatch.setattr(ft.FastISM, "naive_when_cheaper", True)
+    real = execute.Executor._outputs
+
+    def broken(self, feed, n, chunk):
+        for r0, outs in real(self, feed, n, chunk):
+            yield r0, [o + 1.0 for o in outs]
+    monkeypatch.setattr(execute.Executor, "_outputs", broken)
+    with pytest.raises(RuntimeError, match="FastISM differs from NaiveISM"):
+        ft.FastISM(models.tiny(seq_len=60), 60)
