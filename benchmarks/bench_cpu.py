@@ -21,8 +21,10 @@ kind of 2-core CPU that is 15-20% faster for BPNet than a fixed batch of 128.
 Columns: seconds per sequence in steady state (set-up excluded) for each method, the set-up each pays
 (FastISM: construction with its correctness self-test, plus the first call's plan building; tangermeme:
 its first slow batch, ``torch.export`` capture and verification, paid on *every* call), speed-ups over naive,
-the theoretical MAC ratio from the plan (``FastISM.mac_summary()``: MACs of a full forward pass / MACs
-recomputed per single-base mutation) and the fraction of it reached, FastISM against tangermeme on this
+the MAC bounds from the plan (``FastISM.mac_summary()``: MACs of a full forward pass / MACs per single-base
+mutation, recomputing every changed range as fastISM does, or with delta propagation: the bound FastISM's
+plans aim at) and the fraction of the delta bound reached, the MACs FastISM actually executed
+(``macs.executed_macs``, counted over a call on one sequence), FastISM against tangermeme on this
 call's sequences with set-up included, and the largest output difference to naive (relative to output
 scale).
 
@@ -52,7 +54,8 @@ def parse_args(argv=None):
     p.add_argument("--length", default="1000", help="comma-separated sequence lengths")
     p.add_argument("--device", default="cpu")
     p.add_argument("--methods", default="fast,naive,tangermeme",
-                   help="any of fast,fast_compiled,naive,tangermeme (fast_compiled: FastISM(compile=True))")
+                   help="any of fast,fast_recompute,fast_compiled,naive,tangermeme (fast_recompute: "
+                        "FastISM(delta=False), fastISM's recomputation; fast_compiled: FastISM(compile=True))")
     p.add_argument("--fast-batch", type=int, default=None, help="FastISM batch_size (default: automatic)")
     p.add_argument("--naive-batch", default="auto",
                    help="NaiveISM batch_size, or 'auto': measured on the call's first batches (its fastest)")
@@ -98,6 +101,13 @@ def bench_model(name: str, length: int, args, device: torch.device) -> dict:
         res["fast"], sats["fast"] = common.run_fastism(model, seqs, device, batch_size=args.fast_batch,
                                                              repeat=args.repeat)
         print(f"  FastISM    {res['fast'].per_seq:8.3f} s/seq steady, set-up {res['fast'].setup_s:.2f} s", flush=True)
+    if "fast" in methods:
+        from fastism_torch.macs import executed_macs
+        res["executed"] = executed_macs(res["fast"].extra["engine"], seqs[:1].to(device))
+    if "fast_recompute" in methods:
+        res["fastr"], sats["fastr"] = common.run_fastism(model, seqs, device, batch_size=args.fast_batch,
+                                                         label="FastISM delta=False", repeat=args.repeat, delta=False)
+        print(f"  recompute  {res['fastr'].per_seq:8.3f} s/seq steady, set-up {res['fastr'].setup_s:.2f} s", flush=True)
     if "fast" in methods and args.profile:
         res["profile"] = profile_fastism(model, seqs, device)
     if "fast_compiled" in methods:
@@ -116,7 +126,7 @@ def bench_model(name: str, length: int, args, device: torch.device) -> dict:
         print(f"  tangermeme {res['tm'].per_seq:8.3f} s/seq steady, set-up {res['tm'].setup_s:.2f} s "
               f"{res['tm'].note}", flush=True)
     ref = sats.get("naive")
-    for k in ("fast", "fastc", "tm"):
+    for k in ("fast", "fastr", "fastc", "tm"):
         if ref is not None and k in sats:
             res[f"diff_{k}"] = common.max_rel_diff(sats[k], ref)
     return res
@@ -156,8 +166,9 @@ def median_round(rounds: list[dict]) -> dict:
 
 def table(results: list[dict], n_seqs: int) -> str:
     headers = ["model", "L", "threads", "naive batch", "naive s/seq", "FastISM s/seq", "FastISM set-up s", "tangermeme s/seq",
-               "tangermeme set-up s", "FastISM × naive", "tangermeme × naive", "MAC ratio (bound)",
-               "of bound", f"FastISM × tangermeme, {n_seqs} seqs incl. set-up", "FastISM × tangermeme, steady",
+               "tangermeme set-up s", "FastISM × naive", "tangermeme × naive", "recompute bound",
+               "delta bound", "of delta bound", "executed MAC ratio", "FastISM delta=False × naive",
+               f"FastISM × tangermeme, {n_seqs} seqs incl. set-up", "FastISM × tangermeme, steady",
                "max rel diff to naive (fast / tm)", "FastISM compiled s/seq (set-up s)", "compiled × naive"]
     rows = []
     for r in results:
@@ -168,8 +179,10 @@ def table(results: list[dict], n_seqs: int) -> str:
             r["model"], r["L"], r["threads"], nv.note if nv else None, nv.per_seq if nv else None, f.per_seq if f else None, f.setup_s if f else None,
             tm.per_seq if tm else None, tm.setup_s if tm else None,
             sp_fast, nv.per_seq / tm.per_seq if tm and nv else None,
-            macs["ratio"] if macs else None,
-            f"{100 * sp_fast / macs['ratio']:.0f}%" if sp_fast and macs else None,
+            macs["ratio"] if macs else None, macs["delta_ratio"] if macs else None,
+            f"{100 * sp_fast / macs['delta_ratio']:.0f}%" if sp_fast and macs else None,
+            macs["full_macs"] / r["executed"]["per_mutation"] if r.get("executed") else None,
+            nv.per_seq / r["fastr"].per_seq if r.get("fastr") and nv else None,
             tm.per_seq_with_setup / f.per_seq_with_setup if f and tm else None,
             tm.per_seq / f.per_seq if f and tm else None,
             " / ".join(common.fmt(r.get(k), 2) for k in ("diff_fast", "diff_tm")),
@@ -178,8 +191,11 @@ def table(results: list[dict], n_seqs: int) -> str:
         ])
     notes = [f"- {r['model']} L={r['L']}, {r['threads']} thread(s): tangermeme {r['tm'].note}" for r in results
              if r.get("tm") and r["tm"].note]
-    macs = [f"- {r['model']} L={r['L']}, {r['threads']} thread(s): full pass {r['fast'].extra['macs']['full_macs'] / 1e6:.1f} M MACs, "
-            f"{r['fast'].extra['macs']['fast_macs_per_mutation'] / 1e6:.2f} M recomputed per mutation; FastISM "
+    macs = [f"- {r['model']} L={r['L']}, {r['threads']} thread(s): full pass {r['fast'].extra['macs']['full_macs'] / 1e6:.1f} M MACs; "
+            f"per mutation {r['fast'].extra['macs']['fast_macs_per_mutation'] / 1e6:.2f} M recomputed (recompute bound), "
+            f"{r['fast'].extra['macs']['delta_macs_per_mutation'] / 1e6:.2f} M (delta bound), "
+            f"{r['fast'].extra['macs']['planned_macs_per_mutation'] / 1e6:.2f} M planned, "
+            f"{r['executed']['per_mutation'] / 1e6:.2f} M executed (counted, reference pass and padding included); FastISM "
             f"build {r['fast'].extra['build_s']:.2f} s, first call {r['fast'].extra['first_call_s']:.2f} s"
             for r in results if r.get("fast")]
     spread = [f"- {r['model']} L={r['L']}, {r['threads']} thread(s): FastISM × naive over {len(r['rounds'])} rounds "

@@ -176,17 +176,18 @@ class Timing:
 
 
 def run_fastism(model, seqs, device, batch_size=None, compile=False, label="FastISM", repeat=1, tf32=False,
-                dtype=None, cudnn_benchmark=None):
+                dtype=None, cudnn_benchmark=None, delta=True):
     """Build FastISM (with its correctness self-test), then full calls: the first (plan building, compilation;
     with ``cudnn_benchmark=True`` cuDNN's autotuning of each shape) and ``repeat`` steady ones (the fastest
-    counts).  ``cudnn_benchmark``: None = FastISM's own policy (:attr:`FastISM.cudnn_benchmark`)."""
+    counts).  ``cudnn_benchmark``: None = FastISM's own policy (:attr:`FastISM.cudnn_benchmark`); ``delta``:
+    ``FastISM(delta=...)``."""
     from fastism_torch import FastISM
     seqs = seqs.to(device)
     reset_peak(device)
 
     def build():
         ism = FastISM(model, seqs.shape[-1], device=device, batch_size=batch_size, compile=compile, tf32=tf32,
-                      dtype=dtype)
+                      dtype=dtype, delta=delta)
         if cudnn_benchmark is not None:
             ism.cudnn_benchmark = cudnn_benchmark
         return ism

@@ -146,8 +146,12 @@ def executed_macs(ism, seqs) -> dict:
                aten.max_pool2d: _pool_flops}
     if hasattr(torch.ops.mkldnn, "_linear_pointwise"):          # kernels.linear: oneDNN's dense products
         mapping[torch.ops.mkldnn._linear_pointwise] = _onednn_linear_flops
-    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
-        ism.saturation_mutagenesis(seqs)
+    cheaper, ism.naive_when_cheaper = getattr(ism, "naive_when_cheaper", False), False     # the fast path's count
+    try:
+        with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+            ism.saturation_mutagenesis(seqs)
+    finally:
+        ism.naive_when_cheaper = cheaper
     macs = counter.get_total_flops() / 2
     edits = (ism.num_chars - 1) * length * n
     return {"total": int(macs), "per_mutation": macs / edits, "edits": edits}

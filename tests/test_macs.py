@@ -52,3 +52,20 @@ def test_attention_is_counted():
     att = 2 * L * e * e + 2 * L * e * e + 2 * L * L * e
     assert s["full_macs"] == conv + mm + att, s
     assert s["ratio"] < (conv + mm + att) / att
+
+
+def test_bounds_and_executed_macs_of_delta_plans():
+    """Basset-like convolutions: the delta bound exceeds the recompute bound; the plan's own choice sits between
+    them; the executed MACs (counted by FlopCounterMode over a real call) are at least the planned ones and, on
+    the eager path, within 15% of them (groups' widest windows, the reference pass); with delta=False the plan
+    is the recompute bound."""
+    from fastism_torch import models
+    from fastism_torch.macs import executed_macs
+    m, L = models.basset(seq_len=200), 200
+    s = ft.FastISM(m, L, test_correctness=False).mac_summary()
+    assert s["delta_ratio"] > s["planned_ratio"] * 0.99 and s["planned_ratio"] > 1.5 * s["ratio"], s
+    fast = ft.FastISM(m, L, test_correctness=False)
+    e = executed_macs(fast, models.random_onehot(1, L))
+    assert s["planned_macs_per_mutation"] <= e["per_mutation"] <= 1.15 * s["planned_macs_per_mutation"], (s, e)
+    r = ft.FastISM(m, L, test_correctness=False, delta=False).mac_summary()
+    assert r["planned_macs_per_mutation"] == r["fast_macs_per_mutation"] == s["fast_macs_per_mutation"], r
