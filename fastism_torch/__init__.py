@@ -6,12 +6,17 @@ Public API::
     out = ism(seqs, replace_with=0)                      # (N, n_ranges, *output_shape)
     sat = ism.saturation_mutagenesis(seqs)               # (N, 4, L, *output_shape)
     ref = fastism_torch.NaiveISM(model, seq_len=1000)    # same call API, the oracle
+    pw = ism.pairwise(seqs, 100, 150)                    # (N, 50, 4, 50, 4, *output_shape) double mutants
+    eps = fastism_torch.epistasis(pw, single, reference) # y(ij) - y(i) - y(j) + y(ref)
+    dm = fastism_torch.dependency_map(model, seqs, start=100, end=150)   # tangermeme's, (N, L, 50)
 
     ism = fastism_torch.from_keras("model.h5")           # Keras 2/3 files, SavedModel, keras.Model
     ism = fastism_torch.from_onnx("model.onnx")
 """
+from .dependency import dependency_map
 from .fast import FastISM
 from .naive import NaiveISM
+from .pairwise import epistasis, pairwise
 
 __version__ = "0.1.0"
 
@@ -28,4 +33,5 @@ def from_onnx(*args, **kwargs):
     return _from_onnx(*args, **kwargs)
 
 
-__all__ = ["FastISM", "NaiveISM", "from_keras", "from_onnx", "__version__"]
+__all__ = ["FastISM", "NaiveISM", "dependency_map", "epistasis", "from_keras", "from_onnx", "pairwise",
+           "__version__"]

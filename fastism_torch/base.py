@@ -155,6 +155,13 @@ class ISMBase:
 
     # ------------------------------------------------------------- public API
     @torch.no_grad()
+    def pairwise(self, seqs, start: int, end: int, **options):
+        """Double-mutant ISM of the window ``[start, end)``: ``(N, W, C, W, C, *out)``; see
+        :func:`fastism_torch.pairwise.pairwise` for ``options`` and the layout of the result."""
+        from .pairwise import pairwise
+        return pairwise(self, seqs, start, end, **options)
+
+    @torch.no_grad()
     def predict(self, seqs):
         """Reference outputs ``(N, *out)`` per model output (a tuple for several outputs)."""
         inp = self._inputs(seqs)
