@@ -130,3 +130,35 @@ def dependency_map(model, X, args=None, start: int = 0, end: int = -1, func=None
     counts = (own[:, window, None] != np.arange(C)).sum(-1)                    # (N, W)
     return (total / torch.from_numpy(counts)[:, :, None]).transpose(1, 2).float()
 
+
+
+def window_dependency(pairwise, single, onehot) -> np.ndarray:
+    """The dependency map restricted to rows in the window, from a pairwise map (no further model calls).
+
+    Parameters
+    ----------
+    pairwise : ``(N, W, C, W, C)`` one value per double mutant (e.g. averaged over targets), from
+        :func:`fastism_torch.pairwise`
+    single : ``(N, W, C)`` the single mutants of the window (:func:`fastism_torch.pairwise.diagonal`)
+    onehot : ``(N, W, C)`` the window's sequence, position-major
+
+    Returns
+    -------
+    ``(N, W, W)`` float64: ``[n, j, i]`` is :func:`dependency_map`'s ``[n, start + j, i]``.
+    """
+    p = np.array(pairwise, dtype=np.float64)
+    s, hot = np.asarray(single, dtype=np.float64), np.asarray(onehot, dtype=np.float64)
+    N, W, C = s.shape
+    if p.shape != (N, W, C, W, C) or hot.shape != (N, W, C):
+        raise ValueError(f"window_dependency needs pairwise (N, W, C, W, C), single and onehot (N, W, C); got "
+                         f"{p.shape}, {s.shape}, {hot.shape}")
+    m_hot = np.broadcast_to(hot[:, None, None], p.shape).copy()                # (N, i, a, j, c)
+    for i in range(W):
+        p[:, i, :, i, :] = s[:, i, None, :]                                      # j == i: single mutants
+        m_hot[:, i, :, i, :] = np.eye(C)
+    attr = (m_hot * (p - p.mean(-1, keepdims=True))).sum(-1)                   # (N, i, a, j)
+    attr0 = (hot * (s - s.mean(-1, keepdims=True))).sum(-1)                    # (N, j)
+    own = own_bases(torch.from_numpy(hot))
+    real = own[:, :, None] != np.arange(C)                                     # (N, i, a)
+    change = np.abs(attr - attr0[:, None, None, :]) * real[..., None]
+    return (change.sum(2) / real.sum(-1)[..., None]).transpose(0, 2, 1)

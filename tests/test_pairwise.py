@@ -224,3 +224,26 @@ def test_dependency_map_refuses_other_attributions():
         ft.dependency_map(model, x, func=lambda *a, **k: None)
     with pytest.raises(ValueError, match="hypothetical"):
         ft.dependency_map(model, x, hypothetical=True)
+
+
+def test_window_dependency_from_pairwise_equals_dependency_map():
+    from fastism_torch.dependency import window_dependency
+    model, x = _model("dilated_residual"), _seqs()
+    ism = ft.FastISM(model, L, test_correctness=False)
+    pw, single, _ = ism.pairwise(x, START, END, target=slice(0, 2 * L), return_single=True)   # the profile head
+    got = window_dependency(pw.mean(-1), single.mean(-1), x[:, :, START:END].transpose(1, 2))
+
+    want = ft.dependency_map(ft.FastISM(profile_model(model), L, test_correctness=False), x, start=START, end=END)
+    assert_close(torch.from_numpy(got).float(), want[:, START:END], rtol=1e-4)
+    assert float(want[:, START:END].abs().max()) > 1e-3
+
+
+def profile_model(model):
+    class Profile(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = model
+
+        def forward(self, x):
+            return self.m(x)[0]
+    return Profile()
