@@ -2,6 +2,7 @@
 
 * ``ism``: sequences (FASTA, one-hot, or BED regions of a genome) in; ``PREFIX.h5`` and modisco-,
   chrombpnet- and browser-ready files out (:mod:`fastism_torch.runner`, :mod:`fastism_torch.pipeline`).
+* ``pairwise``: double-mutant maps, epistasis and dependency maps of a window (:mod:`fastism_torch.cli_pairwise`).
 * ``plot``: heatmap and logo of one sequence (:mod:`fastism_torch.plot`).
 * ``bigwig``: the projected scores as a bigWig track (:func:`fastism_torch.outputs.write_bigwig`).
 
@@ -231,9 +232,11 @@ def _ism_parser(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Fast exact in-silico saturation mutagenesis (ISM).")
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = p.add_subparsers(dest="command", metavar="{ism,plot,bigwig}")
+    sub = p.add_subparsers(dest="command", metavar="{ism,pairwise,plot,bigwig}")
     sub.required = True
     _ism_parser(sub)
+    from .cli_pairwise import add_parser as _pairwise_parser     # fastism_torch/cli_pairwise.py
+    _pairwise_parser(sub)
 
     q = sub.add_parser("plot", help="heatmap and sequence logo of one sequence's ISM map")
     q.add_argument("result", help="PREFIX.h5 written by 'fastism-torch ism'")
