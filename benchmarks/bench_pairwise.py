@@ -41,6 +41,9 @@ def parse_args(argv=None):
     p.add_argument("--naive-fraction", type=float, default=1.0,
                    help="time the naive loop on this share of the pairs and scale up (1 = all of them)")
     p.add_argument("--dmap-width", type=int, default=4, help="window of the dependency-map comparison (0: skip)")
+    p.add_argument("--dmap-length", type=int, default=None,
+                   help="sequence length of the dependency-map comparison (default --length; tangermeme's cost is "
+                        "(3 W + 1) full saturation mutageneses of the sequence)")
     p.add_argument("--out", default=None, help="append a section to this markdown file (e.g. benchmarks/RESULTS.md)")
     return p.parse_args(argv)
 
@@ -121,9 +124,9 @@ def bench_window(name: str, model, x: torch.Tensor, width: int, args) -> list:
         got = p[0, sub[0] - start, sub[1], sub[2] - start, sub[3]]
         worst = max(worst, float((got - o).abs().max()) / (float(o.abs().max()) or 1.0))
     frac = "" if keep == pairs.shape[1] else f" ({keep} of {pairs.shape[1]} pairs timed, scaled)"
-    return [name, L, width, pairs.shape[1], f"{batch}" + (" (measured)" if per else ""), t_naive, t_fast,
-            t_build + max(0.0, t_first - t_fast), t_naive / t_fast, t_naive / (t_fast + t_build + t_first - t_fast),
-            f"{worst:.1e}{frac}"]
+    setup = t_build + max(0.0, t_first - t_fast)
+    return [name, L, width, pairs.shape[1], f"{batch}" + (" (measured)" if per else ""), t_naive, t_fast, setup,
+            t_naive / t_fast, t_naive / (t_fast + setup), f"{worst:.1e}{frac}"]
 
 
 def bench_dmap(name: str, model, x: torch.Tensor, width: int) -> list:
@@ -152,7 +155,9 @@ def main(argv=None) -> None:
             rows.append(bench_window(name, model, x, w, args))
             print(rows[-1], flush=True)
         if args.dmap_width:
-            drows.append(bench_dmap(name, model, x, args.dmap_width))
+            dl = args.dmap_length or args.length
+            dmodel = model if dl == args.length else make_model(name, dl).eval()
+            drows.append(bench_dmap(name, dmodel, common.random_seqs(1, dl), args.dmap_width))
             print(drows[-1], flush=True)
     body = ("Pairwise map `(W, 4, W, 4, *out)` of one random sequence, window centred; seconds for the whole map. "
             "Naive = the fastest double-mutant loop of benchmarks/bench_pairwise.py (batched forward passes, "
