@@ -129,8 +129,23 @@ def bench_window(name: str, model, x: torch.Tensor, width: int, args) -> list:
             t_naive / t_fast, t_naive / (t_fast + setup), f"{worst:.1e}{frac}"]
 
 
+class LastHead(torch.nn.Module):
+    """A multi-output model's last output (BPNet: the counts head): tangermeme's ISM attribution refuses
+    models with several output tensors."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)[-1]
+
+
 def bench_dmap(name: str, model, x: torch.Tensor, width: int) -> list:
     import fastism_torch as ft
+    with torch.no_grad():
+        if not isinstance(model(x), torch.Tensor):
+            model, name = LastHead(model), name + " (last head)"
     from tangermeme.dependency_map import dependency_map
     from tangermeme.saturation_mutagenesis import saturation_mutagenesis
     L = x.shape[-1]
