@@ -161,9 +161,12 @@ def scan_doubles(ism: ISMBase, inp: Inputs, first: np.ndarray, second: np.ndarra
     ``ref`` are the raw reference outputs of ``inp`` (for ``select``'s reductions).  Each mutant sequence is
     one input sequence of ``ism``'s single-edit ISM over the change ranges ``second``.
     """
-    C, L = ism.num_chars, ism.seq_len
+    C = ism.num_chars
     own = own_bases(ism.rows(inp.seq))                                         # (N, L)
     m_seq, m_pos, m_base = _mutants(own, first, C)
+    if symmetric:                        # a mutant with no later position has no edits: no reference pass
+        has = m_pos < second.max()
+        m_seq, m_pos, m_base = m_seq[has], m_pos[has], m_base[has]
     ranges = _as_ranges(second)
     eye = torch.eye(C)
     per_values = sum(math.prod(r.shape[1:]) for r in ref)
