@@ -44,6 +44,8 @@ def parse_args(argv=None):
     p.add_argument("--dmap-length", type=int, default=None,
                    help="sequence length of the dependency-map comparison (default --length; tangermeme's cost is "
                         "(3 W + 1) full saturation mutageneses of the sequence)")
+    p.add_argument("--tm-slow", action="store_true",
+                   help="also time tangermeme's dependency map with its saturation_mutagenesis(fast=False)")
     p.add_argument("--out", default=None, help="append a section to this markdown file (e.g. benchmarks/RESULTS.md)")
     return p.parse_args(argv)
 
@@ -141,7 +143,7 @@ class LastHead(torch.nn.Module):
         return self.model(x)[-1]
 
 
-def bench_dmap(name: str, model, x: torch.Tensor, width: int) -> list:
+def bench_dmap(name: str, model, x: torch.Tensor, width: int, slow: bool = False) -> list:
     import fastism_torch as ft
     with torch.no_grad():
         if not isinstance(model(x), torch.Tensor):
@@ -155,7 +157,13 @@ def bench_dmap(name: str, model, x: torch.Tensor, width: int) -> list:
                                                      func=saturation_mutagenesis, device="cpu"), cpu)
     got, t_ft = common.timed(lambda: ft.dependency_map(model, x, start=start, end=start + width), cpu)
     diff = float((got - want).abs().max()) / (float(want.abs().max()) or 1.0)
-    return [name, L, width, t_tm, t_ft, t_tm / t_ft, f"{diff:.1e}"]
+    row = [name, L, width, t_tm, t_ft, t_tm / t_ft, f"{diff:.1e}"]
+    if slow:
+        _, t_slow = common.timed(lambda: dependency_map(model, x, start=start, end=start + width,
+                                                        func=saturation_mutagenesis, device="cpu",
+                                                        additional_func_kwargs={"fast": False}), cpu)
+        row[5:5] = [t_slow, t_slow / t_ft]
+    return row
 
 
 def main(argv=None) -> None:
@@ -172,7 +180,7 @@ def main(argv=None) -> None:
         if args.dmap_width:
             dl = args.dmap_length or args.length
             dmodel = model if dl == args.length else make_model(name, dl).eval()
-            drows.append(bench_dmap(name, dmodel, common.random_seqs(1, dl), args.dmap_width))
+            drows.append(bench_dmap(name, dmodel, common.random_seqs(1, dl), args.dmap_width, args.tm_slow))
             print(drows[-1], flush=True)
     body = ("Pairwise map `(W, 4, W, 4, *out)` of one random sequence, window centred; seconds for the whole map. "
             "Naive = the fastest double-mutant loop of benchmarks/bench_pairwise.py (batched forward passes, "
@@ -186,8 +194,10 @@ def main(argv=None) -> None:
         body += ("\n\nDependency map (tangermeme 1.6 convention, `func=saturation_mutagenesis`), one sequence, "
                  "seconds including set-up for both (tangermeme: its own `saturation_mutagenesis`, default "
                  "batch size, `fast=True` default with its 30 s rule).\n\n")
-        body += common.markdown_table(["model", "L", "W", "tangermeme s", "fastism_torch s", "× tangermeme",
-                                       "max rel diff"], drows)
+        heads = ["model", "L", "W", "tangermeme s", "fastism_torch s", "× tangermeme", "max rel diff"]
+        if args.tm_slow:
+            heads[5:5] = ["tangermeme fast=False s", "× tangermeme fast=False"]
+        body += common.markdown_table(heads, drows)
     body += ("\n\nCaveat: a 2-core machine shared with other agents' jobs (load average above); ratios are taken "
              "within one process, but contention varies during the run.\n")
     if args.out:

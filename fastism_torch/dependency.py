@@ -132,6 +132,10 @@ def dependency_map(model, X, args=None, start: int = 0, end: int = -1, func=None
 
 
 
+def _float64(x) -> np.ndarray:
+    return x.detach().cpu().double().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float64)
+
+
 def window_dependency(pairwise, single, onehot) -> np.ndarray:
     """The dependency map restricted to rows in the window, from a pairwise map (no further model calls).
 
@@ -146,8 +150,8 @@ def window_dependency(pairwise, single, onehot) -> np.ndarray:
     -------
     ``(N, W, W)`` float64: ``[n, j, i]`` is :func:`dependency_map`'s ``[n, start + j, i]``.
     """
-    p = np.array(pairwise, dtype=np.float64)
-    s, hot = np.asarray(single, dtype=np.float64), np.asarray(onehot, dtype=np.float64)
+    p, s, hot = (_float64(v) for v in (pairwise, single, onehot))
+    p = p.copy()
     N, W, C = s.shape
     if p.shape != (N, W, C, W, C) or hot.shape != (N, W, C):
         raise ValueError(f"window_dependency needs pairwise (N, W, C, W, C), single and onehot (N, W, C); got "
