@@ -178,6 +178,10 @@ def test_target_and_reduce_select_outputs():
     assert_close(ism.pairwise(x, START, END, target=-1), flat[..., -1])
     counts = ism.pairwise(x, START, END, reduce=lambda outs, refs: outs[0].sum(-1))
     assert_close(counts, full[0].sum(-1))
+    ref = ism.predict(x)                                  # a tuple per output: epistasis of each
+    eps = ft.epistasis(full, diagonal(full), ref)
+    assert isinstance(eps, tuple) and len(eps) == 2
+    assert_close(eps[1], ft.epistasis(full[1], diagonal(full[1]), ref[1]))
 
 
 def test_naive_engine_gives_the_same_map():
