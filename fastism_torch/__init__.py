@@ -6,6 +6,9 @@ Public API::
     out = ism(seqs, replace_with=0)                      # (N, n_ranges, *output_shape)
     sat = ism.saturation_mutagenesis(seqs)               # (N, 4, L, *output_shape)
     ref = fastism_torch.NaiveISM(model, seq_len=1000)    # same call API, the oracle
+    pw = ism.pairwise(seqs, 100, 150)                    # (N, 50, 4, 50, 4, *output_shape) double mutants
+    eps = fastism_torch.epistasis(pw, single, reference) # y(ij) - y(i) - y(j) + y(ref)
+    dm = fastism_torch.dependency_map(model, seqs, start=100, end=150)   # tangermeme's, (N, L, 50)
 
     ism = fastism_torch.from_keras("model.h5")           # Keras 2/3 files, SavedModel, keras.Model
     ism = fastism_torch.from_onnx("model.onnx")
@@ -13,8 +16,10 @@ Public API::
     attr = fastism_torch.saturation_mutagenesis(model, X)  # tangermeme 1.6's call and results (see .compat)
 """
 from .compat import saturation_mutagenesis
+from .dependency import dependency_map
 from .fast import FastISM
 from .naive import NaiveISM
+from .pairwise import epistasis, pairwise
 
 __version__ = "0.1.0"
 
@@ -31,4 +36,5 @@ def from_onnx(*args, **kwargs):
     return _from_onnx(*args, **kwargs)
 
 
-__all__ = ["FastISM", "NaiveISM", "saturation_mutagenesis", "from_keras", "from_onnx", "__version__"]
+__all__ = ["FastISM", "NaiveISM", "dependency_map", "epistasis", "from_keras", "from_onnx", "pairwise",
+           "saturation_mutagenesis", "__version__"]

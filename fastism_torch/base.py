@@ -12,24 +12,16 @@ from __future__ import annotations
 import copy
 import logging
 from contextlib import ExitStack, nullcontext
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from .common import Edits, as_output_list
+from .common import Edits, Inputs, as_output_list  # noqa: F401  (Inputs: the engines' vocabulary)
 from .kernels import onednn_dense
 from .precision import cudnn_benchmark, float32_precision
 from .validate import as_tensor, check_change_ranges, check_layout, check_replace_with, check_seqs
-
-
-class Inputs(NamedTuple):
-    """One call's model inputs, validated and on the engine's device."""
-    seq: torch.Tensor             # (N, C, L) or (N, L, C), float32
-    args: list                    # every positional model input (seq at seq_input_idx); None allowed
-    was_numpy: bool               # return numpy arrays
-    out_device: torch.device      # where torch results go
 
 
 def _indexed(device: torch.device) -> torch.device:
@@ -154,6 +146,13 @@ class ISMBase:
             yield lo, hi, Inputs(args[self.seq_input_idx], args, inp.was_numpy, inp.out_device)
 
     # ------------------------------------------------------------- public API
+    @torch.no_grad()
+    def pairwise(self, seqs, start: int, end: int, **options):
+        """Double-mutant ISM of the window ``[start, end)``: ``(N, W, C, W, C, *out)``; see
+        :func:`fastism_torch.pairwise.pairwise` for ``options`` and the layout of the result."""
+        from .pairwise import pairwise
+        return pairwise(self, seqs, start, end, **options)
+
     @torch.no_grad()
     def predict(self, seqs):
         """Reference outputs ``(N, *out)`` per model output (a tuple for several outputs)."""

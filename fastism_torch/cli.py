@@ -3,6 +3,7 @@
 * ``ism``: sequences (FASTA, one-hot, or BED regions of a genome) in; ``PREFIX.h5`` and modisco-,
   chrombpnet- and browser-ready files out (:mod:`fastism_torch.runner`, :mod:`fastism_torch.pipeline`,
   :mod:`fastism_torch.formats`).
+* ``pairwise``: double-mutant maps, epistasis and dependency maps of a window (:mod:`fastism_torch.cli_pairwise`).
 * ``plot``: heatmap and logo of one sequence (:mod:`fastism_torch.plot`).
 * ``bigwig``: the projected scores as a bigWig track (:func:`fastism_torch.formats.write_bigwig`).
 
@@ -304,7 +305,12 @@ def _bigwig_parser(sub) -> None:
 
 
 #: one function per subcommand, each adding its parser (``add(subparsers)``) with ``set_defaults(func=...)``
-SUBCOMMANDS = [_ism_parser, _plot_parser, _bigwig_parser]
+def _pairwise_parser(sub) -> None:
+    from .cli_pairwise import add_parser          # fastism_torch/cli_pairwise.py (it imports from here)
+    add_parser(sub)
+
+
+SUBCOMMANDS = [_ism_parser, _pairwise_parser, _plot_parser, _bigwig_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -62,3 +62,11 @@ def as_output_list(out) -> list[torch.Tensor]:
         return [t for k in out for t in as_output_list(out[k])]
     raise TypeError(f"model output of type {type(out).__name__} is not supported; return tensors, "
                     "tuples/lists or dicts of tensors")
+
+
+class Inputs(NamedTuple):
+    """One call's model inputs, validated and on the engine's device."""
+    seq: torch.Tensor             # (N, C, L) or (N, L, C), float32
+    args: list                    # every positional model input (seq at seq_input_idx); None allowed
+    was_numpy: bool               # return numpy arrays
+    out_device: torch.device      # where torch results go

@@ -20,6 +20,9 @@ FT="$VENV/bin/fastism-torch"
 "$FT" ism -m examples/example_model.py:make_model -s examples/example.fa -o example_out/example -v
 "$FT" plot example_out/example.h5 --seq chr1:10000-10300 -o example_out/example.png
 "$FT" plot example_out/example.h5 --seq chr1:10000-10300 --start 160 --end 220 -o example_out/example_zoom.png
+# double mutants of a 40-bp window (epistasis, dependency map): example_out/example_pairwise.{h5,png}
+"$FT" pairwise -m examples/example_model.py:make_model -s examples/example.fa --start 170 --end 210 \
+    -o example_out/example_pairwise -v
 
 # peaks of a genome: 300-bp windows centred on the summits; modisco-, chrombpnet- and browser-ready outputs.
 # Expected: "warning: ... skipped 1 of 11 region(s) whose 300-bp window runs off the chromosome" (the last

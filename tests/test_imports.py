@@ -19,15 +19,16 @@ FLOORS = [
     ("ground: shared words, errors, enums, range arithmetic, input checks, global settings",
      ["errors", "common", "kinds", "ranges", "validate", "precision", "deferred_dynamo"]),
     ("kernels: the edit graph's custom ops (plain torch)", ["kernels", "kernels.*"]),
-    ("the engines' front end and the oracle (naive ISM)", ["base", "naive"]),
+    ("the engines' front end and the oracle (naive ISM); double mutants over any engine",
+     ["base", "naive", "pairwise"]),
     ("graph capture and the per-op rules", ["capture", "rules", "rules.*"]),
     ("analysis and the plan", ["analysis", "plan", "macs"]),
     ("the edit graph and its executor", ["rewrite", "execute"]),
     ("the fast engine", ["fast", "selfcheck"]),
-    ("the public API and the importers", ["", "compat", "engine_cache", "importers", "importers.*"]),
+    ("the public API and the importers", ["", "compat", "engine_cache", "dependency", "importers", "importers.*"]),
     ("files, scores and models around the API",
-     ["loading", "inputs", "outputs", "scores", "models", "plot", "distributed", "formats"]),
-    ("the pipeline and the command line", ["pipeline", "runner", "cli", "__main__"]),
+     ["loading", "inputs", "outputs", "scores", "models", "plot", "distributed", "formats", "plot_pairwise"]),
+    ("the pipeline and the command line", ["pipeline", "runner", "cli", "cli_pairwise", "__main__"]),
 ]
 
 
