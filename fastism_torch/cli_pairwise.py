@@ -142,7 +142,7 @@ def _setup(args):
     model.bind(seq_len)
     spec = pipeline.ScoreSpec(window=(args.start, args.end), reduction=args.reduction,
                               profile_axis=args.profile_axis)
-    window = spec.window_for(seq_len)
+    window = pipeline.check_window(spec.window, seq_len)
     names_all = pipeline.target_names(model, seqs.onehot, spec)
     targets = pipeline.parse_targets(args.target, names_all) or list(range(len(names_all)))
     settings = {k: getattr(args, k) for k in RESULT_OPTIONS}
