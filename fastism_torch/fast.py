@@ -221,7 +221,10 @@ class FastISM(ISMBase):
         return int(max(1, min(ex.tail_chunk(torch.get_num_threads()), fits)))
 
     def _shape(self, name):
-        return tuple(self._nodes[name].meta["tensor_meta"].shape)
+        tm = self._nodes[name].meta["tensor_meta"]
+        if not hasattr(tm, "shape"):               # (values, indices) of a max over another axis: one shape
+            tm = tm[0]
+        return tuple(tm.shape)
 
     def _run_edits(self, inp, ranges, edits, sinks, bar):
         ex = self._engine(ranges)
