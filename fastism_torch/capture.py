@@ -221,8 +221,36 @@ class _ShapeTracer(MetaTracer):
     # with only constant arguments become constants; with a traced argument they are traced anyway.
     _TORCH_METHODS_TO_PATCH: list = []
 
+    def __init__(self, leaves=frozenset()):
+        super().__init__()
+        self.leaves = frozenset(leaves)      # qualified names traced as one op (their code could not be)
+        self.failed_in = None                # the innermost module whose forward raised while tracing
+        self._leaf_meta = False              # a leaf's code running on meta tensors for its output's shape
+
     def proxy(self, node):
         return _ShapeProxy(node, self)
+
+    def is_leaf_module(self, m, qualname):
+        return qualname in self.leaves or super().is_leaf_module(m, qualname)
+
+    def create_proxy(self, kind, target, *args, **kwargs):
+        if kind != "call_module" or target not in self.leaves:
+            return super().create_proxy(kind, target, *args, **kwargs)
+        self._leaf_meta = True               # its submodules then run as plain code, not as more graph nodes
+        try:
+            return super().create_proxy(kind, target, *args, **kwargs)
+        finally:
+            self._leaf_meta = False
+
+    def call_module(self, m, forward, args, kwargs):
+        if self._leaf_meta:
+            return forward(*args, **kwargs)
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:
+                self.failed_in = self.path_of_module(m)
+            raise
 
 
 def _shape_aware_trace(model: nn.Module, example_args: list, concrete: dict) -> fx.GraphModule:
@@ -232,11 +260,7 @@ def _shape_aware_trace(model: nn.Module, example_args: list, concrete: dict) -> 
     names = [p for p in inspect.signature(model.forward).parameters]
     meta_args = {names[i]: torch.empty((BATCH_MARK, *a.shape[1:]), dtype=a.dtype, device="meta")
                  for i, a in enumerate(example_args) if isinstance(a, torch.Tensor)}
-    meta_model = copy.deepcopy(model).to("meta")
-    tracer = _ShapeTracer()
-    with warnings.catch_warnings(), _einops_on_proxies(), dynamo_import_deferred():
-        warnings.simplefilter("ignore")
-        graph = tracer.trace(meta_model, meta_args, concrete_args=concrete or None)
+    graph, meta_model = _trace_with_leaves(model, meta_args, concrete)
     for node in graph.nodes:
         if node.op == "get_attr" and not _has_attr(model, node.target):     # a constant made while tracing
             value = _get_attr(meta_model, node.target)
@@ -244,6 +268,26 @@ def _shape_aware_trace(model: nn.Module, example_args: list, concrete: dict) -> 
                 raise ValueError(f"{node.target}: a constant computed from the model's weights while tracing")
             setattr(model, node.target, value)                  # (fx names them _tensor_constant<k>)
     return fx.GraphModule(model, graph, type(model).__name__)
+
+
+def _trace_with_leaves(model: nn.Module, meta_args: dict, concrete: dict, tries: int = 8):
+    """``(graph, meta copy of the model it was traced on)``.  Where a submodule's code cannot be traced
+    (``torch.vmap`` in borzoi-pytorch's attention), that submodule is traced as one op (a stop point, named by
+    the analysis) and the rest of the model as usual; each try on a fresh copy (a failed trace may have left
+    values cached on its modules)."""
+    leaves: set = set()
+    for _ in range(tries):
+        meta_model = copy.deepcopy(model).to("meta")
+        tracer = _ShapeTracer(leaves)
+        try:
+            with warnings.catch_warnings(), _einops_on_proxies(), dynamo_import_deferred():
+                warnings.simplefilter("ignore")
+                return tracer.trace(meta_model, meta_args, concrete_args=concrete or None), meta_model
+        except Exception:
+            if tracer.failed_in in (None, "", *leaves):
+                raise
+            leaves.add(tracer.failed_in)
+    raise ValueError(f"could not trace the model with submodules {sorted(leaves)} as single ops")
 
 
 def _get_attr(root, target: str):
