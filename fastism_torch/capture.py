@@ -39,9 +39,14 @@ from .deferred_dynamo import dynamo_import_deferred
 BATCH_MARK = 97          # batch size of the meta trace: a size that marks the batch axis
 
 
-def capture(model: nn.Module, example_args: list) -> fx.GraphModule:
+def capture(model: nn.Module, example_args: list, check: bool = True) -> fx.GraphModule:
     """Trace ``model`` for inputs like ``example_args`` (``None`` and omitted defaulted arguments become
-    concrete), make it functional, and record every node's shape for ``example_args``."""
+    concrete), make it functional, and record every node's shape for ``example_args``.
+
+    With ``check`` the traced graph runs on ``example_args`` next to the model and, if their outputs differ,
+    the model becomes one op (:func:`as_one_op`).  Without it nothing runs on real data: shapes come from the
+    graph run on the ``meta`` device (no cost at any length), and the caller compares the trace with the model
+    where it runs the graph anyway (:func:`same_outputs`; FastISM does it on its first reference pass)."""
     concrete = _concrete_args(model, example_args)
     if isinstance(model, fx.GraphModule) and not concrete:
         gm = model
@@ -50,15 +55,36 @@ def capture(model: nn.Module, example_args: list) -> fx.GraphModule:
     _drop_unused_var_args(gm)
     functionalize(gm)
     drop_identities(gm)
+    if not check:
+        if not _propagate_on_meta(gm, example_args):
+            _propagate(gm, example_args)
+        return gm
     out = _propagate(gm, example_args)
     if gm is not model:
         with torch.no_grad():
             want = model(*example_args)
         diff = _difference(out, want)
         if diff is not None:          # the trace is not the model (e.g. aliasing fx cannot see): never use it
-            gm = _as_one_op(model, example_args, f"the traced graph's outputs differ from the model's: {diff}")
-            _propagate(gm, example_args)
+            gm = as_one_op(model, example_args, diff)
     return gm
+
+
+def as_one_op(model: nn.Module, example_args: list, diff: str) -> fx.GraphModule:
+    """``model`` as one op, with shapes for ``example_args``, because its trace's outputs differ by ``diff``."""
+    gm = _as_one_op(model, example_args, f"the traced graph's outputs differ from the model's: {diff}")
+    if not _propagate_on_meta(gm, example_args):
+        _propagate(gm, example_args)
+    return gm
+
+
+def is_one_op(gm: fx.GraphModule) -> bool:
+    """Whether ``gm`` is a whole model called as one op (nothing to check against the model)."""
+    return any(n.op == "call_module" and isinstance(gm.get_submodule(n.target), WholeModel) for n in gm.graph.nodes)
+
+
+def same_outputs(traced, model_out, rtol: float = 1e-5) -> str | None:
+    """Why the traced graph's outputs ``traced`` differ from the model's ``model_out`` (None: they agree)."""
+    return _difference(traced, model_out, rtol)
 
 
 def _propagate(gm: fx.GraphModule, example_args: list):
@@ -68,6 +94,42 @@ def _propagate(gm: fx.GraphModule, example_args: list):
         raise ValueError(f"the traced model takes {len(placeholders)} input(s) but {len(given)} were given")
     with torch.no_grad():
         return ShapeProp(gm).propagate(*given)
+
+
+def _meta_copy(gm: fx.GraphModule) -> fx.GraphModule:
+    """A copy of ``gm`` whose parameters, buffers and tensor attributes are on the ``meta`` device (no data is
+    copied: each tensor is replaced by an empty meta twin before the deep copy sees it)."""
+    memo = {}
+    for mod in gm.modules():
+        for name, t in list(mod._parameters.items()) + list(mod._buffers.items()) + list(vars(mod).items()):
+            if isinstance(t, torch.Tensor) and id(t) not in memo:
+                twin = torch.empty_like(t, device="meta")
+                memo[id(t)] = nn.Parameter(twin, t.requires_grad) if isinstance(t, nn.Parameter) else twin
+    return copy.deepcopy(gm, memo)
+
+
+def _propagate_on_meta(gm: fx.GraphModule, example_args: list) -> bool:
+    """Record every node's shape (``tensor_meta``) by running a meta copy of ``gm``; False if some op cannot run
+    on the meta device (the caller then propagates real data)."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    given = [a for a in example_args if a is not None] if len(placeholders) < len(example_args) else example_args
+    if len(placeholders) < len(given):
+        raise ValueError(f"the traced model takes {len(placeholders)} input(s) but {len(given)} were given")
+    meta_args = [torch.empty_like(a, device="meta") if isinstance(a, torch.Tensor) else a for a in given]
+    try:
+        twin = _meta_copy(gm)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ShapeProp(twin).propagate(*meta_args)
+    except Exception:                                             # noqa: BLE001 - data-dependent ops: real data
+        return False
+    metas = {n.name: n.meta.get("tensor_meta") for n in twin.graph.nodes}
+    if set(metas) != {n.name for n in gm.graph.nodes}:
+        return False
+    for n in gm.graph.nodes:
+        if metas[n.name] is not None:
+            n.meta["tensor_meta"] = metas[n.name]
+    return True
 
 
 def _difference(got, want, rtol: float = 1e-5) -> str | None:

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import inspect
+from contextlib import nullcontext
 
 import numpy as np
 import torch
 from torch import nn
 
 from .base import Inputs, ISMBase, is_out_of_memory, log
+from .execute import as_output_list
+from .kernels import onednn_dense
 from .kinds import State
 from .selfcheck import check_against_naive, random_onehot
 
@@ -103,6 +106,9 @@ class FastISM(ISMBase):
         self._engines: dict = {}
         self._pattern = None
         self.gm = None
+        self._example = None              # the inputs the graph was captured for (two sequences)
+        self._trace_checked = False       # the trace compared with the model (on the first reference pass)
+        self._pending = None              # (sequences, ranges, Reference) of the last reference pass
         params = inspect.signature(self.model.forward).parameters.values()
         n_required = sum(p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
                          for p in params)
@@ -119,17 +125,24 @@ class FastISM(ISMBase):
 
     # --------------------------------------------------------------- building
     def _build(self, inp: Inputs) -> None:
+        """Capture and analyse: no pass over real data (shapes come from the meta device); the trace is checked
+        against the model on the first reference pass (:meth:`_reference`)."""
+        from .capture import capture, is_one_op
+        self._example = [a[:2] if isinstance(a, torch.Tensor) else a for a in inp.args]
+        self._analyse(capture(self.model, self._example, check=False))
+        self._trace_checked = is_one_op(self.gm)
+        if self._test_correctness:
+            self.check_correctness(inp)
+
+    def _analyse(self, gm) -> None:
         from .analysis import analyse
-        from .capture import capture
-        example = [a[:2] if isinstance(a, torch.Tensor) else a for a in inp.args]
-        self.gm = capture(self.model, example)
+        self.gm = gm
+        self._engines.clear()
         placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
         self.seq_node = placeholders[self.seq_input_idx]
         self._nodes = {n.name: n for n in self.gm.graph.nodes}
         self.infos = analyse(self.gm, self.seq_node, self.length_axis, self.seq_len, self.early_stop_layers,
                              self.strict)
-        if self._test_correctness:
-            self.check_correctness(inp)
 
     def plan_for(self, ranges):
         """The plan for mutation windows ``ranges`` (a tuple of ``(start, end)``); built once per ranges."""
@@ -226,10 +239,50 @@ class FastISM(ISMBase):
             tm = tm[0]
         return tuple(tm.shape)
 
+    # --------------------------------------------------------------- reference pass
+    def _reference(self, inp: Inputs, ranges=None) -> list[torch.Tensor]:
+        """The reference outputs.  With ``ranges`` (a scan), from the engine's reference pass, whose caches the
+        following :meth:`_run_edits` of the same chunk reuses: one forward pass per sequence, not two.  The
+        first one is compared with the model on one sequence; a trace that differs is replaced by the model as
+        one op (exact, naive speed, with a warning)."""
+        if ranges is None:
+            return super()._reference(inp)
+        ex = self._engine(ranges)
+        self._pending = None
+        dense = onednn_dense() if self.device.type == "cpu" else nullcontext()
+        with self._precision(), dense:
+            ref = ex.reference(inp.args)
+        outs = [o.float() for o in as_output_list(ref.outputs)]
+        if not self._trace_checked and not self._check_trace(inp, outs):
+            return self._reference(inp, ranges)                        # rebuilt as one op
+        self._pending = (inp.seq, ranges, ref)
+        return outs
+
+    def _check_trace(self, inp: Inputs, outs: list) -> bool:
+        """Compare the traced graph's outputs ``outs`` with the model's on the first sequence of ``inp``; on a
+        difference, rebuild as one op and return False."""
+        from .capture import as_one_op, same_outputs
+        self._trace_checked = True
+        first = [a[:1] if isinstance(a, torch.Tensor) else a for a in inp.args]
+        diff = same_outputs([o[:1] for o in outs], self._forward(first))
+        if diff is None:
+            return True
+        self._analyse(as_one_op(self.model, self._example, diff))
+        return False
+
+    def _take_reference(self, inp: Inputs, ranges, ex):
+        """The reference pass of ``inp`` for ``ranges``: the one :meth:`_reference` just ran, or a new one."""
+        pending, self._pending = self._pending, None
+        if pending is not None and pending[0] is inp.seq and pending[1] == ranges:
+            return pending[2]
+        dense = onednn_dense() if self.device.type == "cpu" else nullcontext()
+        with self._precision(), dense:
+            return ex.reference(inp.args)
+
     def _run_edits(self, inp, ranges, edits, sinks, bar):
         ex = self._engine(ranges)
+        ref = self._take_reference(inp, ranges, ex)
         with self._precision():
-            ref = ex.reference(inp.args)
             batch, chunk = self._auto_batch(ex), self._tail_chunk(ex)
             done = np.zeros(len(edits.seq), dtype=bool)
             graphs = _compiled_graphs() if self.compile else 0      # (imports torch._dynamo)
