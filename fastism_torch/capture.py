@@ -32,9 +32,10 @@ import torch
 from torch import fx, nn
 from torch.fx.experimental import meta_tracer
 from torch.fx.experimental.meta_tracer import MetaProxy, MetaTracer
-from torch.fx.passes.shape_prop import ShapeProp
 
 from .deferred_dynamo import dynamo_import_deferred
+from .functional import drop_identities, functionalize
+from .shapes import propagate, propagate_on_meta
 
 BATCH_MARK = 97          # batch size of the meta trace: a size that marks the batch axis
 
@@ -56,10 +57,10 @@ def capture(model: nn.Module, example_args: list, check: bool = True) -> fx.Grap
     functionalize(gm)
     drop_identities(gm)
     if not check:
-        if not _propagate_on_meta(gm, example_args):
-            _propagate(gm, example_args)
+        if not propagate_on_meta(gm, example_args):
+            propagate(gm, example_args)
         return gm
-    out = _propagate(gm, example_args)
+    out = propagate(gm, example_args)
     if gm is not model:
         with torch.no_grad():
             want = model(*example_args)
@@ -72,8 +73,8 @@ def capture(model: nn.Module, example_args: list, check: bool = True) -> fx.Grap
 def as_one_op(model: nn.Module, example_args: list, diff: str) -> fx.GraphModule:
     """``model`` as one op, with shapes for ``example_args``, because its trace's outputs differ by ``diff``."""
     gm = _as_one_op(model, example_args, f"the traced graph's outputs differ from the model's: {diff}")
-    if not _propagate_on_meta(gm, example_args):
-        _propagate(gm, example_args)
+    if not propagate_on_meta(gm, example_args):
+        propagate(gm, example_args)
     return gm
 
 
@@ -85,51 +86,6 @@ def is_one_op(gm: fx.GraphModule) -> bool:
 def same_outputs(traced, model_out, rtol: float = 1e-5) -> str | None:
     """Why the traced graph's outputs ``traced`` differ from the model's ``model_out`` (None: they agree)."""
     return _difference(traced, model_out, rtol)
-
-
-def _propagate(gm: fx.GraphModule, example_args: list):
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    given = [a for a in example_args if a is not None] if len(placeholders) < len(example_args) else example_args
-    if len(placeholders) < len(given):
-        raise ValueError(f"the traced model takes {len(placeholders)} input(s) but {len(given)} were given")
-    with torch.no_grad():
-        return ShapeProp(gm).propagate(*given)
-
-
-def _meta_copy(gm: fx.GraphModule) -> fx.GraphModule:
-    """A copy of ``gm`` whose parameters, buffers and tensor attributes are on the ``meta`` device (no data is
-    copied: each tensor is replaced by an empty meta twin before the deep copy sees it)."""
-    memo = {}
-    for mod in gm.modules():
-        for name, t in list(mod._parameters.items()) + list(mod._buffers.items()) + list(vars(mod).items()):
-            if isinstance(t, torch.Tensor) and id(t) not in memo:
-                twin = torch.empty_like(t, device="meta")
-                memo[id(t)] = nn.Parameter(twin, t.requires_grad) if isinstance(t, nn.Parameter) else twin
-    return copy.deepcopy(gm, memo)
-
-
-def _propagate_on_meta(gm: fx.GraphModule, example_args: list) -> bool:
-    """Record every node's shape (``tensor_meta``) by running a meta copy of ``gm``; False if some op cannot run
-    on the meta device (the caller then propagates real data)."""
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    given = [a for a in example_args if a is not None] if len(placeholders) < len(example_args) else example_args
-    if len(placeholders) < len(given):
-        raise ValueError(f"the traced model takes {len(placeholders)} input(s) but {len(given)} were given")
-    meta_args = [torch.empty_like(a, device="meta") if isinstance(a, torch.Tensor) else a for a in given]
-    try:
-        twin = _meta_copy(gm)
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ShapeProp(twin).propagate(*meta_args)
-    except Exception:                                             # noqa: BLE001 - data-dependent ops: real data
-        return False
-    metas = {n.name: n.meta.get("tensor_meta") for n in twin.graph.nodes}
-    if set(metas) != {n.name for n in gm.graph.nodes}:
-        return False
-    for n in gm.graph.nodes:
-        if metas[n.name] is not None:
-            n.meta["tensor_meta"] = metas[n.name]
-    return True
 
 
 def _difference(got, want, rtol: float = 1e-5) -> str | None:
@@ -408,96 +364,3 @@ def _fx_backend_class(torch_backend):
         def shape(self, x):
             return tuple(x.shape)
     return FxProxyBackend
-
-
-# ------------------------------------------------------------------------------------------ functionalisation
-_INPLACE_OPERATORS = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
-                      operator.itruediv: operator.truediv, operator.ifloordiv: operator.floordiv,
-                      operator.ipow: operator.pow, operator.iand: operator.and_, operator.ior: operator.or_}
-
-
-def _out_of_place(node: fx.Node, gm: fx.GraphModule, made: dict) -> bool:
-    """Rewrite ``node`` to its out-of-place form if it mutates its first input; True if it did.  An in-place
-    module is replaced, in the graph only, by an out-of-place copy (``made``: module -> its copy's name); the
-    model itself keeps its modules (its eager forward gives the reference predictions)."""
-    if node.op == "call_module":
-        mod = gm.get_submodule(node.target)
-        if getattr(mod, "inplace", False) is not True:
-            return False
-        if mod not in made:
-            twin = copy.copy(mod)
-            twin.inplace = False
-            made[mod] = f"_fastism_functional_{len(made)}"
-            gm.add_submodule(made[mod], twin)
-        node.target = made[mod]
-        return True
-    if node.op == "call_function":
-        if node.target in _INPLACE_OPERATORS:
-            if not isinstance(node.args[0], fx.Node):
-                return False
-            node.target = _INPLACE_OPERATORS[node.target]
-            return True
-        if node.kwargs.get("inplace") is True:
-            node.kwargs = {**node.kwargs, "inplace": False}
-            return True
-        name = getattr(node.target, "__name__", "")
-        if name.endswith("_") and not name.endswith("__"):
-            for mod in (torch, torch.nn.functional):
-                if getattr(mod, name, None) is node.target and hasattr(mod, name[:-1]):
-                    node.target = getattr(mod, name[:-1])
-                    return True
-        if getattr(node.target, "__module__", "") == "torch.nn.functional" and len(node.args) > 1 \
-                and "inplace" in _params(node.target) and node.args[_params(node.target).index("inplace")] is True:
-            args = list(node.args)
-            args[_params(node.target).index("inplace")] = False
-            node.args = tuple(args)
-            return True
-        return False
-    if node.op == "call_method":
-        t = node.target
-        if t.endswith("_") and not t.startswith("_") and hasattr(torch.Tensor, t[:-1]):
-            node.target = t[:-1]
-            return True
-    return False
-
-
-def _params(fn) -> list:
-    try:
-        return list(inspect.signature(fn).parameters)
-    except (TypeError, ValueError):
-        return []
-
-
-IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
-
-
-def drop_identities(gm: fx.GraphModule) -> None:
-    """Remove identity modules (``nn.Identity``; dropout in eval mode): their readers read the input itself,
-    so two branches that read one tensor through different identities share one gathered window."""
-    identities = [n for n in gm.graph.nodes if n.op == "call_module" and len(n.args) == 1 and not n.kwargs
-                  and isinstance(n.args[0], fx.Node) and isinstance(gm.get_submodule(n.target), IDENTITY_MODULES)
-                  and not gm.get_submodule(n.target).training]
-    for node in identities:
-        node.replace_all_uses_with(node.args[0])
-        gm.graph.erase_node(node)
-    if identities:
-        gm.recompile()
-
-
-def functionalize(gm: fx.GraphModule) -> None:
-    """In-place ops become out-of-place; later readers of the mutated tensor read the op's result."""
-    order = {n: i for i, n in enumerate(gm.graph.nodes)}
-    changed, made = False, {}
-    for node in list(gm.graph.nodes):
-        if node.op not in ("call_module", "call_function", "call_method") or not node.args:
-            continue
-        target = node.args[0]
-        if not isinstance(target, fx.Node) or not _out_of_place(node, gm, made):
-            continue
-        changed = True
-        for user in list(target.users):
-            if user is not node and order[user] > order[node]:
-                user.replace_input_with(target, node)
-    if changed:
-        gm.graph.lint()
-        gm.recompile()

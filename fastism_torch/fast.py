@@ -13,6 +13,7 @@ from .execute import as_output_list
 from .kernels import onednn_dense
 from .kinds import State
 from .selfcheck import check_against_naive, random_onehot
+from .sizing import batch_for, per_edit_bytes
 
 
 def _compiled_graphs() -> int:
@@ -213,17 +214,21 @@ class FastISM(ISMBase):
 
     def _auto_batch(self, ex) -> int:
         """Edits per batch: :attr:`memory_budget` of activations on the CPU (where the executor runs a wide
-        tail in chunks, the budget of the segments before it), 40% of the free memory on a GPU."""
+        tail in chunks, the budget of the segments before it), 40% of the free memory on a GPU; fewer than 16
+        only where 16 do not fit in half the free memory (long inputs: :func:`.sizing.batch_for`).  Raises
+        ``ValueError`` when one edit does not fit."""
         if self.batch_size:
             return self.batch_size
         budget = self.memory_budget
         if self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
             budget = int(free * 0.4)
+        live = per_edit_bytes(ex.plan, self.gm, self.infos)
         if ex.tail is None:
-            return int(np.clip(budget // self._per_edit_bytes(ex.plan), 16, MAX_BATCH))
+            return batch_for(self._per_edit_bytes(ex.plan), live, budget, self.device, 16, MAX_BATCH)
         head = set(ex.plan.nodes) - ex.tail_nodes
-        return int(np.clip(budget // self._per_edit_bytes(ex.plan, head, full=False), 16, MAX_BATCH_WITH_TAIL))
+        return batch_for(self._per_edit_bytes(ex.plan, head, full=False), live, budget, self.device, 16,
+                         MAX_BATCH_WITH_TAIL)
 
     def _tail_chunk(self, ex) -> int:
         """Edits per chunk of the executor's tail (:meth:`Executor.tail_chunk`), at most what
@@ -302,7 +307,7 @@ class FastISM(ISMBase):
                     if self.batch_size or batch == 1:
                         raise ValueError(
                             f"batch_size={batch} does not fit in {self.device} memory; batch_size={fits} or "
-                            f"less should (about {self._per_edit_bytes(ex.plan) / 2**20:.1f} MiB per edit)") from e
+                            f"less should (about {per_edit_bytes(ex.plan, self.gm, self.infos) / 2**20:.1f} MiB per edit)") from e
                     log.info("out of %s memory at batch size %d: going on at %d", self.device, batch, fits)
                     batch = fits
                 else:
