@@ -35,7 +35,7 @@ from torch.fx.experimental.meta_tracer import MetaProxy, MetaTracer
 
 from .deferred_dynamo import dynamo_import_deferred
 from .functional import drop_identities, functionalize
-from .shapes import propagate, propagate_on_meta
+from .shapes import meta_copy, propagate, propagate_on_meta
 
 BATCH_MARK = 97          # batch size of the meta trace: a size that marks the batch axis
 
@@ -295,7 +295,7 @@ def _trace_with_leaves(model: nn.Module, meta_args: dict, concrete: dict, tries:
     values cached on its modules)."""
     leaves: set = set()
     for _ in range(tries):
-        meta_model = copy.deepcopy(model).to("meta")
+        meta_model = meta_copy(model)
         tracer = _ShapeTracer(leaves)
         try:
             with warnings.catch_warnings(), _einops_on_proxies(), dynamo_import_deferred():
