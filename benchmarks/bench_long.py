@@ -6,15 +6,16 @@ child process of its own, one after the other (same run, same machine), so each 
 ``VmHWM``) is its own; the parent compares the outputs and prints a markdown table (``--out`` appends it to
 RESULTS.md).  Reported per method:
 
-- ``forward``: one forward pass of the model on the sequence (the unit for set-up times);
 - FastISM: building the engine (``FastISM(...)``: capture on the meta device and analysis), the first call
-  (plan, edit graph, the reference pass, the edits), a second call (steady state: the reference pass and the
-  edits), and peak RSS over the whole child;
-- NaiveISM: one call (a forward pass per edit, ``--batch-size`` edits at a time), peak RSS.
+  (plan, edit graph, the reference pass, one forward pass comparing the trace with the model, the edits), a
+  second call (steady state: the reference pass and the edits), and peak RSS over the whole child;
+- NaiveISM: one call (a forward pass per edit, ``--batch-size`` edits at a time), peak RSS;
+- optionally (``--methods forward,...``) one forward pass timed on its own; otherwise a forward pass is taken
+  as the naive call's time per edit.
 
-    python -m benchmarks.bench_long --length 49152 --dim 768 --depth 4 --windows 4        # mid-size
-    python -m benchmarks.bench_long --length 196608 --dim 1536 --depth 11 --windows 4 \\
-        --tracks 5313 --batch-size 1                                                        # Enformer's size
+    python -m benchmarks.bench_long --length 49152 --dim 768 --depth 4 --windows 4   # mid-size
+    python -m benchmarks.bench_long --length 196608 --dim 1536 --depth 11 --tracks 5313 \
+        --windows 8 --batch-size 1 --out benchmarks/RESULTS.md                        # Enformer's size
 
 Memory: at Enformer's size one naive forward pass peaked near 9-19 GB on a 24 GB machine; ``--max-gib`` stops a
 child whose RSS passes it (checked every second) and the table says so.
@@ -136,7 +137,7 @@ def child(args) -> dict:
             res["peak_build_gib"] = peak_rss_gib()
             out, res["first_s"] = common.timed(lambda: ism(x), torch.device("cpu"))
             res["peak_first_gib"] = peak_rss_gib()
-            if args.steady:
+            if not args.no_steady:
                 out, res["steady_s"] = common.timed(lambda: ism(x), torch.device("cpu"))
             plan = ism.plan
             res["stops"] = [f"{n}: {r}" for n, r in plan.stops][:3]
@@ -146,10 +147,11 @@ def child(args) -> dict:
     return res
 
 
-def run_child(method: str, args, save: str) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.bench_long", "--child", method, "--save", save,
-           *[a for a in sys.argv[1:] if a != "--out"]]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+def run_child(method: str, argv: list, save: str) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.bench_long", "--child", method, "--save", save, *argv]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(common.HERE),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=os.path.dirname(common.HERE))
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if not lines:
         err = [ln for ln in proc.stderr.strip().splitlines() if "Error" in ln] or proc.stderr.splitlines()
@@ -170,10 +172,9 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--max-gib", type=float, default=14.0, help="stop a child whose RSS passes this")
-    p.add_argument("--methods", default="forward,fast,naive")
-    p.add_argument("--steady", action="store_true", help="time a second FastISM call too")
-    p.add_argument("--out", nargs="?", const=common.DEFAULT_RESULTS, default="",
-                   help="append the table to this markdown file (default RESULTS.md when given bare)")
+    p.add_argument("--methods", default="fast,naive", help="of forward,fast,naive (forward: one pass timed)")
+    p.add_argument("--no-steady", action="store_true", help="skip FastISM's second (steady-state) call")
+    p.add_argument("--out", default="", help="markdown file to append the section to (e.g. benchmarks/RESULTS.md)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--save", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -184,44 +185,60 @@ def main(argv=None):
     if args.child:
         print(json.dumps(child(args)), flush=True)
         return
+    argv = list(sys.argv[1:] if argv is None else argv)
+    child_argv = [a for i, a in enumerate(argv) if a != "--out" and (i == 0 or argv[i - 1] != "--out")]
     res, outs = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods.split(","):
             save = os.path.join(tmp, method + ".pt")
-            res[method] = run_child(method, args, save)
+            res[method] = run_child(method, child_argv, save)
             print(json.dumps(res[method]), flush=True)
             if os.path.exists(save):
                 outs[method] = torch.load(save)
     diff = common.max_rel_diff(outs["fast"], outs["naive"]) if {"fast", "naive"} <= set(outs) else None
-    text = report(args, res, diff)
+    text = report(args, res, diff, argv)
     print(text)
     if args.out:
         with open(args.out, "a") as fh:
             fh.write("\n" + text + "\n")
+    return res, diff
 
 
-def report(args, res: dict, diff) -> str:
-    fwd = res.get("forward", {}).get("forward_s")
+def report(args, res: dict, diff, argv=None) -> str:
+    """A markdown section: the run's settings, the speed-ups and set-up in forward passes, a table per method."""
     f, n = res.get("fast", {}), res.get("naive", {})
+    fwd = res.get("forward", {}).get("forward_s") or (n["call_s"] / args.windows if n.get("call_s") else None)
+    setup = f["build_s"] + f["first_s"] - f["steady_s"] if f.get("steady_s") else None
     per = lambda d, k: d.get(k) if k in d else d.get("error") or d.get("killed")   # noqa: E731
-    rows = [["forward pass (1 seq)", fwd, "", "", res.get("forward", {}).get("peak_gib"), ""],
-            ["NaiveISM", per(n, "call_s"), "", "", n.get("peak_gib"), ""],
+    rows = [["NaiveISM", per(n, "call_s"), "", "", n.get("peak_gib"), ""],
             ["FastISM", per(f, "first_s"), f.get("steady_s"), f.get("build_s"), f.get("peak_gib"),
-             f"build peak {common.fmt(f.get('peak_build_gib'))} GiB; first stop: "
-             f"{(f.get('stops') or ['none'])[0]}"]]
-    head = (f"### Long context: enformer-pytorch L={args.length}, dim {args.dim}, depth {args.depth}, "
-            f"{args.tracks} tracks, {args.windows} x {args.width}-bp windows at the centre, 1 sequence, "
-            f"batch size {args.batch_size}\n\n"
-            f"- machine: {common.machine(torch.device('cpu'))}\n- date: {common.datetime.datetime.now():%Y-%m-%d %H:%M}\n"
-            f"- command: `python -m benchmarks.bench_long {' '.join(sys.argv[1:])}`\n")
-    speed = ""
-    if n.get("call_s") and f.get("first_s"):
-        speed = (f"- FastISM x naive: {n['call_s'] / f['first_s']:.2f} first call (set-up excluded)"
-                 + (f", {n['call_s'] / f['steady_s']:.2f} steady" if f.get("steady_s") else "")
-                 + (f"; set-up = {f['build_s'] / fwd:.2f} forward passes" if fwd else "")
-                 + f"; max relative difference fast vs naive {common.fmt(diff)}\n")
+             f"build peak {common.fmt(f.get('peak_build_gib'))} GiB; first stops: "
+             f"{'; '.join(f.get('stops') or ['none'])}"]]
+    if "forward" in res:
+        rows.insert(0, ["forward pass (1 seq)", per(res["forward"], "forward_s"), "", "",
+                        res["forward"].get("peak_gib"), ""])
+    lines = [f"### Long context: enformer-pytorch L={args.length}, dim {args.dim}, depth {args.depth}, "
+             f"{args.tracks} tracks, {args.windows} x {args.width}-bp windows at the centre (one edit each), "
+             f"1 sequence, batch size {args.batch_size}", "",
+             f"- machine: {common.machine(torch.device('cpu'))}",
+             f"- date: {common.datetime.datetime.now():%Y-%m-%d %H:%M}, commit {_commit()}",
+             f"- command: `python -m benchmarks.bench_long {' '.join(sys.argv[1:] if argv is None else argv)}`"]
+    if n.get("call_s") and f.get("steady_s"):
+        lines.append(f"- FastISM x naive: {n['call_s'] / f['steady_s']:.2f} steady (a call: reference pass + "
+                     f"edits), {n['call_s'] / (f['build_s'] + f['first_s']):.2f} including set-up; set-up "
+                     f"(build + first call - steady call) {setup:.1f} s = {setup / fwd:.2f} forward passes "
+                     f"(forward pass {fwd:.1f} s{'' if 'forward' in res else ': naive call / edits'}); "
+                     f"max relative difference fast vs naive {common.fmt(diff)}")
     table = common.markdown_table(["", "call s", "steady call s", "build s", "peak RSS GiB", "note"], rows)
-    return head + speed + "\n" + table
+    return "\n".join(lines) + "\n\n" + table
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=os.path.dirname(common.HERE)).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
 
 
 if __name__ == "__main__":
