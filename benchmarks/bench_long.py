@@ -1,4 +1,5 @@
-"""Windowed ISM on a long-context model: enformer-pytorch (random weights) at a long input, FastISM vs NaiveISM.
+"""Windowed ISM on a long-context model at a long input (enformer-pytorch, or borzoi-pytorch with ``--model
+borzoi``; random weights), FastISM vs NaiveISM.
 
 A few ``--width``-bp windows at the centre of one sequence are replaced (zeros, one edit per window, as a
 windowed scan of a long input does); FastISM is built with ``test_correctness=False``.  Each method runs in a
@@ -39,9 +40,8 @@ os.environ.setdefault("USE_TF", "0")          # transformers (imported by enform
 
 
 # ------------------------------------------------------------------ the model
-def enformer(args) -> torch.nn.Module:
-    """enformer-pytorch's ``Enformer`` at ``args``' size, Kaiming weights and non-trivial BatchNorm statistics
-    (no calibration pass: at full length it would cost many forward passes)."""
+def _enformer(args) -> torch.nn.Module:
+    """enformer-pytorch's ``Enformer`` at ``args``' size (896 of 1536 bins kept at 196,608 bp)."""
     from enformer_pytorch import Enformer, EnformerConfig
     torch.manual_seed(0)
     bins = args.length // 128
@@ -49,7 +49,12 @@ def enformer(args) -> torch.nn.Module:
     cfg = EnformerConfig(dim=args.dim, depth=args.depth, heads=args.heads, num_downsamples=7,
                          dim_divisible_by=args.dim // 12, target_length=bins - 2 * crop,
                          output_heads=dict(human=args.tracks))
-    model = Enformer(cfg)
+    return Enformer(cfg)
+
+
+def _init(model: torch.nn.Module) -> torch.nn.Module:
+    """Kaiming weights and non-trivial BatchNorm statistics (no calibration pass: at full length it would cost
+    many forward passes); evaluation mode."""
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for m in model.modules():
@@ -65,6 +70,19 @@ def enformer(args) -> torch.nn.Module:
     return model.eval()
 
 
+def borzoi(args) -> torch.nn.Module:
+    """borzoi-pytorch's ``Borzoi`` (its conv tower is fixed at full size; ``args`` set the transformer), the
+    centre 3/8 of its 32-bp bins returned (6144 of 16384 at 524,288 bp), weights as :func:`enformer`'s."""
+    from borzoi_pytorch import Borzoi
+    from borzoi_pytorch.config_borzoi import BorzoiConfig
+    torch.manual_seed(0)
+    cfg = BorzoiConfig(dim=args.dim, depth=args.depth, heads=args.heads, bins_to_return=args.length // 32 * 3 // 8)
+    return _init(Borzoi(cfg))
+
+
+MODELS = {"enformer": (lambda args: _init(_enformer(args)), "NLC"), "borzoi": (borzoi, "NCL")}
+
+
 def windows(args) -> list[tuple[int, int]]:
     """``args.windows`` adjacent ``args.width``-bp windows centred on the sequence's middle."""
     start = args.length // 2 - args.windows * args.width // 2
@@ -72,8 +90,10 @@ def windows(args) -> list[tuple[int, int]]:
 
 
 def sequence(args) -> torch.Tensor:
+    """One random one-hot sequence in the model's layout."""
     g = torch.Generator().manual_seed(1)
-    return torch.nn.functional.one_hot(torch.randint(0, 4, (1, args.length), generator=g), 4).float()
+    x = torch.nn.functional.one_hot(torch.randint(0, 4, (1, args.length), generator=g), 4).float()
+    return x if MODELS[args.model][1] == "NLC" else x.transpose(1, 2).contiguous()
 
 
 # ------------------------------------------------------------------ memory
@@ -117,7 +137,7 @@ def _watch(limit_gib: float) -> None:
 def child(args) -> dict:
     torch.set_num_threads(args.threads)
     _watch(args.max_gib)
-    model = enformer(args)
+    model, layout = MODELS[args.model][0](args), MODELS[args.model][1]
     x = sequence(args)
     res = {"method": args.child, "rss_model_gib": rss_gib()}
     reset_peak_rss()
@@ -126,13 +146,13 @@ def child(args) -> dict:
             _, res["forward_s"] = common.timed(lambda: model(x), torch.device("cpu"))
         elif args.child == "naive":
             from fastism_torch import NaiveISM
-            ism = NaiveISM(model, args.length, layout="NLC", change_ranges=windows(args), batch_size=args.batch_size)
+            ism = NaiveISM(model, args.length, layout=layout, change_ranges=windows(args), batch_size=args.batch_size)
             out, res["call_s"] = common.timed(lambda: ism(x), torch.device("cpu"))
             torch.save(out, args.save)
         else:
             from fastism_torch import FastISM
             ism, res["build_s"] = common.timed(lambda: FastISM(
-                model, args.length, layout="NLC", change_ranges=windows(args), test_correctness=False,
+                model, args.length, layout=layout, change_ranges=windows(args), test_correctness=False,
                 batch_size=args.batch_size), torch.device("cpu"))
             res["peak_build_gib"] = peak_rss_gib()
             out, res["first_s"] = common.timed(lambda: ism(x), torch.device("cpu"))
@@ -162,11 +182,12 @@ def run_child(method: str, argv: list, save: str) -> dict:
 # ------------------------------------------------------------------ parent
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="enformer", choices=list(MODELS))
     p.add_argument("--length", type=int, default=49152)
     p.add_argument("--dim", type=int, default=768)
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--tracks", type=int, default=512)
+    p.add_argument("--tracks", type=int, default=512, help="Enformer's output tracks (Borzoi: fixed 7611)")
     p.add_argument("--windows", type=int, default=4, help="windows (= edits) at the centre")
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=2)
@@ -217,8 +238,11 @@ def report(args, res: dict, diff, argv=None) -> str:
     if "forward" in res:
         rows.insert(0, ["forward pass (1 seq)", per(res["forward"], "forward_s"), "", "",
                         res["forward"].get("peak_gib"), ""])
-    lines = [f"### Long context: enformer-pytorch L={args.length}, dim {args.dim}, depth {args.depth}, "
-             f"{args.tracks} tracks, {args.windows} x {args.width}-bp windows at the centre (one edit each), "
+    model = (f"enformer-pytorch L={args.length}, dim {args.dim}, depth {args.depth}, {args.tracks} tracks"
+             if args.model == "enformer" else
+             f"borzoi-pytorch L={args.length} (its full-size conv tower), transformer dim {args.dim}, depth "
+             f"{args.depth}, 7611 tracks")
+    lines = [f"### Long context: {model}, {args.windows} x {args.width}-bp windows at the centre (one edit each), "
              f"1 sequence, batch size {args.batch_size}", "",
              f"- machine: {common.machine(torch.device('cpu'))}",
              f"- date: {common.datetime.datetime.now():%Y-%m-%d %H:%M}, commit {_commit()}",
