@@ -12,7 +12,7 @@ from .base import Inputs, ISMBase, is_out_of_memory, log
 from .execute import as_output_list
 from .kernels import onednn_dense
 from .kinds import State
-from .selfcheck import check_against_naive, random_onehot
+from .selfcheck import check_against_naive, default_rtol, random_onehot
 from .sizing import batch_for, per_edit_bytes
 
 
@@ -252,11 +252,8 @@ class FastISM(ISMBase):
         one op (exact, naive speed, with a warning)."""
         if ranges is None:
             return super()._reference(inp)
-        ex = self._engine(ranges)
         self._pending = None
-        dense = onednn_dense() if self.device.type == "cpu" else nullcontext()
-        with self._precision(), dense:
-            ref = ex.reference(inp.args)
+        ref = self._reference_pass(self._engine(ranges), inp)
         outs = [o.float() for o in as_output_list(ref.outputs)]
         if not self._trace_checked and not self._check_trace(inp, outs):
             return self._reference(inp, ranges)                        # rebuilt as one op
@@ -269,7 +266,8 @@ class FastISM(ISMBase):
         from .capture import as_one_op, same_outputs
         self._trace_checked = True
         first = [a[:1] if isinstance(a, torch.Tensor) else a for a in inp.args]
-        diff = same_outputs([o[:1] for o in outs], self._forward(first))
+        rtol = default_rtol(self.device, self.dtype, self.tf32)       # the self-check's tolerance
+        diff = same_outputs([o[:1] for o in outs], self._forward(first), rtol)
         if diff is None:
             return True
         self._analyse(as_one_op(self.model, self._example, diff))
@@ -280,6 +278,11 @@ class FastISM(ISMBase):
         pending, self._pending = self._pending, None
         if pending is not None and pending[0] is inp.seq and pending[1] == ranges:
             return pending[2]
+        return self._reference_pass(ex, inp)
+
+    def _reference_pass(self, ex, inp: Inputs):
+        """``ex``'s reference pass on ``inp``, with the engine's numerics and, on the CPU, the dense products
+        naive ISM runs (:class:`~fastism_torch.kernels.onednn_dense`)."""
         dense = onednn_dense() if self.device.type == "cpu" else nullcontext()
         with self._precision(), dense:
             return ex.reference(inp.args)
