@@ -241,7 +241,7 @@ class _ShapeTracer(MetaTracer):
 
     def __init__(self, leaves=frozenset()):
         super().__init__()
-        self.leaves = frozenset(leaves)      # qualified names traced as one op (their code could not be)
+        self.leaves = frozenset(leaves)      # module classes traced as one op (their code could not be)
         self.failed_in = None                # the innermost module whose forward raised while tracing
         self._leaf_meta = False              # a leaf's code running on meta tensors for its output's shape
 
@@ -249,10 +249,10 @@ class _ShapeTracer(MetaTracer):
         return _ShapeProxy(node, self)
 
     def is_leaf_module(self, m, qualname):
-        return qualname in self.leaves or super().is_leaf_module(m, qualname)
+        return type(m) in self.leaves or super().is_leaf_module(m, qualname)
 
     def create_proxy(self, kind, target, *args, **kwargs):
-        if kind != "call_module" or target not in self.leaves:
+        if kind != "call_module" or type(self.root.get_submodule(target)) not in self.leaves:
             return super().create_proxy(kind, target, *args, **kwargs)
         self._leaf_meta = True               # its submodules then run as plain code, not as more graph nodes
         try:
@@ -266,8 +266,8 @@ class _ShapeTracer(MetaTracer):
         try:
             return super().call_module(m, forward, args, kwargs)
         except Exception:
-            if self.failed_in is None:
-                self.failed_in = self.path_of_module(m)
+            if self.failed_in is None and m is not self.root:
+                self.failed_in = m
             raise
 
 
@@ -290,9 +290,9 @@ def _shape_aware_trace(model: nn.Module, example_args: list, concrete: dict) -> 
 
 def _trace_with_leaves(model: nn.Module, meta_args: dict, concrete: dict, tries: int = 8):
     """``(graph, meta copy of the model it was traced on)``.  Where a submodule's code cannot be traced
-    (``torch.vmap`` in borzoi-pytorch's attention), that submodule is traced as one op (a stop point, named by
-    the analysis) and the rest of the model as usual; each try on a fresh copy (a failed trace may have left
-    values cached on its modules)."""
+    (``torch.vmap`` in borzoi-pytorch's attention), every module of its class is traced as one op (a stop point,
+    named by the analysis) and the rest of the model as usual; each try on a fresh copy (a failed trace may have
+    left values cached on its modules)."""
     leaves: set = set()
     for _ in range(tries):
         meta_model = meta_copy(model)
@@ -302,10 +302,10 @@ def _trace_with_leaves(model: nn.Module, meta_args: dict, concrete: dict, tries:
                 warnings.simplefilter("ignore")
                 return tracer.trace(meta_model, meta_args, concrete_args=concrete or None), meta_model
         except Exception:
-            if tracer.failed_in in (None, "", *leaves):
+            if tracer.failed_in is None or type(tracer.failed_in) in leaves:
                 raise
-            leaves.add(tracer.failed_in)
-    raise ValueError(f"could not trace the model with submodules {sorted(leaves)} as single ops")
+            leaves.add(type(tracer.failed_in))
+    raise ValueError(f"could not trace the model with {sorted(c.__name__ for c in leaves)} modules as single ops")
 
 
 def _get_attr(root, target: str):

@@ -349,16 +349,16 @@ class _TowerThenVmap(nn.Module):
     def __init__(self):
         super().__init__()
         self.c1, self.c2 = nn.Conv1d(4, 6, 5, padding=2), nn.Conv1d(6, 6, 3, padding=1)
-        self.mix = _VmapMix(6)
+        self.mix, self.mix2 = _VmapMix(6), _VmapMix(6)
         self.out = nn.Conv1d(6, 2, 1)
 
     def forward(self, x):
-        return self.out(self.mix(torch.relu(self.c2(torch.relu(self.c1(x))))))
+        return self.out(self.mix2(self.mix(torch.relu(self.c2(torch.relu(self.c1(x)))))))
 
 
 def test_untraceable_submodule_is_one_op_and_the_rest_is_windowed():
-    """A submodule whose code fx cannot trace (torch.vmap) becomes one op, a named stop; the conv tower
-    before it is windowed (the whole model no longer runs as one op), and the answers are exact."""
+    """Submodules whose code fx cannot trace (torch.vmap) become one op each (every module of that class),
+    named stops; the conv tower before them is windowed (the whole model no longer runs as one op), and the answers are exact."""
     model = scale_weights(_TowerThenVmap())
     with pytest.warns(UnsupportedOpWarning, match=r"mix \(_VmapMix\)"):
         fast = check_model(model, 24, saturation=False)
