@@ -10,6 +10,8 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from .deferred_dynamo import dynamo_import_deferred
+
 
 def _given(gm: fx.GraphModule, example_args: list) -> list:
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
@@ -44,9 +46,10 @@ def propagate_on_meta(gm: fx.GraphModule, example_args: list) -> bool:
     given = _given(gm, example_args)
     meta_args = [torch.empty_like(a, device="meta") if isinstance(a, torch.Tensor) else a for a in given]
     try:
-        twin = meta_copy(gm)
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with dynamo_import_deferred():
+            twin = meta_copy(gm)
+        with torch.no_grad(), warnings.catch_warnings(), dynamo_import_deferred():   # (meta kernels would
+            warnings.simplefilter("ignore")                                          # import torch._dynamo)
             ShapeProp(twin).propagate(*meta_args)
     except Exception:                                             # noqa: BLE001 - data-dependent ops: real data
         return False
