@@ -310,7 +310,8 @@ class FastISM(ISMBase):
                     if self.batch_size or batch == 1:
                         raise ValueError(
                             f"batch_size={batch} does not fit in {self.device} memory; batch_size={fits} or "
-                            f"less should (about {per_edit_bytes(ex.plan, self.gm, self.infos) / 2**20:.1f} MiB per edit)") from e
+                            f"less should (about {per_edit_bytes(ex.plan, self.gm, self.infos) / 2**20:.1f} MiB "
+                            "per edit)") from e
                     log.info("out of %s memory at batch size %d: going on at %d", self.device, batch, fits)
                     batch = fits
                 else:

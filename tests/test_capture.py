@@ -358,7 +358,8 @@ class _TowerThenVmap(nn.Module):
 
 def test_untraceable_submodule_is_one_op_and_the_rest_is_windowed():
     """Submodules whose code fx cannot trace (torch.vmap) become one op each (every module of that class),
-    named stops; the conv tower before them is windowed (the whole model no longer runs as one op), and the answers are exact."""
+    named stops; the conv tower before them is windowed (the whole model no longer runs as one op), and the
+    answers are exact."""
     model = scale_weights(_TowerThenVmap())
     with pytest.warns(UnsupportedOpWarning, match=r"mix \(_VmapMix\)"):
         fast = check_model(model, 24, saturation=False)
