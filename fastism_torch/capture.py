@@ -10,15 +10,16 @@ arithmetic (``x[:, :, trim:x.shape[2] - trim]``), shape-dependent Python (``if x
 ``x.view(-1, *s[1:])``) and einops patterns trace as the ordinary code they are.  Only the batch axis stays
 symbolic (a ``size`` node), so ``reshape(B, ...)`` follows the number of edits in a batch.  It is recognised
 by tracing with an unusual batch size (:data:`BATCH_MARK`).  A forward argument the caller does not give takes
-its default.  If the shape-aware trace fails, plain ``fx.symbolic_trace`` is tried.
+its default.  A submodule whose code cannot be traced (``torch.vmap``) is traced as one op, with every module
+of its class; if the shape-aware trace still fails, plain ``fx.symbolic_trace`` is tried.
 
-The graph is then made *functional*: in-place ops (``ReLU(inplace=True)``, ``x += y``, ``x.relu_()``) become
-their out-of-place forms and later readers of the mutated tensor read the new value.  The engine caches
-reference outputs and slices of them; an in-place op must never write into one.
+The graph is then made *functional* (:mod:`.functional`): in-place ops (``ReLU(inplace=True)``, ``x += y``,
+``x.relu_()``) become their out-of-place forms and later readers of the mutated tensor read the new value.  The
+engine caches reference outputs and slices of them; an in-place op must never write into one.
 
-Shapes for the real example batch come from :class:`torch.fx.passes.shape_prop.ShapeProp` and are stored in
-``node.meta["tensor_meta"]``.  Models whose Python control flow depends on tensor *values* cannot be traced:
-the error says so and names the model.
+Shapes for the example batch are stored in ``node.meta["tensor_meta"]`` (:mod:`.shapes`: on the meta device
+with ``check=False``, from real data otherwise).  Models whose Python control flow depends on tensor *values*
+cannot be traced: the error says so and names the model.
 """
 from __future__ import annotations
 
