@@ -218,7 +218,7 @@ class ISMBase:
         results = None
         with self._progress(n * int(np.prod(lead))) as bar:
             for lo, hi, chunk in self._chunks(inp):
-                ref = self._reference(chunk)
+                ref = self._reference(chunk, ranges)
                 edits, n_identity = make_edits(chunk)
                 if results is None:
                     where = torch.device("cpu") if inp.was_numpy else inp.out_device
@@ -241,7 +241,7 @@ class ISMBase:
         """Outputs ``(E, *out)`` per model output, on the engine's device, for the edits "sequence
         ``s_idx[e]`` of ``inp`` with change range ``r_idx[e]`` replaced by ``values[e]`` (``(E, width, C)``)"."""
         s_idx, r_idx = np.asarray(s_idx, dtype=np.int64), np.asarray(r_idx, dtype=np.int64)
-        ref = self._reference(inp)
+        ref = self._reference(inp, self.change_ranges)
         sinks = [torch.empty((len(s_idx), *r.shape[1:]), device=self.device) for r in ref]
         edits = Edits(s_idx, r_idx, values.to(self.device, torch.float32), np.arange(len(s_idx)))
         self._run_edits(inp, self.change_ranges, edits, sinks, None)
@@ -277,7 +277,8 @@ class ISMBase:
         with self._precision(), dense:
             return [o.float() for o in as_output_list(self.model(*args))]
 
-    def _reference(self, inp: Inputs) -> list[torch.Tensor]:
+    def _reference(self, inp: Inputs, ranges=None) -> list[torch.Tensor]:
+        """The model's outputs on ``inp`` (``ranges``: the change ranges of the scan they start, if any)."""
         return self._forward(inp.args)
 
     def _run_edits(self, inp: Inputs, ranges, edits: Edits, sinks: list, bar) -> None:

@@ -10,15 +10,16 @@ arithmetic (``x[:, :, trim:x.shape[2] - trim]``), shape-dependent Python (``if x
 ``x.view(-1, *s[1:])``) and einops patterns trace as the ordinary code they are.  Only the batch axis stays
 symbolic (a ``size`` node), so ``reshape(B, ...)`` follows the number of edits in a batch.  It is recognised
 by tracing with an unusual batch size (:data:`BATCH_MARK`).  A forward argument the caller does not give takes
-its default.  If the shape-aware trace fails, plain ``fx.symbolic_trace`` is tried.
+its default.  A submodule whose code cannot be traced (``torch.vmap``) is traced as one op, with every module
+of its class; if the shape-aware trace still fails, plain ``fx.symbolic_trace`` is tried.
 
-The graph is then made *functional*: in-place ops (``ReLU(inplace=True)``, ``x += y``, ``x.relu_()``) become
-their out-of-place forms and later readers of the mutated tensor read the new value.  The engine caches
-reference outputs and slices of them; an in-place op must never write into one.
+The graph is then made *functional* (:mod:`.functional`): in-place ops (``ReLU(inplace=True)``, ``x += y``,
+``x.relu_()``) become their out-of-place forms and later readers of the mutated tensor read the new value.  The
+engine caches reference outputs and slices of them; an in-place op must never write into one.
 
-Shapes for the real example batch come from :class:`torch.fx.passes.shape_prop.ShapeProp` and are stored in
-``node.meta["tensor_meta"]``.  Models whose Python control flow depends on tensor *values* cannot be traced:
-the error says so and names the model.
+Shapes for the example batch are stored in ``node.meta["tensor_meta"]`` (:mod:`.shapes`: on the meta device
+with ``check=False``, from real data otherwise).  Models whose Python control flow depends on tensor *values*
+cannot be traced: the error says so and names the model.
 """
 from __future__ import annotations
 
@@ -32,18 +33,24 @@ import torch
 from torch import fx, nn
 from torch.fx.experimental import meta_tracer
 from torch.fx.experimental.meta_tracer import MetaProxy, MetaTracer
-from torch.fx.passes.shape_prop import ShapeProp
 
 from .common import as_output_list
 from .deferred_dynamo import dynamo_import_deferred
 from .errors import UnsupportedOpWarning
+from .functional import drop_identities, functionalize
+from .shapes import meta_copy, propagate, propagate_on_meta
 
 BATCH_MARK = 97          # batch size of the meta trace: a size that marks the batch axis
 
 
-def capture(model: nn.Module, example_args: list) -> fx.GraphModule:
+def capture(model: nn.Module, example_args: list, check: bool = True) -> fx.GraphModule:
     """Trace ``model`` for inputs like ``example_args`` (``None`` and omitted defaulted arguments become
-    concrete), make it functional, and record every node's shape for ``example_args``."""
+    concrete), make it functional, and record every node's shape for ``example_args``.
+
+    With ``check`` the traced graph runs on ``example_args`` next to the model and, if their outputs differ,
+    the model becomes one op (:func:`as_one_op`).  Without it nothing runs on real data: shapes come from the
+    graph run on the ``meta`` device (no cost at any length), and the caller compares the trace with the model
+    where it runs the graph anyway (:func:`same_outputs`; FastISM does it on its first reference pass)."""
     concrete = _concrete_args(model, example_args)
     if isinstance(model, fx.GraphModule) and not concrete:
         gm = model
@@ -52,24 +59,36 @@ def capture(model: nn.Module, example_args: list) -> fx.GraphModule:
     _drop_unused_var_args(gm)
     functionalize(gm)
     drop_identities(gm)
-    out = _propagate(gm, example_args)
+    if not check:
+        if not propagate_on_meta(gm, example_args):
+            propagate(gm, example_args)
+        return gm
+    out = propagate(gm, example_args)
     if gm is not model:
         with torch.no_grad():
             want = model(*example_args)
         diff = _difference(out, want)
         if diff is not None:          # the trace is not the model (e.g. aliasing fx cannot see): never use it
-            gm = _as_one_op(model, example_args, f"the traced graph's outputs differ from the model's: {diff}")
-            _propagate(gm, example_args)
+            gm = as_one_op(model, example_args, diff)
     return gm
 
 
-def _propagate(gm: fx.GraphModule, example_args: list):
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    given = [a for a in example_args if a is not None] if len(placeholders) < len(example_args) else example_args
-    if len(placeholders) < len(given):
-        raise ValueError(f"the traced model takes {len(placeholders)} input(s) but {len(given)} were given")
-    with torch.no_grad():
-        return ShapeProp(gm).propagate(*given)
+def as_one_op(model: nn.Module, example_args: list, diff: str) -> fx.GraphModule:
+    """``model`` as one op, with shapes for ``example_args``, because its trace's outputs differ by ``diff``."""
+    gm = _as_one_op(model, example_args, f"the traced graph's outputs differ from the model's: {diff}")
+    if not propagate_on_meta(gm, example_args):
+        propagate(gm, example_args)
+    return gm
+
+
+def is_one_op(gm: fx.GraphModule) -> bool:
+    """Whether ``gm`` is a whole model called as one op (nothing to check against the model)."""
+    return any(n.op == "call_module" and isinstance(gm.get_submodule(n.target), WholeModel) for n in gm.graph.nodes)
+
+
+def same_outputs(traced, model_out, rtol: float = 1e-5) -> str | None:
+    """Why the traced graph's outputs ``traced`` differ from the model's ``model_out`` (None: they agree)."""
+    return _difference(traced, model_out, rtol)
 
 
 def _difference(got, want, rtol: float = 1e-5) -> str | None:
@@ -221,8 +240,36 @@ class _ShapeTracer(MetaTracer):
     # with only constant arguments become constants; with a traced argument they are traced anyway.
     _TORCH_METHODS_TO_PATCH: list = []
 
+    def __init__(self, leaves=frozenset()):
+        super().__init__()
+        self.leaves = frozenset(leaves)      # module classes traced as one op (their code could not be)
+        self.failed_in = None                # the innermost module whose forward raised while tracing
+        self._leaf_meta = False              # a leaf's code running on meta tensors for its output's shape
+
     def proxy(self, node):
         return _ShapeProxy(node, self)
+
+    def is_leaf_module(self, m, qualname):
+        return type(m) in self.leaves or super().is_leaf_module(m, qualname)
+
+    def create_proxy(self, kind, target, *args, **kwargs):
+        if kind != "call_module" or type(self.root.get_submodule(target)) not in self.leaves:
+            return super().create_proxy(kind, target, *args, **kwargs)
+        self._leaf_meta = True               # its submodules then run as plain code, not as more graph nodes
+        try:
+            return super().create_proxy(kind, target, *args, **kwargs)
+        finally:
+            self._leaf_meta = False
+
+    def call_module(self, m, forward, args, kwargs):
+        if self._leaf_meta:
+            return forward(*args, **kwargs)
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None and m is not self.root:
+                self.failed_in = m
+            raise
 
 
 def _shape_aware_trace(model: nn.Module, example_args: list, concrete: dict) -> fx.GraphModule:
@@ -232,11 +279,7 @@ def _shape_aware_trace(model: nn.Module, example_args: list, concrete: dict) -> 
     names = [p for p in inspect.signature(model.forward).parameters]
     meta_args = {names[i]: torch.empty((BATCH_MARK, *a.shape[1:]), dtype=a.dtype, device="meta")
                  for i, a in enumerate(example_args) if isinstance(a, torch.Tensor)}
-    meta_model = copy.deepcopy(model).to("meta")
-    tracer = _ShapeTracer()
-    with warnings.catch_warnings(), _einops_on_proxies(), dynamo_import_deferred():
-        warnings.simplefilter("ignore")
-        graph = tracer.trace(meta_model, meta_args, concrete_args=concrete or None)
+    graph, meta_model = _trace_with_leaves(model, meta_args, concrete)
     for node in graph.nodes:
         if node.op == "get_attr" and not _has_attr(model, node.target):     # a constant made while tracing
             value = _get_attr(meta_model, node.target)
@@ -244,6 +287,26 @@ def _shape_aware_trace(model: nn.Module, example_args: list, concrete: dict) -> 
                 raise ValueError(f"{node.target}: a constant computed from the model's weights while tracing")
             setattr(model, node.target, value)                  # (fx names them _tensor_constant<k>)
     return fx.GraphModule(model, graph, type(model).__name__)
+
+
+def _trace_with_leaves(model: nn.Module, meta_args: dict, concrete: dict, tries: int = 8):
+    """``(graph, meta copy of the model it was traced on)``.  Where a submodule's code cannot be traced
+    (``torch.vmap`` in borzoi-pytorch's attention), every module of its class is traced as one op (a stop point,
+    named by the analysis) and the rest of the model as usual; each try on a fresh copy (a failed trace may have
+    left values cached on its modules)."""
+    leaves: set = set()
+    for _ in range(tries):
+        meta_model = meta_copy(model)
+        tracer = _ShapeTracer(leaves)
+        try:
+            with warnings.catch_warnings(), _einops_on_proxies(), dynamo_import_deferred():
+                warnings.simplefilter("ignore")
+                return tracer.trace(meta_model, meta_args, concrete_args=concrete or None), meta_model
+        except Exception:
+            if tracer.failed_in is None or type(tracer.failed_in) in leaves:
+                raise
+            leaves.add(type(tracer.failed_in))
+    raise ValueError(f"could not trace the model with {sorted(c.__name__ for c in leaves)} modules as single ops")
 
 
 def _get_attr(root, target: str):
@@ -302,96 +365,3 @@ def _fx_backend_class(torch_backend):
         def shape(self, x):
             return tuple(x.shape)
     return FxProxyBackend
-
-
-# ------------------------------------------------------------------------------------------ functionalisation
-_INPLACE_OPERATORS = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
-                      operator.itruediv: operator.truediv, operator.ifloordiv: operator.floordiv,
-                      operator.ipow: operator.pow, operator.iand: operator.and_, operator.ior: operator.or_}
-
-
-def _out_of_place(node: fx.Node, gm: fx.GraphModule, made: dict) -> bool:
-    """Rewrite ``node`` to its out-of-place form if it mutates its first input; True if it did.  An in-place
-    module is replaced, in the graph only, by an out-of-place copy (``made``: module -> its copy's name); the
-    model itself keeps its modules (its eager forward gives the reference predictions)."""
-    if node.op == "call_module":
-        mod = gm.get_submodule(node.target)
-        if getattr(mod, "inplace", False) is not True:
-            return False
-        if mod not in made:
-            twin = copy.copy(mod)
-            twin.inplace = False
-            made[mod] = f"_fastism_functional_{len(made)}"
-            gm.add_submodule(made[mod], twin)
-        node.target = made[mod]
-        return True
-    if node.op == "call_function":
-        if node.target in _INPLACE_OPERATORS:
-            if not isinstance(node.args[0], fx.Node):
-                return False
-            node.target = _INPLACE_OPERATORS[node.target]
-            return True
-        if node.kwargs.get("inplace") is True:
-            node.kwargs = {**node.kwargs, "inplace": False}
-            return True
-        name = getattr(node.target, "__name__", "")
-        if name.endswith("_") and not name.endswith("__"):
-            for mod in (torch, torch.nn.functional):
-                if getattr(mod, name, None) is node.target and hasattr(mod, name[:-1]):
-                    node.target = getattr(mod, name[:-1])
-                    return True
-        if getattr(node.target, "__module__", "") == "torch.nn.functional" and len(node.args) > 1 \
-                and "inplace" in _params(node.target) and node.args[_params(node.target).index("inplace")] is True:
-            args = list(node.args)
-            args[_params(node.target).index("inplace")] = False
-            node.args = tuple(args)
-            return True
-        return False
-    if node.op == "call_method":
-        t = node.target
-        if t.endswith("_") and not t.startswith("_") and hasattr(torch.Tensor, t[:-1]):
-            node.target = t[:-1]
-            return True
-    return False
-
-
-def _params(fn) -> list:
-    try:
-        return list(inspect.signature(fn).parameters)
-    except (TypeError, ValueError):
-        return []
-
-
-IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
-
-
-def drop_identities(gm: fx.GraphModule) -> None:
-    """Remove identity modules (``nn.Identity``; dropout in eval mode): their readers read the input itself,
-    so two branches that read one tensor through different identities share one gathered window."""
-    identities = [n for n in gm.graph.nodes if n.op == "call_module" and len(n.args) == 1 and not n.kwargs
-                  and isinstance(n.args[0], fx.Node) and isinstance(gm.get_submodule(n.target), IDENTITY_MODULES)
-                  and not gm.get_submodule(n.target).training]
-    for node in identities:
-        node.replace_all_uses_with(node.args[0])
-        gm.graph.erase_node(node)
-    if identities:
-        gm.recompile()
-
-
-def functionalize(gm: fx.GraphModule) -> None:
-    """In-place ops become out-of-place; later readers of the mutated tensor read the op's result."""
-    order = {n: i for i, n in enumerate(gm.graph.nodes)}
-    changed, made = False, {}
-    for node in list(gm.graph.nodes):
-        if node.op not in ("call_module", "call_function", "call_method") or not node.args:
-            continue
-        target = node.args[0]
-        if not isinstance(target, fx.Node) or not _out_of_place(node, gm, made):
-            continue
-        changed = True
-        for user in list(target.users):
-            if user is not node and order[user] > order[node]:
-                user.replace_input_with(target, node)
-    if changed:
-        gm.graph.lint()
-        gm.recompile()

@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import inspect
+from contextlib import nullcontext
 
 import numpy as np
 import torch
 from torch import nn
 
 from .base import Inputs, ISMBase, is_out_of_memory, log
+from .execute import as_output_list
+from .kernels import onednn_dense
 from .kinds import State
-from .selfcheck import check_against_naive, random_onehot
+from .selfcheck import check_against_naive, default_rtol, random_onehot
+from .sizing import batch_for, per_edit_bytes
 
 
 def _compiled_graphs() -> int:
@@ -138,6 +142,9 @@ class FastISM(ISMBase):
         self._told: set = set()           # reasons for running naive ISM already logged
         self._pattern = None
         self.gm = None
+        self._example = None              # the inputs the graph was captured for (two sequences)
+        self._trace_checked = False       # the trace compared with the model (on the first reference pass)
+        self._pending = None              # (sequences, ranges, Reference) of the last reference pass
         params = inspect.signature(self.model.forward).parameters.values()
         n_required = sum(p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
                          for p in params)
@@ -154,17 +161,24 @@ class FastISM(ISMBase):
 
     # --------------------------------------------------------------- building
     def _build(self, inp: Inputs) -> None:
+        """Capture and analyse: no pass over real data (shapes come from the meta device); the trace is checked
+        against the model on the first reference pass (:meth:`_reference`)."""
+        from .capture import capture, is_one_op
+        self._example = [a[:2] if isinstance(a, torch.Tensor) else a for a in inp.args]
+        self._analyse(capture(self.model, self._example, check=False))
+        self._trace_checked = is_one_op(self.gm)
+        if self._test_correctness:
+            self.check_correctness(inp)
+
+    def _analyse(self, gm) -> None:
         from .analysis import analyse
-        from .capture import capture
-        example = [a[:2] if isinstance(a, torch.Tensor) else a for a in inp.args]
-        self.gm = capture(self.model, example)
+        self.gm = gm
+        self._engines.clear()
         placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
         self.seq_node = placeholders[self.seq_input_idx]
         self._nodes = {n.name: n for n in self.gm.graph.nodes}
         self.infos = analyse(self.gm, self.seq_node, self.length_axis, self.seq_len, self.early_stop_layers,
                              self.strict)
-        if self._test_correctness:
-            self.check_correctness(inp)
 
     def plan_for(self, ranges):
         """The plan for mutation windows ``ranges`` (a tuple of ``(start, end)``); built once per ranges."""
@@ -236,17 +250,21 @@ class FastISM(ISMBase):
 
     def _auto_batch(self, ex) -> int:
         """Edits per batch: :attr:`memory_budget` of activations on the CPU (where the executor runs a wide
-        tail in chunks, the budget of the segments before it), 40% of the free memory on a GPU."""
+        tail in chunks, the budget of the segments before it), 40% of the free memory on a GPU; fewer than 16
+        only where 16 do not fit in half the free memory (long inputs: :func:`.sizing.batch_for`).  Raises
+        ``ValueError`` when one edit does not fit."""
         if self.batch_size:
             return self.batch_size
         budget = self.memory_budget
         if self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
             budget = int(free * 0.4)
+        live = per_edit_bytes(ex.plan, self.gm, self.infos)
         if ex.tail is None:
-            return int(np.clip(budget // self._per_edit_bytes(ex.plan), 16, MAX_BATCH))
+            return batch_for(self._per_edit_bytes(ex.plan), live, budget, self.device, 16, MAX_BATCH)
         head = set(ex.plan.nodes) - ex.tail_nodes
-        return int(np.clip(budget // self._per_edit_bytes(ex.plan, head, full=False), 16, MAX_BATCH_WITH_TAIL))
+        return batch_for(self._per_edit_bytes(ex.plan, head, full=False), live, budget, self.device, 16,
+                         MAX_BATCH_WITH_TAIL)
 
     def _tail_chunk(self, ex) -> int:
         """Edits per chunk of the executor's tail (:meth:`Executor.tail_chunk`), at most what
@@ -257,7 +275,53 @@ class FastISM(ISMBase):
         return int(max(1, min(ex.tail_chunk(torch.get_num_threads()), fits)))
 
     def _shape(self, name):
-        return tuple(self._nodes[name].meta["tensor_meta"].shape)
+        tm = self._nodes[name].meta["tensor_meta"]
+        if not hasattr(tm, "shape"):               # (values, indices) of a max over another axis: one shape
+            tm = tm[0]
+        return tuple(tm.shape)
+
+    # --------------------------------------------------------------- reference pass
+    def _reference(self, inp: Inputs, ranges=None) -> list[torch.Tensor]:
+        """The reference outputs.  With ``ranges`` (a scan), from the engine's reference pass, whose caches the
+        following :meth:`_run_edits` of the same chunk reuses: one forward pass per sequence, not two.  The
+        first one is compared with the model's outputs on the same chunk; a trace that differs is replaced by the
+        model as one op (exact, naive speed, with a warning)."""
+        if ranges is None:
+            return super()._reference(inp)
+        self._pending = None
+        ref = self._reference_pass(self._engine(ranges), inp)
+        outs = [o.float() for o in as_output_list(ref.outputs)]
+        if not self._trace_checked and not self._check_trace(inp, outs):
+            return self._reference(inp, ranges)                        # rebuilt as one op
+        self._pending = (inp.seq, ranges, ref)
+        return outs
+
+    def _check_trace(self, inp: Inputs, outs: list) -> bool:
+        """Compare the traced graph's outputs ``outs`` on ``inp`` with the model's (on the same batch: dense
+        products round differently at other batch sizes); on a difference, rebuild as one op and return False.
+        Long inputs come in chunks of one sequence: one forward pass."""
+        from .capture import as_one_op, same_outputs
+        self._trace_checked = True
+        rtol = default_rtol(self.device, self.dtype, self.tf32)       # the self-check's tolerance
+        diff = same_outputs(outs, self._forward(inp.args), rtol)
+        if diff is None:
+            return True
+        self._analyse(as_one_op(self.model, self._example, diff))
+        return False
+
+    def _take_reference(self, inp: Inputs, ranges, ex):
+        """The reference pass of ``inp`` for ``ranges``: the one :meth:`_reference` just ran, or a new one."""
+        pending, self._pending = self._pending, None
+        if pending is not None and pending[0] is inp.seq and pending[1] == ranges:
+            return pending[2]
+        return self._reference_pass(ex, inp)
+
+    def _reference_pass(self, ex, inp: Inputs):
+        """``ex``'s reference pass on ``inp``, with the engine's numerics and, on the CPU, the dense products
+        naive ISM runs (:class:`~fastism_torch.kernels.onednn_dense`)."""
+        dense = onednn_dense() if self.device.type == "cpu" else nullcontext()
+        with self._precision(), dense:
+            return ex.reference(inp.args)
 
     def _run_edits(self, inp, ranges, edits, sinks, bar):
         ex = self._engine(ranges)
@@ -265,8 +329,8 @@ class FastISM(ISMBase):
             self._run_naive(inp, ranges, edits, sinks, bar, "naive ISM is cheaper for this call by the plan's cost "
                             "model (few edits, or little to reuse)")
             return
+        ref = self._take_reference(inp, ranges, ex)
         with self._precision():
-            ref = ex.reference(inp.args)
             batch, chunk = self._auto_batch(ex), self._tail_chunk(ex)
             done = np.zeros(len(edits.seq), dtype=bool)
             graphs = _compiled_graphs() if self.compile else 0      # (imports torch._dynamo)
@@ -292,7 +356,8 @@ class FastISM(ISMBase):
                     if self.batch_size or batch == 1:
                         raise ValueError(
                             f"batch_size={batch} does not fit in {self.device} memory; batch_size={fits} or "
-                            f"less should (about {self._per_edit_bytes(ex.plan) / 2**20:.1f} MiB per edit)") from e
+                            f"less should (about {per_edit_bytes(ex.plan, self.gm, self.infos) / 2**20:.1f} MiB "
+                            "per edit)") from e
                     log.info("out of %s memory at batch size %d: going on at %d", self.device, batch, fits)
                     batch = fits
                 else:

@@ -66,3 +66,17 @@ def test_bench_compat_tiny(tmp_path):
     assert all("fast=False path" in r["note"] for r in rows)          # under tangermeme's 30 s threshold
     text = out.read_text()
     assert "| tiny | 40 | 3 |" in text and "command:" in text and "noisy" in text
+
+
+@pytest.mark.slow            # three child processes (each imports torch and enformer-pytorch): about a minute
+def test_bench_long_tiny(tmp_path):
+    pytest.importorskip("enformer_pytorch")
+    from benchmarks import bench_long
+    out = tmp_path / "RESULTS.md"
+    res, diff = bench_long.main(["--length", "2048", "--dim", "48", "--depth", "1", "--heads", "2", "--tracks", "4",
+                                 "--windows", "2", "--width", "8", "--threads", "1", "--out", str(out)])
+    assert "error" not in res["fast"] and "error" not in res["naive"], res
+    assert diff is not None and diff < 1e-4
+    assert res["fast"]["stops"] and all("einsum" in s for s in res["fast"]["stops"])   # the conv tower is windowed
+    text = out.read_text()
+    assert "FastISM x naive:" in text and "| FastISM |" in text and "machine:" in text and "commit" in text

@@ -331,3 +331,37 @@ def test_construction_builds_once(monkeypatch):
     monkeypatch.setattr(capture, "capture", lambda *a, **k: calls.append(1) or real(*a, **k))
     ft.FastISM(scale_weights(MeanThenInplaceRelu()), 20)
     assert len(calls) == 1
+
+
+class _VmapMix(nn.Module):
+    """Mixes positions with torch.vmap (as borzoi-pytorch's attention does): fx cannot trace its code."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.proj = nn.Linear(c, c)
+
+    def forward(self, x):                                   # (N, C, L)
+        mixed = torch.vmap(lambda t: t @ t.transpose(0, 1) @ t)(self.proj(x.transpose(1, 2)).transpose(1, 2) / 8)
+        return x + mixed
+
+
+class _TowerThenVmap(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv1d(4, 6, 5, padding=2), nn.Conv1d(6, 6, 3, padding=1)
+        self.mix, self.mix2 = _VmapMix(6), _VmapMix(6)
+        self.out = nn.Conv1d(6, 2, 1)
+
+    def forward(self, x):
+        return self.out(self.mix2(self.mix(torch.relu(self.c2(torch.relu(self.c1(x)))))))
+
+
+def test_untraceable_submodule_is_one_op_and_the_rest_is_windowed():
+    """Submodules whose code fx cannot trace (torch.vmap) become one op each (every module of that class),
+    named stops; the conv tower before them is windowed (the whole model no longer runs as one op), and the
+    answers are exact."""
+    model = scale_weights(_TowerThenVmap())
+    with pytest.warns(UnsupportedOpWarning, match=r"mix \(_VmapMix\)"):
+        fast = check_model(model, 24, saturation=False)
+    assert [name for name, _ in fast.plan.stops] == ["mix"]
+    assert {"c1", "c2"} <= set(fast.plan.nodes)

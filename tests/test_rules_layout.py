@@ -31,7 +31,8 @@ def test_layout_rules_move_the_length_axis():
     assert decision_of(Lambda(lambda t: t.unsqueeze(-1)), x).laxis == 2
     assert decision_of(Lambda(lambda t: t.unsqueeze(1)), x).laxis == 3
     assert decision_of(Lambda(lambda t: t.transpose(1, 2)), x).laxis == 1
-    assert decision_of(Lambda(lambda t: t.reshape(2, 3, 4, 4)), x).kind == "stop"   # splits L
+    assert decision_of(Lambda(lambda t: t.reshape(2, 3, 4, 4)), x).kind == "sliding"   # splits L: a pool
+    assert decision_of(Lambda(lambda t: t.reshape(2, 12, 4)), x).kind == "stop"       # merges L into channels
     assert decision_of(Lambda(lambda t: t.mean(1)), x).laxis == 1                  # channel mean
     assert decision_of(Lambda(nn.LayerNorm(3)), x.transpose(1, 2).contiguous(), laxis=1).kind == "pointwise"
     assert decision_of(Lambda(nn.LayerNorm(16)), x).kind == "stop"

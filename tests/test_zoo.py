@@ -25,7 +25,7 @@ N_POSITIONS = {
 
 
 #: models that cannot be traced and run as one op (exact, naive speed, with a warning naming why)
-ONE_OP = {"borzoi_pytorch": "torch.vmap in its attention"}
+ONE_OP: dict = {}        # (borzoi-pytorch's attention calls torch.vmap: that module alone is one op)
 
 
 def positions(name: str, length: int) -> list[int]:

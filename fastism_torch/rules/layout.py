@@ -13,6 +13,7 @@ from ..kinds import Kind
 from ..ranges import IDENTITY, Window
 from .conv import sliding
 from .registry import Decision, Read, RuleContext, functions, methods, module_types, register, stop
+from .split import split_length
 
 
 def _layout(ctx: RuleContext, x, out_laxis: int) -> Decision:
@@ -95,6 +96,9 @@ def _reshape_like(ctx: RuleContext) -> Decision:
     lax = ctx.laxis(x)
     o = _kept_axis(ctx.shape(x), ctx.out_shape, lax)
     if o is None:
+        split = split_length(ctx, x)            # (n p): a pooling window of width p, stride p
+        if split is not None:
+            return split
         return Decision(Kind.STOP, reason=f"reshape {ctx.shape(x)} -> {ctx.out_shape} merges the length axis",
                         flatten=True, quiet=True)
     dec = _layout(ctx, x, o)
@@ -151,6 +155,8 @@ def getitem(ctx: RuleContext) -> Decision:
     idx = ctx.node.args[1]
     if x is None:
         return stop("indexing with a windowed index")
+    if ctx.shape(x) is None and isinstance(idx, int) and ctx.out_shape is not None:
+        return _element(ctx, x)                  # (values, indices)[0] of a reduction over another axis
     idx = idx if isinstance(idx, tuple) else (idx,)
     if any(not isinstance(i, (slice, type(Ellipsis))) for i in idx) or sum(i is Ellipsis for i in idx) > 1:
         return stop(f"indexing {idx!r} (only slices are analysed)")
@@ -168,6 +174,14 @@ def getitem(ctx: RuleContext) -> Decision:
     def emit(builder, node, args, kwargs):
         return builder.graph.call_function(operator.getitem, (args[0], new_idx))
     return sliding(ctx, x, Window(1, step, -start), emit)
+
+
+def _element(ctx: RuleContext, x) -> Decision:
+    """An element of a windowed tuple (``torch.max(x, dim)``'s values or indices): the tuple's windows."""
+    lax = ctx.laxis(x)
+    if ctx.out_shape[lax] != ctx.length(x):
+        return stop(f"element of shape {ctx.out_shape} of a windowed tuple")
+    return Decision(Kind.LAYOUT, laxis=lax, length=ctx.length(x), reads={x: Read(IDENTITY, lax)})
 
 
 @register(*methods("narrow"), *functions("narrow", modules=(torch,)))
@@ -218,6 +232,8 @@ def shape_query(ctx: RuleContext) -> Decision:
         return stop("shape query")
     if ctx.node.op == "call_function" and ctx.node.args[1] in ("dtype", "device", "ndim", "is_cuda"):
         return Decision(Kind.META)                         # the same for a window as for the full tensor
+    if ctx.node.op == "call_function" and ctx.node.args[1] in ("values", "indices") and ctx.shape(x) is None:
+        return _element(ctx, x)                            # torch.max(x, dim).values
     if ctx.node.op == "call_function" and ctx.node.args[1] != "shape":
         return stop(f"attribute {ctx.node.args[1]!r} of a windowed tensor")
     dim = ctx.arg(1, "dim") if ctx.node.op == "call_method" else None

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..kinds import Kind, State
+from .reduce import max_min_along
 from .registry import Decision, Read, RuleContext, functions, methods, module_types, register, stop
 
 
@@ -102,10 +103,13 @@ register(*methods(
 
 
 def _max_min(ctx: RuleContext) -> Decision:
-    # torch.max(a, b) is element-wise; torch.max(x, dim) / torch.max(x) reduce and are handled as stops.
+    # torch.max(a, b) is element-wise; torch.max(x, dim) reduces (position-wise unless dim is the length axis);
+    # torch.max(x) reduces everything (a stop).
     other = ctx.arg(1, "other")
     if hasattr(other, "op"):
         return elementwise(ctx)
+    if isinstance(ctx.arg(1, "dim"), int):
+        return max_min_along(ctx)
     return stop("max/min reduction")
 
 

@@ -43,6 +43,33 @@ register(*methods("mean"), *functions("mean", modules=(torch,)))(_mean_sum(True)
 register(*methods("sum"), *functions("sum", modules=(torch,)))(_mean_sum(False))
 
 
+def _along_other_axes(ctx: RuleContext, dims, keepdim: bool) -> Decision:
+    """A max, min or log-sum-exp: position-wise when it reduces other axes (e.g. the ``p`` of a split length,
+    :mod:`.split`); a stop over the length axis (not linear in the changed positions)."""
+    x = ctx.the_window_input()
+    if x is None or ctx.node.args[0] is not x:
+        return stop("reduction of several windowed tensors")
+    nd = len(ctx.shape(x))
+    lax = ctx.laxis(x)
+    if dims is None or dims == ():
+        return stop("reduction over every axis", quiet=True)
+    dims = {d % nd for d in ((dims,) if isinstance(dims, int) else dims)}
+    if 0 in dims or lax in dims:
+        return stop("max/min/logsumexp over the batch or the length axis", quiet=True)
+    out_lax = lax if keepdim else lax - sum(d < lax for d in dims)
+    return Decision(Kind.POINTWISE, laxis=out_lax, length=ctx.length(x), reads={x: Read(IDENTITY, lax)})
+
+
+def max_min_along(ctx: RuleContext) -> Decision:
+    """``torch.max(x, dim)`` / ``x.min(dim=...)``: (values, indices) of a reduction over ``dim``."""
+    return _along_other_axes(ctx, ctx.arg(1, "dim"), bool(ctx.arg(2, "keepdim", False)))
+
+
+@register(*methods("amax", "amin", "logsumexp"), *functions("amax", "amin", "logsumexp", modules=(torch,)))
+def amax_like(ctx: RuleContext) -> Decision:
+    return _along_other_axes(ctx, ctx.arg(1, "dim", None), bool(ctx.arg(2, "keepdim", False)))
+
+
 @register(*module_types(nn.AdaptiveAvgPool1d))
 def adaptive_avg(ctx: RuleContext) -> Decision:
     x = ctx.the_window_input()
@@ -67,9 +94,8 @@ QUIET_STOPS = (nn.MultiheadAttention, nn.AdaptiveMaxPool1d, nn.AdaptiveAvgPool2d
 
 
 @register(*module_types(*QUIET_STOPS), *functions("adaptive_max_pool1d", "scaled_dot_product_attention",
-                                                  "logsumexp", "amax", "amin", "stack", "einsum", "bmm",
-                                                  "cumsum", "roll", "sort", "topk"),
-          *methods("amax", "amin", "logsumexp", "cumsum", "roll", "sort", "topk", "expand"))
+                                                  "stack", "einsum", "bmm", "cumsum", "roll", "sort", "topk"),
+          *methods("cumsum", "roll", "sort", "topk", "expand"))
 def known_stop(ctx: RuleContext) -> Decision:
     return stop("global or sequence-wide op", quiet=True)
 

@@ -1,0 +1,62 @@
+"""Shape propagation for a captured graph: every node's ``tensor_meta`` (shape, dtype) for the example inputs,
+recorded by running the graph, on real data (:func:`propagate`) or, at no cost at any length, on a copy of the
+graph on the ``meta`` device (:func:`propagate_on_meta`)."""
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from .deferred_dynamo import dynamo_import_deferred
+
+
+def _given(gm: fx.GraphModule, example_args: list) -> list:
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    given = [a for a in example_args if a is not None] if len(placeholders) < len(example_args) else example_args
+    if len(placeholders) < len(given):
+        raise ValueError(f"the traced model takes {len(placeholders)} input(s) but {len(given)} were given")
+    return given
+
+
+def propagate(gm: fx.GraphModule, example_args: list):
+    given = _given(gm, example_args)
+    with torch.no_grad():
+        return ShapeProp(gm).propagate(*given)
+
+
+def meta_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` whose parameters, buffers and tensor attributes are on the ``meta`` device (no data
+    is copied: each tensor is replaced by an empty meta twin before the deep copy sees it; a 1 GB model costs
+    no 1 GB copy)."""
+    memo = {}
+    for mod in module.modules():
+        for name, t in list(mod._parameters.items()) + list(mod._buffers.items()) + list(vars(mod).items()):
+            if isinstance(t, torch.Tensor) and id(t) not in memo:
+                twin = torch.empty_like(t, device="meta")
+                memo[id(t)] = nn.Parameter(twin, t.requires_grad) if isinstance(t, nn.Parameter) else twin
+    return copy.deepcopy(module, memo)
+
+
+def propagate_on_meta(gm: fx.GraphModule, example_args: list) -> bool:
+    """Record every node's shape (``tensor_meta``) by running a meta copy of ``gm``; False if some op cannot run
+    on the meta device (the caller then propagates real data)."""
+    given = _given(gm, example_args)
+    meta_args = [torch.empty_like(a, device="meta") if isinstance(a, torch.Tensor) else a for a in given]
+    try:
+        with dynamo_import_deferred():
+            twin = meta_copy(gm)
+        with torch.no_grad(), warnings.catch_warnings(), dynamo_import_deferred():   # (meta kernels would
+            warnings.simplefilter("ignore")                                          # import torch._dynamo)
+            ShapeProp(twin).propagate(*meta_args)
+    except Exception:                                             # noqa: BLE001 - data-dependent ops: real data
+        return False
+    metas = {n.name: n.meta.get("tensor_meta") for n in twin.graph.nodes}
+    if set(metas) != {n.name for n in gm.graph.nodes}:
+        return False
+    for n in gm.graph.nodes:
+        if metas[n.name] is not None:
+            n.meta["tensor_meta"] = metas[n.name]
+    return True
