@@ -140,6 +140,7 @@ class FastISM(ISMBase):
         self._costs: dict = {}            # executor -> (planned MACs per edit, full MACs, edit-graph nodes, model ops)
         self._naive = None                # the naive engine sharing this model (cost model, deterministic mode)
         self._told: set = set()           # reasons for running naive ISM already logged
+        self._naive_ranges: set = set()   # ranges whose last call ran as naive ISM (their reference: a plain pass)
         self._pattern = None
         self.gm = None
         self._example = None              # the inputs the graph was captured for (two sequences)
@@ -286,8 +287,8 @@ class FastISM(ISMBase):
         following :meth:`_run_edits` of the same chunk reuses: one forward pass per sequence, not two.  The
         first one is compared with the model's outputs on the same chunk; a trace that differs is replaced by the
         model as one op (exact, naive speed, with a warning)."""
-        if ranges is None:
-            return super()._reference(inp)
+        if ranges is None or (self.naive_when_cheaper and ranges in self._naive_ranges and self._trace_checked):
+            return super()._reference(inp)             # (the last call for these ranges ran as naive ISM)
         self._pending = None
         ref = self._reference_pass(self._engine(ranges), inp)
         outs = [o.float() for o in as_output_list(ref.outputs)]
@@ -326,9 +327,11 @@ class FastISM(ISMBase):
     def _run_edits(self, inp, ranges, edits, sinks, bar):
         ex = self._engine(ranges)
         if self.naive_when_cheaper and self._naive_is_cheaper(ex, len(edits.seq)):
+            self._naive_ranges.add(ranges)              # the next scan of these ranges skips the engine's pass
             self._run_naive(inp, ranges, edits, sinks, bar, "naive ISM is cheaper for this call by the plan's cost "
                             "model (few edits, or little to reuse)")
             return
+        self._naive_ranges.discard(ranges)
         ref = self._take_reference(inp, ranges, ex)
         with self._precision():
             batch, chunk = self._auto_batch(ex), self._tail_chunk(ex)
