@@ -4,6 +4,7 @@ groups/depthwise.  Recomputed windows are convolved without padding: the gathere
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 import torch.nn.functional as F
@@ -89,12 +90,9 @@ class DeltaConv1d(nn.Module):
         return conv1d_delta(change, self.mod.weight, self.mod.dilation[0], self.mod.groups)
 
 
-def _conv_macs(weight_shape, groups: int) -> int:
-    """Multiply-adds per output position: ``C_out * C_in / groups * k`` (weight ``(C_out, C_in/groups, *k)``)."""
-    n = 1
-    for s in weight_shape:
-        n *= int(s)
-    return n
+def _conv_macs(weight_shape) -> int:
+    """Multiply-adds per output position, all channels: the weight's size (``C_out * C_in / groups * k``)."""
+    return math.prod(int(s) for s in weight_shape)
 
 
 def _conv_nd(ctx: RuleContext, mod) -> Decision:
@@ -121,7 +119,7 @@ def _conv_nd(ctx: RuleContext, mod) -> Decision:
         new.padding = (0,) * nsp
         new._reversed_padding_repeated_twice = [0, 0] * nsp
     window = Window(d * (k - 1) + 1, s, _pad_left(mod.padding, k, d, sp), 0.0)
-    return sliding(ctx, x, window, emit_module(new), delta=delta, macs=_conv_macs(mod.weight.shape, mod.groups),
+    return sliding(ctx, x, window, emit_module(new), delta=delta, macs=_conv_macs(mod.weight.shape),
                    dilation=d)
 
 
@@ -141,7 +139,7 @@ def conv_transpose_module(ctx: RuleContext) -> Decision:
         return stop(f"transposed convolution with stride {s} / output_padding {mod.output_padding}")
     # out[j] = sum_t in[j + p - t*d] w[t]: reads in[j - ((k-1)d - p) ... j + p]
     window = Window(d * (k - 1) + 1, 1, d * (k - 1) - p, 0.0)
-    return sliding(ctx, x, window, emit_module(TransposedAsConv(mod)), macs=_conv_macs(mod.weight.shape, mod.groups))
+    return sliding(ctx, x, window, emit_module(TransposedAsConv(mod)), macs=_conv_macs(mod.weight.shape))
 
 
 class TransposedAsConv(nn.Module):
@@ -222,4 +220,4 @@ def conv1d_function(ctx: RuleContext) -> Decision:
     wnode = ctx.arg(1, "weight")
     weight_is_const = isinstance(wnode, fx.Node) and ctx.infos[wnode].state == State.CONST
     return sliding(ctx, x, window, emit, delta=delta if weight_is_const else None,
-                   macs=_conv_macs(w, groups), dilation=dilation)
+                   macs=_conv_macs(w), dilation=dilation)
