@@ -70,3 +70,15 @@ class Inputs(NamedTuple):
     args: list                    # every positional model input (seq at seq_input_idx); None allowed
     was_numpy: bool               # return numpy arrays
     out_device: torch.device      # where torch results go
+
+
+def host_available_bytes() -> int | None:
+    """The host's ``MemAvailable`` in bytes (Linux ``/proc/meminfo``); None where unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

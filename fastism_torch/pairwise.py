@@ -21,7 +21,7 @@ from typing import Callable, Iterator, NamedTuple
 import numpy as np
 import torch
 
-from .common import Edits, Inputs
+from .common import Edits, Inputs, host_available_bytes
 
 OUT_BUDGET = 256 << 20      # bytes of model outputs held per chunk of mutant sequences
 
@@ -84,14 +84,8 @@ def make_select(target=None, reduce: Callable | None = None) -> Callable:
 
 
 def _available_bytes() -> int:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    free = host_available_bytes()
+    return free if free is not None else os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def check_fits(shapes: list, max_bytes: int | None, what: str = "pairwise") -> None:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import fx
 
+from .common import host_available_bytes
 from .kinds import State
 
 BYTES = 4              # float32
@@ -78,14 +79,7 @@ def available_bytes(device: torch.device) -> int | None:
         return int(torch.cuda.mem_get_info(device)[0])
     if device.type != "cpu":
         return None
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    return host_available_bytes()
 
 
 def check_one_edit_fits(per_edit: int, device: torch.device) -> None:
