@@ -10,6 +10,11 @@ import torch
 from . import gather as _k
 
 
+def _window_like(cache, seq_idx, width, laxis, feat_shape):
+    """The fake result of a gather: ``(B, *feat_shape)`` with a ``width``-wide window along ``laxis``."""
+    return cache.new_empty([seq_idx.shape[0], *feat_shape, width]).movedim(-1, laxis)
+
+
 @torch.library.custom_op("fastism::gather_window", mutates_args=())
 def gather_window(cache: torch.Tensor, new: torch.Tensor | None, seq_idx: torch.Tensor, start: torch.Tensor,
                   shift: torch.Tensor | None, width: int, laxis: int, feat_shape: list[int],
@@ -19,8 +24,7 @@ def gather_window(cache: torch.Tensor, new: torch.Tensor | None, seq_idx: torch.
 
 @gather_window.register_fake
 def _(cache, new, seq_idx, start, shift, width, laxis, feat_shape, new_laxis):
-    out = cache.new_empty([seq_idx.shape[0], *feat_shape, width])
-    return out.movedim(-1, laxis)
+    return _window_like(cache, seq_idx, width, laxis, feat_shape)
 
 
 @torch.library.custom_op("fastism::gather_window_delta", mutates_args=())
@@ -32,8 +36,7 @@ def gather_window_delta(cache: torch.Tensor, change: torch.Tensor, seq_idx: torc
 
 @gather_window_delta.register_fake
 def _(cache, change, seq_idx, start, shift, width, laxis, feat_shape, new_laxis):
-    out = cache.new_empty([seq_idx.shape[0], *feat_shape, width])
-    return out.movedim(-1, laxis)
+    return _window_like(cache, seq_idx, width, laxis, feat_shape)
 
 
 @torch.library.custom_op("fastism::gather_window_add", mutates_args=())
@@ -45,8 +48,7 @@ def gather_window_add(cache: torch.Tensor, a: torch.Tensor, b: torch.Tensor, seq
 
 @gather_window_add.register_fake
 def _(cache, a, b, seq_idx, start, shift, width, laxis, feat_shape, new_laxis):
-    out = cache.new_empty([seq_idx.shape[0], *feat_shape, width])
-    return out.movedim(-1, laxis)
+    return _window_like(cache, seq_idx, width, laxis, feat_shape)
 
 
 @torch.library.custom_op("fastism::gather_window_add_mean", mutates_args=())
@@ -61,8 +63,7 @@ def gather_window_add_mean(cache: torch.Tensor, a: torch.Tensor, b: torch.Tensor
 @gather_window_add_mean.register_fake
 def _(cache, a, b, seq_idx, start, shift, width, laxis, feat_shape, new_laxis, prefix, m_seq, m_start, ref_out,
       scale):
-    out = cache.new_empty([seq_idx.shape[0], *feat_shape, width])
-    return out.movedim(-1, laxis), torch.empty_like(ref_out)
+    return _window_like(cache, seq_idx, width, laxis, feat_shape), torch.empty_like(ref_out)
 
 
 @torch.library.custom_op("fastism::inc_linear", mutates_args=())
