@@ -98,13 +98,19 @@ def plot_ism(heat: np.ndarray, onehot: np.ndarray, path: str, start: int = 0, ti
     cb = fig.colorbar(im, ax=[ax_h, ax_l], fraction=0.012, pad=0.01, aspect=18)
     cb.set_label("ISM score")
     draw_logo(ax_l, proj, start=start)
-    ax_l.set_xlim(x0, x1)
-    ax_l.set_ylabel("score at\nreference base")
-    ax_l.set_xlabel("position")
+    return finish_logo_figure(fig, ax_h, ax_l, (x0, x1), "score at\nreference base", "position", title, path, dpi)
+
+
+def finish_logo_figure(fig, ax_h, ax_l, xlim, ylabel: str, xlabel: str, title, path, dpi: int):
+    """Label the logo axes ``ax_l`` under the map ``ax_h``, title the figure, save it to ``path`` and close it."""
+    ax_l.set_xlim(*xlim)
+    ax_l.set_ylabel(ylabel)
+    ax_l.set_xlabel(xlabel)
     for side in ("top", "right"):
         ax_l.spines[side].set_visible(False)
     if title:
         ax_h.set_title(title, loc="left", fontsize=11)
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    import matplotlib.pyplot as plt
     plt.close(fig)
     return path

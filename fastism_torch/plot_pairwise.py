@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .plot import draw_logo
+from .plot import draw_logo, finish_logo_figure
 
 
 def max_abs_epistasis(epistasis: np.ndarray) -> np.ndarray:
@@ -50,13 +50,4 @@ def plot_pairwise(epistasis: np.ndarray, ism: np.ndarray, onehot: np.ndarray, pa
     cb = fig.colorbar(im, ax=[ax_h, ax_l], fraction=0.03, pad=0.02)
     cb.set_label("max |epistasis| over base pairs")
     draw_logo(ax_l, ism * onehot, start=start)
-    ax_l.set_xlim(ext[0], ext[1])
-    ax_l.set_ylabel("ISM")
-    ax_l.set_xlabel("position j")
-    for side in ("top", "right"):
-        ax_l.spines[side].set_visible(False)
-    if title:
-        ax_h.set_title(title, loc="left", fontsize=11)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return finish_logo_figure(fig, ax_h, ax_l, (ext[0], ext[1]), "ISM", "position j", title, path, dpi)
