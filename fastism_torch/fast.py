@@ -137,7 +137,8 @@ class FastISM(ISMBase):
         self.compiled_graphs = 0          # graphs torch.compile built for this engine (compile=True)
         self._test_correctness = test_correctness
         self._engines: dict = {}
-        self._costs: dict = {}            # executor -> (planned MACs per edit, full MACs, edit-graph nodes, model ops)
+        self._costs: dict = {}            # executor -> (planned MACs per edit, full MACs, edit-graph nodes, model ops,
+        #                                   edits per batch): the cost model's inputs, computed once per engine
         self._naive = None                # the naive engine sharing this model (cost model, deterministic mode)
         self._told: set = set()           # reasons for running naive ISM already logged
         self._naive_ranges: set = set()   # ranges whose last call ran as naive ISM (their reference: a plain pass)
@@ -390,10 +391,11 @@ class FastISM(ISMBase):
             from .macs import mac_summary
             macs = mac_summary(self.gm, self.infos, ex.plan)
             nodes = sum(len(m.graph.nodes) for m in ex.edit.module.modules() if isinstance(m, torch.fx.GraphModule))
-            self._costs[ex] = (macs["planned_macs_per_mutation"], macs["full_macs"], nodes, len(self.gm.graph.nodes))
-        planned, full, edit_nodes, model_nodes = self._costs[ex]
+            self._costs[ex] = (macs["planned_macs_per_mutation"], macs["full_macs"], nodes, len(self.gm.graph.nodes),
+                               self._auto_batch(ex))
+        planned, full, edit_nodes, model_nodes, batch = self._costs[ex]
         rate = CPU_MACS_PER_S * torch.get_num_threads()
-        fast = FAST_CALL_S + -(-n_edits // self._auto_batch(ex)) * edit_nodes * FAST_OP_S + n_edits * planned / rate
+        fast = FAST_CALL_S + -(-n_edits // batch) * edit_nodes * FAST_OP_S + n_edits * planned / rate
         naive = -(-n_edits // self.default_batch_size) * model_nodes * NAIVE_OP_S + n_edits * full / rate
         return naive < fast
 
