@@ -36,3 +36,27 @@ def test_conv1d_valid_matches_conv1d(c_in, c_out, k, dil, bias, strided):
     got = conv1d_valid(x, w, b, dil)
     assert got.shape == want.shape and got.dtype == x.dtype
     assert float((got - want).abs().max()) <= 1e-6 * float(want.abs().max())
+
+
+@pytest.mark.parametrize("c_in,c_out,k,dil,groups,width", [
+    (4, 64, 25, 1, 1, 1),          # one changed column: the table of flipped kernel columns
+    (64, 64, 3, 256, 1, 100),      # wide change, large dilation: shifted products
+    (64, 32, 3, 2, 1, 64),         # the shifted products' smallest width
+    (64, 64, 3, 16, 1, 30),        # narrow: the transposed convolution
+    (12, 12, 5, 3, 3, 70),         # grouped: the transposed convolution
+    (300, 200, 11, 1, 1, 7),
+])
+def test_conv1d_delta_is_the_change_of_the_convolution(c_in, c_out, k, dil, groups, width):
+    """Every form of the delta (look-up, shifted products, transposed convolution) equals the change of a
+    padding-free ``F.conv1d`` when ``width`` input columns change, in float64 to 1e-6 of the output scale."""
+    from fastism_torch.rules.conv import conv1d_delta
+    torch.manual_seed(1)
+    span = dil * (k - 1)
+    x = torch.randn(2, c_in, width + 2 * span, dtype=torch.float64)
+    change = torch.zeros_like(x)
+    change[:, :, span:span + width] = torch.randn(2, c_in, width, dtype=torch.float64)
+    w = torch.randn(c_out, c_in // groups, k, dtype=torch.float64)
+    want = F.conv1d(x + change, w, dilation=dil, groups=groups) - F.conv1d(x, w, dilation=dil, groups=groups)
+    got = conv1d_delta(change[:, :, span:span + width].float(), w.float(), dil, groups).double()
+    assert got.shape == want.shape                 # the change reaches width + span outputs, from the first
+    assert float((got - want).abs().max()) <= 1e-5 * float(want.abs().max())

@@ -40,10 +40,11 @@ def sliding(ctx: RuleContext, x, window: Window, emit, out_laxis=None, delta=Non
 # Time per multiply-add of the delta form (a transposed convolution of the changed columns) relative to the
 # recomputing convolution, measured per layer on the CPU (AMD EPYC, 1 thread, oneDNN, 2026-12-06): Basset's conv2
 # (300 -> 200, k=11; 7 changed columns) 97.7 ms for 1/2.43 of the MACs of 222.5 ms recomputed (1.07); BPNet's
-# dilated layers (64 -> 64, k=3, dilation 16-256) 1.5-1.6 (oneDNN's dilated transposed kernels run at 26
-# GMAC/s where its forward convolution runs at 42), so they recompute unless the change is narrow enough.
+# dilated layers (64 -> 64, k=3): 1.5-1.6 with oneDNN's dilated transposed kernels, 1.2-1.3 for the wide changes
+# of dilation 32-256 as shifted products (:func:`_shifted_products`), so the deep layers propagate the change
+# and the shallow ones (narrow changes, small dilations) recompute.
 DELTA_COST = 1.1
-DELTA_COST_DILATED = 1.6
+DELTA_COST_DILATED = 1.3
 
 
 def emit_module(new_module):
@@ -76,7 +77,34 @@ def conv1d_delta(change, weight, dilation: int = 1, groups: int = 1):
         # columns, ``(B, C_in) @ (C_in, C_out * k)``; measured 10x faster than the transposed convolution for
         # BPNet's 4 -> 64 x 25 first layer (1 thread, batch 2048), which spends its time on tiny inputs
         return (change[:, :, 0] @ w.flip(-1).reshape(c_in_g, c_out * k)).view(change.shape[0], c_out, k)
+    if groups == 1 and dilation > 1 and change.dim() == 3 and change.shape[-1] >= GEMM_DELTA_WIDTH:
+        return _shifted_products(change, w.flip(-1), dilation)
     return F.conv_transpose1d(change, w.flip(-1), dilation=dilation, groups=groups)
+
+
+#: changed widths from which a dilated delta runs as one matrix product and ``k`` shifted adds
+#: (:func:`_shifted_products`) rather than oneDNN's dilated transposed convolution
+GEMM_DELTA_WIDTH = 64
+
+
+def _shifted_products(change, w_flipped, dilation: int, chunk_bytes: int = 2 << 20):
+    """``conv_transpose1d(change, w_flipped, dilation=dilation)`` as ``z = W_t @ change`` for every tap ``t`` (one
+    product, ``(k * C_out, C_in) @ (b, C_in, w)``) added at offsets ``t * dilation``, over chunks of ``b`` rows
+    whose ``z`` fits in ``chunk_bytes`` (in cache: 166 rows at once ran at half the speed).  For BPNet's dilated
+    layers (64 -> 64, k=3, 85-535 changed columns, dilation 32-256) it took 0.44-4.0 ms where oneDNN's dilated
+    transposed convolution took 0.53-5.0 and recomputing the window 0.51-5.7 (1 thread, AMD EPYC, CPU time,
+    2026-12-06); on narrow changes (under ~64 columns) the product is slower than oneDNN."""
+    n, _, width = change.shape
+    c_in, c_out, k = w_flipped.shape
+    table = w_flipped.permute(2, 1, 0).reshape(k * c_out, c_in)
+    out = change.new_zeros(n, c_out, width + dilation * (k - 1))
+    rows = max(1, chunk_bytes // (k * c_out * width * change.element_size()))
+    for b in range(0, n, rows):
+        z = torch.matmul(table, change[b:b + rows]).view(-1, k, c_out, width)
+        part = out[b:b + rows]
+        for t in range(k):
+            part[:, :, t * dilation:t * dilation + width] += z[:, t]
+    return out
 
 
 class DeltaConv1d(nn.Module):
