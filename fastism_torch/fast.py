@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import inspect
+import time
 from contextlib import nullcontext
 
 import numpy as np
 import torch
 from torch import nn
 
+from . import costs
 from .base import Inputs, ISMBase, is_out_of_memory, log
 from .execute import as_output_list
 from .kernels import onednn_dense
@@ -44,14 +46,6 @@ def _not_deterministic(e: BaseException) -> bool:
 
 
 MAX_BATCH = 1 << 16
-# The cost model that runs a call as naive ISM when that is cheaper (CPU eager, :meth:`FastISM._naive_is_cheaper`),
-# measured on the 2-core AMD EPYC, 1 thread, 2026-12-06: a small model's call (24 windows x 3 bases) costs the
-# fast path ~2 ms plus ~30 us per edit-graph node per batch, naive ISM ~15 us per model op per batch; products
-# run at 30-40 GMAC/s per thread in both.
-CPU_MACS_PER_S = 30e9
-FAST_CALL_S = 2e-3
-FAST_OP_S = 30e-6
-NAIVE_OP_S = 15e-6
 MAX_BATCH_WITH_TAIL = 512   # a tail in chunks frees memory, but a batch spans batch/3 positions whose windows
 #                             share one width (the widest): larger groups recompute more at the edges
 
@@ -122,7 +116,9 @@ class FastISM(ISMBase):
     #: (``fast_eager+autotune``, ``fast_compiled+autotune``: first-call cost in the set-up column) and
     #: ``benchmarks/profile_gpu.py --cudnn-benchmark`` measure both; ``scripts/gpu_check.sh part2`` runs them.
     cudnn_benchmark: bool | None = False
-    #: run a call as naive ISM where the cost model says that is cheaper (CPU eager); the tests turn it off
+    #: run a call as naive ISM where the cost model says that is cheaper (CPU eager); the tests turn it off.
+    #: Without the self-check this also makes the engine lazy: nothing is built until a call's naive ISM, timed
+    #: on its first batch, would cost more than the build (:data:`.costs.LAZY_MARGIN`)
     naive_when_cheaper = True
 
     def __init__(self, model: nn.Module, seq_len: int, *, early_stop_layers=None, test_correctness: bool = True,
@@ -147,19 +143,33 @@ class FastISM(ISMBase):
         self._example = None              # the inputs the graph was captured for (two sequences)
         self._trace_checked = False       # the trace compared with the model (on the first reference pass)
         self._pending = None              # (sequences, ranges, Reference) of the last reference pass
+        # lazy: build at the first call that pays for it (CPU eager, no self-check); _naive_spent: seconds of
+        # naive ISM run so far instead of building
+        self._lazy = (self.naive_when_cheaper and not test_correctness and not strict and not compile
+                      and self.device.type == "cpu" and self.static_kernels is not True)
+        self._naive_spent = 0.0
         params = inspect.signature(self.model.forward).parameters.values()
         n_required = sum(p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
                          for p in params)
-        if n_required <= 1 and self.seq_input_idx == 0:
-            try:
-                example = random_onehot(2, self.seq_len, self.num_chars, self.layout)
-                self._inputs(torch.as_tensor(example))      # builds (capture, analysis, self-check) once
-            except Exception:
-                if n_required == len(params):
-                    raise
-                # forward(x, ctl=None) may need ctl in this configuration: build at the first call, which
-                # brings every input the model needs
-                self.gm, self._pattern = None, None
+        self._example_ok = n_required <= 1 and self.seq_input_idx == 0    # random one-hot input is enough
+        self._optional_inputs = n_required != len(params)
+        if not self._lazy:
+            self._build_on_example()
+
+    def _build_on_example(self) -> None:
+        """Build (capture, analysis, self-check) on random one-hot input where the sequence is all the model
+        needs; otherwise at the first call, which brings every input."""
+        if not self._example_ok:
+            return
+        try:
+            self._lazy = False
+            self._inputs(torch.as_tensor(random_onehot(2, self.seq_len, self.num_chars, self.layout)))
+        except Exception:
+            if not self._optional_inputs:
+                raise
+            # forward(x, ctl=None) may need ctl in this configuration: build at the first call, which
+            # brings every input the model needs
+            self.gm, self._pattern = None, None
 
     # --------------------------------------------------------------- building
     def _build(self, inp: Inputs) -> None:
@@ -190,6 +200,8 @@ class FastISM(ISMBase):
         from .execute import Executor
         from .plan import build_plan
         from .rewrite import build_edit_module
+        if self.gm is None and self._lazy:
+            self._build_on_example()
         if self.gm is None:
             raise RuntimeError("this model takes inputs besides the sequence: call the FastISM object once "
                                "(or .predict) with all its inputs before reading its plan")
@@ -209,6 +221,11 @@ class FastISM(ISMBase):
         return self._engines[ranges]
 
     @property
+    def _deferred(self) -> bool:
+        """Not built, and building waits for a call that pays for it (:meth:`_run_lazy`)."""
+        return self.gm is None and self._lazy and self.naive_when_cheaper
+
+    @property
     def plan(self):
         """The plan for ``change_ranges`` (printable)."""
         return self._engine(self.change_ranges).plan
@@ -217,6 +234,8 @@ class FastISM(ISMBase):
     def _inputs(self, seqs) -> Inputs:
         inp = super()._inputs(seqs)
         pattern = tuple(a is None for a in inp.args)         # which inputs were given: fixed in the trace
+        if self._deferred:
+            return inp                                       # built by the first call that pays for it
         if self.gm is None or pattern != self._pattern:
             self._engines.clear()
             self._costs.clear()
@@ -226,6 +245,8 @@ class FastISM(ISMBase):
 
     def _seq_chunk(self) -> int:
         """Sequences per chunk: bounded reference caches and per-chunk results (~1 GiB of outputs)."""
+        if self.gm is None:
+            return super()._seq_chunk()              # (lazy, not built: naive ISM's; a build re-chunks)
         out = sum(int(np.prod(n.meta["tensor_meta"].shape[1:])) for n in self._output_nodes()
                   if hasattr(n.meta.get("tensor_meta"), "shape"))
         per_seq = 4 * max(1, out) * self.seq_len * self.num_chars
@@ -288,7 +309,8 @@ class FastISM(ISMBase):
         following :meth:`_run_edits` of the same chunk reuses: one forward pass per sequence, not two.  The
         first one is compared with the model's outputs on the same chunk; a trace that differs is replaced by the
         model as one op (exact, naive speed, with a warning)."""
-        if ranges is None or (self.naive_when_cheaper and ranges in self._naive_ranges and self._trace_checked):
+        if ranges is None or self.gm is None or (self.naive_when_cheaper and ranges in self._naive_ranges
+                                                 and self._trace_checked):
             return super()._reference(inp)             # (the last call for these ranges ran as naive ISM)
         self._pending = None
         ref = self._reference_pass(self._engine(ranges), inp)
@@ -326,6 +348,9 @@ class FastISM(ISMBase):
             return ex.reference(inp.args)
 
     def _run_edits(self, inp, ranges, edits, sinks, bar):
+        if self._deferred:
+            self._run_lazy(inp, ranges, edits, sinks, bar)
+            return
         ex = self._engine(ranges)
         if self.naive_when_cheaper and self._naive_is_cheaper(ex, len(edits.seq)):
             self._naive_ranges.add(ranges)              # the next scan of these ranges skips the engine's pass
@@ -381,23 +406,46 @@ class FastISM(ISMBase):
                                    **self.settings())
         self._naive._run_edits(inp, ranges, edits, sinks, bar)
 
+    def _run_lazy(self, inp, ranges, edits, sinks, bar) -> None:
+        """A call before the graph is built: a first batch of :data:`.costs.LAZY_PROBE` edits by naive ISM, timed;
+        the rest by naive ISM too while all naive ISM run so far stays under :data:`.costs.LAZY_MARGIN` times the
+        estimated set-up (:func:`.costs.setup_estimate`), else the engine is built and runs the rest in chunks of
+        its own size."""
+        n = len(edits.seq)
+        probe = min(n, costs.LAZY_PROBE)
+        why = "naive ISM is cheaper for this call than building the fast engine (few edits or a small model)"
+        t0 = time.perf_counter()
+        self._run_naive(inp, ranges, edits.subset(np.arange(probe)), sinks, bar, why)
+        spent = time.perf_counter() - t0
+        self._naive_spent += spent
+        rest = np.arange(probe, n)
+        if not len(rest):
+            return
+        if self._naive_spent + spent / probe * len(rest) < costs.LAZY_MARGIN * costs.setup_estimate(self.model):
+            t0 = time.perf_counter()
+            self._run_naive(inp, ranges, edits.subset(rest), sinks, bar, why)
+            self._naive_spent += time.perf_counter() - t0
+            return
+        self._build(inp)
+        edits = edits.subset(rest)
+        for lo, hi, chunk in self._chunks(inp):
+            mine = np.flatnonzero((edits.seq >= lo) & (edits.seq < hi))
+            if len(mine):
+                part = edits.subset(mine)
+                self._reference(chunk, ranges)           # the engine's caches (and the trace check)
+                self._run_edits(chunk, ranges, part._replace(seq=part.seq - lo), sinks, bar)
+
     def _naive_is_cheaper(self, ex, n_edits: int) -> bool:
-        """The cost model (CPU eager only): seconds of the fast path (a fixed cost per call, a cost per node of
-        the edit graph per batch, the plan's multiply-adds) against naive ISM's (a cost per op of the model per
-        batch of :attr:`NaiveISM.default_batch_size`, full passes), both at :data:`CPU_MACS_PER_S` per thread."""
+        """The cost model (CPU eager only, :func:`.costs.naive_is_cheaper`)."""
         if self.device.type != "cpu" or self.compile or ex.edit.static:
             return False
         if ex not in self._costs:
             from .macs import mac_summary
             macs = mac_summary(self.gm, self.infos, ex.plan)
             nodes = sum(len(m.graph.nodes) for m in ex.edit.module.modules() if isinstance(m, torch.fx.GraphModule))
-            self._costs[ex] = (macs["planned_macs_per_mutation"], macs["full_macs"], nodes, len(self.gm.graph.nodes),
-                               self._auto_batch(ex))
-        planned, full, edit_nodes, model_nodes, batch = self._costs[ex]
-        rate = CPU_MACS_PER_S * torch.get_num_threads()
-        fast = FAST_CALL_S + -(-n_edits // batch) * edit_nodes * FAST_OP_S + n_edits * planned / rate
-        naive = -(-n_edits // self.default_batch_size) * model_nodes * NAIVE_OP_S + n_edits * full / rate
-        return naive < fast
+            self._costs[ex] = costs.PlanCosts(macs["planned_macs_per_mutation"], macs["full_macs"], nodes,
+                                              len(self.gm.graph.nodes), self._auto_batch(ex))
+        return costs.naive_is_cheaper(self._costs[ex], n_edits, self.default_batch_size, torch.get_num_threads())
 
     # --------------------------------------------------------------- checks
     def check_correctness(self, inp: Inputs | None = None, n_seqs: int = 2, n_ranges: int = 24,
@@ -413,4 +461,5 @@ class FastISM(ISMBase):
     def mac_summary(self) -> dict:
         """MACs of one full forward pass vs the MACs the plan recomputes per mutation (averaged)."""
         from .macs import mac_summary
-        return mac_summary(self.gm, self.infos, self.plan_for((i, i + 1) for i in range(self.seq_len)))
+        plan = self.plan_for((i, i + 1) for i in range(self.seq_len))          # (builds a lazy engine)
+        return mac_summary(self.gm, self.infos, plan)

@@ -365,3 +365,24 @@ def test_untraceable_submodule_is_one_op_and_the_rest_is_windowed():
         fast = check_model(model, 24, saturation=False)
     assert [name for name, _ in fast.plan.stops] == ["mix"]
     assert {"c1", "c2"} <= set(fast.plan.nodes)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: torch.nn.GRU(6, 5, num_layers=2, batch_first=True, bidirectional=True),
+    lambda: torch.nn.LSTM(6, 5, num_layers=2, proj_size=3, bidirectional=True),
+    lambda: torch.nn.LSTM(6, 5, batch_first=True),
+    lambda: torch.nn.RNN(6, 4, nonlinearity="relu"),
+])
+@pytest.mark.parametrize("batched", [True, False])
+def test_recurrent_layers_on_meta_give_their_real_shapes(make, batched):
+    """A meta copy's recurrent layers return their outputs' shapes without running every time step (they
+    ran as Python decompositions on meta: most of a ConvGRU's set-up); the shapes equal a real call's."""
+    from fastism_torch.shapes import meta_copy
+    rnn = make()
+    x = torch.randn(*((3, 7) if batched else (7,)), 6)
+    real = rnn(x)
+    twin = meta_copy(rnn)
+    fake = twin(x.to("meta"))
+    flat = lambda o: [t for item in o for t in (item if isinstance(item, tuple) else (item,))]  # noqa: E731
+    assert [t.shape for t in flat(fake)] == [t.shape for t in flat(real)]
+    assert all(t.is_meta for t in flat(fake))

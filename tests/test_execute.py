@@ -275,8 +275,31 @@ def test_cost_model_runs_cheap_calls_as_naive_and_says_so_once(monkeypatch, capl
     assert fast._naive is not None
     torch.testing.assert_close(a, ft.NaiveISM(m, 60, change_ranges=ranges)(x)) and torch.testing.assert_close(a, b)
     big = ft.FastISM(models.basset(seq_len=300), 300, test_correctness=False)
+    assert big.gm is None                                  # lazy: nothing built before a call needs it
     big.saturation_mutagenesis(models.random_onehot(1, 300))
-    assert big._naive is None
+    assert big.gm is not None and big._naive_ranges == set()
+
+
+def test_lazy_engine_runs_small_calls_naive_and_builds_when_it_pays(monkeypatch):
+    """Without the self-check the engine builds nothing until a call's naive ISM (timed on a first batch) would
+    cost more than the estimated build: small calls run as naive ISM and never build; a call that pays builds
+    mid-call and runs the rest in chunks of the engine's size.  Both equal naive ISM."""
+    from fastism_torch import costs, models
+    monkeypatch.setattr(ft.FastISM, "naive_when_cheaper", True)
+    m, x = models.tiny(seq_len=60), models.random_onehot(3, 60)
+    want = ft.NaiveISM(m, 60).saturation_mutagenesis(x)
+    monkeypatch.setattr(costs, "setup_estimate", lambda model: 1e6)       # building never pays
+    lazy = ft.FastISM(m, 60, test_correctness=False)
+    torch.testing.assert_close(lazy.saturation_mutagenesis(x), want)
+    assert lazy.gm is None and lazy._naive_spent > 0
+    monkeypatch.setattr(costs, "setup_estimate", lambda model: 0.0)       # building always pays
+    monkeypatch.setattr(costs, "LAZY_PROBE", 5)
+    monkeypatch.setattr(ft.FastISM, "_seq_chunk", lambda self: 1 if self.gm is not None else 99)   # then by one
+    monkeypatch.setattr(ft.FastISM, "_naive_is_cheaper", lambda self, ex, n: False)   # ... on the fast path
+    built = ft.FastISM(m, 60, test_correctness=False)
+    torch.testing.assert_close(built.saturation_mutagenesis(x), want, rtol=1e-5, atol=1e-5)
+    assert built.gm is not None
+    assert ft.FastISM(m, 60, test_correctness=False).plan is not None          # reading the plan builds
 
 
 def test_self_check_checks_the_fast_path_even_where_naive_is_cheaper(monkeypatch):
