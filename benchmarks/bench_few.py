@@ -6,8 +6,9 @@ sequence, a few windows and full saturation, FastISM with its set-up against the
 For each model: ``--windows`` single-position windows evenly spaced over the sequence, every alternative base
 (``3 x windows`` edits), then full saturation (``3 x L``).  FastISM's time includes building the engine
 (``test_correctness=False``, as ``fastism_torch.saturation_mutagenesis`` builds it; with the self-check, the
-construction column) and its first call; naive ISM's is its best of two calls at a batch size measured on the
-call (``NaiveISM(batch_size=None)``).  With the cost model on (the default) FastISM may run a call as naive ISM;
+construction column) and its first call; naive ISM's is its first call, at a batch size measured on the call
+(``NaiveISM(batch_size=None)``); each engine runs in a fresh process, so both first calls pay for the model's
+kernel set-up (oneDNN primitives per shape) as a user's would, and then a second call.  With the cost model on (the default) FastISM may run a call as naive ISM;
 the table says which path ran.  Needs ``bash scripts/install_zoo.sh .venv/bin/python``.
 """
 from __future__ import annotations
@@ -40,36 +41,60 @@ def _best(fn, n=2):
     return out, best
 
 
-def bench(name: str, n_windows: int) -> list:
+def _call(engine: str, name: str, kind: str, n_windows: int, out_path: str) -> dict:
+    """One engine's first call (with construction) and second call on one model, in this (fresh) process:
+    ``{"first": s, "second": s, "path": ...}``; the first call's outputs are saved to ``out_path`` (.npz)."""
     import fastism_torch as ft
     model, L, layout, _ = _zoo(name)
     x = common.random_seqs(1, L)
     if layout == "NLC":
         x = x.transpose(1, 2).contiguous()
     pos = np.unique(np.linspace(0, L - 1, n_windows).round().astype(int))
-    ranges = [(int(p), int(p) + 1) for p in pos]
+    kw = {} if kind == "saturation" else dict(change_ranges=[(int(p), int(p) + 1) for p in pos])
+
+    def run(e):
+        if kind == "saturation":
+            return e.saturation_mutagenesis(x)
+        return [e(x, replace_with=torch.eye(4)[b]) for b in range(4)]
+    t0 = time.perf_counter()
+    e = (ft.FastISM(model, L, layout=layout, test_correctness=False, **kw) if engine == "fast"
+         else ft.NaiveISM(model, L, layout=layout, batch_size=None, **kw))
+    out = run(e)
+    first = time.perf_counter() - t0
+    _, second = _best(lambda: run(e), 1)
+    path = engine
+    if engine == "fast":
+        path = ("naive (not built)" if e.gm is None else
+                "naive (cost model)" if e._naive_ranges else "fast")
+    flat = [t for o in (out if isinstance(out, list) else [out]) for t in common.as_list(o)]
+    np.savez(out_path, *[t.numpy() for t in flat])
+    return {"first": first, "second": second, "path": path, "L": L, "edits": len(pos)}
+
+
+def bench(name: str, n_windows: int, threads: int | None) -> list:
+    """Naive and FastISM each in a fresh process (cold: their first calls pay for oneDNN's kernel set-up of the
+    model's shapes, as a user's would), windows then full saturation."""
+    import json
+    import subprocess
+    import tempfile
     rows = []
-    for label, kw, call in (
-            (f"{len(pos)} windows x 3 bases", dict(change_ranges=ranges), "windows"),
-            ("full saturation", {}, "saturation")):
-        def run(e):
-            if call == "saturation":
-                return e.saturation_mutagenesis(x)
-            return [e(x, replace_with=torch.eye(4)[b]) for b in range(4)]
-        t0 = time.perf_counter()
-        fast = ft.FastISM(model, L, layout=layout, test_correctness=False, **kw)
-        out_f = run(fast)
-        t_fast = time.perf_counter() - t0                    # set-up and the first call
-        _, t_steady = _best(lambda: run(fast), 1)
-        path = "naive (cost model)" if fast._naive is not None else "fast"
-        naive = ft.NaiveISM(model, L, layout=layout, **kw)
-        out_n, t_naive = _best(lambda: run(naive))
-        t0 = time.perf_counter()
-        ft.FastISM(model, L, layout=layout, **kw)
-        t_check = time.perf_counter() - t0
-        diff = max(common.max_rel_diff(a, b) for a, b in zip(common.as_list(out_f), common.as_list(out_n)))
-        rows.append([name, L, label, t_naive, t_fast, t_steady, t_naive / t_fast, t_naive / t_steady, path,
-                     t_check, f"{diff:.1e}"])
+    for kind in ("windows", "saturation"):
+        res = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for engine in ("naive", "fast"):
+                cmd = [sys.executable, "-m", "benchmarks.bench_few", "--one", engine, name, kind,
+                       "--windows", str(n_windows), "--npz", os.path.join(tmp, engine + ".npz")]
+                if threads:
+                    cmd += ["--threads", str(threads)]
+                done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                res[engine] = json.loads(done.stdout.strip().splitlines()[-1])
+            outs = {e: np.load(os.path.join(tmp, e + ".npz")) for e in res}
+            diff = max(common.max_rel_diff(torch.from_numpy(outs["fast"][k]), torch.from_numpy(outs["naive"][k]))
+                       for k in outs["fast"].files)
+        n, f = res["naive"], res["fast"]
+        label = f"{n['edits']} windows x 3 bases" if kind == "windows" else "full saturation"
+        rows.append([name, n["L"], label, n["first"], f["first"], n["second"], f["second"],
+                     n["first"] / f["first"], n["second"] / f["second"], f["path"], f"{diff:.1e}"])
         print(rows[-1], flush=True)
     return rows
 
@@ -80,6 +105,8 @@ def main(argv=None):
     p.add_argument("--windows", type=int, default=24)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default="", help="markdown file to append to ('' = don't)")
+    p.add_argument("--one", nargs=3, metavar=("ENGINE", "MODEL", "KIND"), help=argparse.SUPPRESS)
+    p.add_argument("--npz", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if argv is None:
         common.reexec_with_malloc_env("benchmarks.bench_few")
@@ -89,17 +116,24 @@ def main(argv=None):
     import fastism_torch as ft
     from fastism_torch import models
     t0 = time.perf_counter()          # once per process: imports and first-use costs of fx, meta kernels, ...
-    ft.FastISM(models.tiny(seq_len=50), 50, test_correctness=False)(models.random_onehot(1, 50))
+    ft.FastISM(models.tiny(seq_len=50), 50)(models.random_onehot(1, 50))
+    ft.NaiveISM(models.tiny(seq_len=50), 50)(models.random_onehot(1, 50))
     warm = time.perf_counter() - t0
-    rows = [r for name in args.models.split(",") for r in bench(name, args.windows)]
+    if args.one:
+        import json
+        print(json.dumps(_call(*args.one, args.windows, args.npz)))
+        return
+    rows = [r for name in args.models.split(",") for r in bench(name, args.windows, args.threads)]
     body = (f"One random sequence, {torch.get_num_threads()} thread(s), load average at the end "
-            f"{os.getloadavg()[0]:.2f}. FastISM: seconds for construction (self-check off) + the first call, and a "
-            "second call; naive: best of two calls, batch size measured; × = naive / FastISM. The process's first "
-            f"FastISM (a tiny model, built and called before the rows) took {warm:.2f} s: imports and first uses, "
-            "paid once per process and not in the rows.\n\n"
-            + common.markdown_table(["model", "L", "edits", "naive s", "FastISM s incl. set-up", "FastISM s, 2nd call",
-                                     "× incl. set-up", "× 2nd call", "path FastISM took",
-                                     "construction with self-check s", "max rel diff"], rows))
+            f"{os.getloadavg()[0]:.2f}. Each engine in a fresh process, where a tiny model was built and called "
+            f"first ({warm:.2f} s: imports and first uses of fx, meta kernels, oneDNN, paid once per process and not in "
+            "the rows). First call: construction (FastISM: self-check off) + the first call, cold for the model's "
+            "shapes as a user's first call is; second call: the same call again. Naive: NaiveISM, batch size measured "
+            "on the call. × = naive / FastISM. Path: what FastISM ran (a lazy engine runs small calls as naive ISM "
+            "without building; a built engine's cost model may still choose naive).\n\n"
+            + common.markdown_table(["model", "L", "edits", "naive s, 1st call", "FastISM s, 1st call incl. set-up",
+                                     "naive s, 2nd call", "FastISM s, 2nd call", "× 1st call", "× 2nd call",
+                                     "path FastISM took", "max rel diff"], rows))
     print(body)
     if args.out:
         common.append_results(args.out, "CPU, third-party models, one sequence: few windows and full saturation",
