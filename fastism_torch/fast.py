@@ -426,6 +426,7 @@ class FastISM(ISMBase):
             self._run_naive(inp, ranges, edits.subset(rest), sinks, bar, why)
             self._naive_spent += time.perf_counter() - t0
             return
+        self._pattern = tuple(a is None for a in inp.args)
         self._build(inp)
         edits = edits.subset(rest)
         for lo, hi, chunk in self._chunks(inp):
