@@ -20,6 +20,10 @@ NAIVE_OP_S = 15e-6
 LAZY_MARGIN = 1.5
 #: edits of the first, timed naive batch of a lazy engine's call (the naive cost estimate)
 LAZY_PROBE = 64
+#: naive ISM's time per edit is taken to be at least this share of a lone sequence's forward pass (batching
+#: gains at most 20x): a lazy engine whose call cannot fit its budget even so builds without a naive probe batch
+#: (64 forward passes of a large model would cost more than the build)
+NAIVE_BATCH_GAIN = 0.05
 
 
 class PlanCosts(NamedTuple):

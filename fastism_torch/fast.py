@@ -148,6 +148,8 @@ class FastISM(ISMBase):
         self._lazy = (self.naive_when_cheaper and not test_correctness and not strict and not compile
                       and self.device.type == "cpu" and self.static_kernels is not True)
         self._naive_spent = 0.0
+        self._ref_s_per_seq = 0.0         # a lazy engine's last plain reference pass, seconds per sequence
+        self._warm = False                # a lazy engine's naive ISM has run once (first uses paid)
         params = inspect.signature(self.model.forward).parameters.values()
         n_required = sum(p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
                          for p in params)
@@ -309,8 +311,12 @@ class FastISM(ISMBase):
         following :meth:`_run_edits` of the same chunk reuses: one forward pass per sequence, not two.  The
         first one is compared with the model's outputs on the same chunk; a trace that differs is replaced by the
         model as one op (exact, naive speed, with a warning)."""
-        if ranges is None or self.gm is None or (self.naive_when_cheaper and ranges in self._naive_ranges
-                                                 and self._trace_checked):
+        if self.gm is None:                            # (lazy: timed, the naive cost's first estimate)
+            t0 = time.perf_counter()
+            outs = super()._reference(inp)
+            self._ref_s_per_seq = (time.perf_counter() - t0) / max(1, len(inp.seq))
+            return outs
+        if ranges is None or (self.naive_when_cheaper and ranges in self._naive_ranges and self._trace_checked):
             return super()._reference(inp)             # (the last call for these ranges ran as naive ISM)
         self._pending = None
         ref = self._reference_pass(self._engine(ranges), inp)
@@ -407,28 +413,35 @@ class FastISM(ISMBase):
         self._naive._run_edits(inp, ranges, edits, sinks, bar)
 
     def _run_lazy(self, inp, ranges, edits, sinks, bar) -> None:
-        """A call before the graph is built: a first batch of :data:`.costs.LAZY_PROBE` edits by naive ISM, timed;
-        the rest by naive ISM too while all naive ISM run so far stays under :data:`.costs.LAZY_MARGIN` times the
-        estimated set-up (:func:`.costs.setup_estimate`), else the engine is built and runs the rest in chunks of
-        its own size."""
+        """A call before the graph is built.  Where naive ISM cannot fit the budget (:data:`.costs.LAZY_MARGIN`
+        times the estimated set-up, :func:`.costs.setup_estimate`, less the naive ISM run so far) even at
+        :data:`.costs.NAIVE_BATCH_GAIN` of the reference pass's time per sequence per edit, build at once.
+        Otherwise two batches of half :data:`.costs.LAZY_PROBE` edits by naive ISM, the second timed (the first
+        pays the shapes' first-use costs, which a build would pay too), and the rest by naive ISM too if it fits.
+        A build runs the rest in chunks of the engine's own size."""
         n = len(edits.seq)
-        probe = min(n, costs.LAZY_PROBE)
-        why = "naive ISM is cheaper for this call than building the fast engine (few edits or a small model)"
-        t0 = time.perf_counter()
-        self._run_naive(inp, ranges, edits.subset(np.arange(probe)), sinks, bar, why)
-        spent = time.perf_counter() - t0
-        self._naive_spent += spent
-        rest = np.arange(probe, n)
-        if not len(rest):
-            return
-        if self._naive_spent + spent / probe * len(rest) < costs.LAZY_MARGIN * costs.setup_estimate(self.model):
-            t0 = time.perf_counter()
-            self._run_naive(inp, ranges, edits.subset(rest), sinks, bar, why)
-            self._naive_spent += time.perf_counter() - t0
-            return
+        budget = costs.LAZY_MARGIN * costs.setup_estimate(self.model)
+        done = 0
+        if self._naive_spent + self._ref_s_per_seq * costs.NAIVE_BATCH_GAIN * n < budget:
+            half = costs.LAZY_PROBE // 2
+            for lo, hi in ((0, min(n, half)), (min(n, half), min(n, 2 * half)), (min(n, 2 * half), n)):
+                if hi == lo:
+                    continue
+                t0 = time.perf_counter()
+                self._run_naive(inp, ranges, edits.subset(np.arange(lo, hi)), sinks, bar,
+                                "naive ISM is cheaper for this call than building the fast engine (few edits or a "
+                                "small model)")
+                spent = time.perf_counter() - t0
+                if self._warm:                             # (the engine's first batch pays for first uses)
+                    self._naive_spent += spent
+                self._warm, done = True, hi
+                if hi < n and lo > 0 and self._naive_spent + spent / (hi - lo) * (n - hi) >= budget:
+                    break
+            if done == n:
+                return
         self._pattern = tuple(a is None for a in inp.args)
         self._build(inp)
-        edits = edits.subset(rest)
+        edits = edits.subset(np.arange(done, n))
         for lo, hi, chunk in self._chunks(inp):
             mine = np.flatnonzero((edits.seq >= lo) & (edits.seq < hi))
             if len(mine):

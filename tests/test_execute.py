@@ -292,13 +292,14 @@ def test_lazy_engine_runs_small_calls_naive_and_builds_when_it_pays(monkeypatch)
     lazy = ft.FastISM(m, 60, test_correctness=False)
     torch.testing.assert_close(lazy.saturation_mutagenesis(x), want)
     assert lazy.gm is None and lazy._naive_spent > 0
-    monkeypatch.setattr(costs, "setup_estimate", lambda model: 0.0)       # building always pays
-    monkeypatch.setattr(costs, "LAZY_PROBE", 5)
+    monkeypatch.setattr(costs, "setup_estimate", lambda model: 1e-9)      # building pays after the probe
+    monkeypatch.setattr(costs, "NAIVE_BATCH_GAIN", 0.0)
+    monkeypatch.setattr(costs, "LAZY_PROBE", 10)
     monkeypatch.setattr(ft.FastISM, "_seq_chunk", lambda self: 1 if self.gm is not None else 99)   # then by one
     monkeypatch.setattr(ft.FastISM, "_naive_is_cheaper", lambda self, ex, n: False)   # ... on the fast path
     built = ft.FastISM(m, 60, test_correctness=False)
     torch.testing.assert_close(built.saturation_mutagenesis(x), want, rtol=1e-5, atol=1e-5)
-    assert built.gm is not None
+    assert built.gm is not None and built._naive is not None              # probed, then built
     assert ft.FastISM(m, 60, test_correctness=False).plan is not None          # reading the plan builds
 
 
@@ -315,3 +316,20 @@ def test_self_check_checks_the_fast_path_even_where_naive_is_cheaper(monkeypatch
     monkeypatch.setattr(execute.Executor, "_outputs", broken)
     with pytest.raises(RuntimeError, match="FastISM differs from NaiveISM"):
         ft.FastISM(models.tiny(seq_len=60), 60)
+
+
+def test_lazy_engine_builds_without_a_probe_where_naive_is_plainly_too_slow(monkeypatch):
+    """A model whose one forward pass already exceeds the budget builds at once: no naive probe batch (64
+    forward passes of a large model would cost more than the build); the results equal naive ISM."""
+    from fastism_torch import costs, models
+    monkeypatch.setattr(ft.FastISM, "naive_when_cheaper", True)
+    monkeypatch.setattr(costs, "setup_estimate", lambda model: 1e-9)
+    m, x = models.tiny(seq_len=40), models.random_onehot(2, 40)
+    runs = []
+    real = ft.FastISM._run_naive
+    monkeypatch.setattr(ft.FastISM, "_run_naive", lambda self, *a: runs.append(len(a[2].seq)) or real(self, *a))
+    monkeypatch.setattr(ft.FastISM, "_naive_is_cheaper", lambda self, ex, n: False)
+    fast = ft.FastISM(m, 40, test_correctness=False)
+    got = fast.saturation_mutagenesis(x)
+    assert fast.gm is not None and runs == []
+    torch.testing.assert_close(got, ft.NaiveISM(m, 40).saturation_mutagenesis(x), rtol=1e-5, atol=1e-5)
