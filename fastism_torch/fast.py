@@ -118,7 +118,7 @@ class FastISM(ISMBase):
     cudnn_benchmark: bool | None = False
     #: run a call as naive ISM where the cost model says that is cheaper (CPU eager); the tests turn it off.
     #: Without the self-check this also makes the engine lazy: nothing is built until a call's naive ISM, timed
-    #: on its first batch, would cost more than the build (:data:`.costs.LAZY_MARGIN`)
+    #: on its first batches, would cost more than the build (:meth:`_run_lazy`)
     naive_when_cheaper = True
 
     def __init__(self, model: nn.Module, seq_len: int, *, early_stop_layers=None, test_correctness: bool = True,
