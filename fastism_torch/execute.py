@@ -17,10 +17,9 @@ from torch import fx
 from .common import Edits, as_output_list, bucket, check_output_shape, to_device
 from .deferred_dynamo import dynamo_import_deferred
 from .kernels import to_cache, to_prefix_sums
-from .kinds import GatherKind, State
+from .kinds import GatherKind, InputRole, State
 from .plan import Plan
-from .rewrite import (VALUES, EditModule, TailSplit, gather_input, ref_input, span_input, split_tail,
-                      start_input, static_input)
+from .rewrite import VALUES, EditModule, TailSplit, split_tail
 
 
 class Reference(NamedTuple):
@@ -65,12 +64,8 @@ class Executor:
         self.placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
         # a defaulted argument the caller did not give (traced as a constant) is fed its default
         self.defaults = {n.name: n.args[0] for n in gm.graph.nodes if n.op == "placeholder" and n.args}
-        self.inputs = set(edit.inputs)
-        live = [(k, ga) for k, ga in enumerate(plan.gathers) if ga.reuse is None]
-        shared = {gather_input(k, "cache") for k, ga in live if ga.source_state == State.WINDOW}
-        ints = {gather_input(k, "width") for k, _ in live} | {span_input(n) for n in edit.start_nodes}
-        self.row_inputs = set(edit.inputs) - shared - ints            # per-edit rows of the feed
-        self.rebased = {gather_input(k, "seq") for k, ga in live if ga.source_state != State.WINDOW}
+        self.row_inputs = {x.name for x in edit.inputs if x.per_edit}            # per-edit rows of the feed
+        self.rebased = {x.name for x in edit.inputs if x.role == InputRole.OWN_ROWS}
         self.mark_step = False          # set for CUDA graphs (torch.compile mode "reduce-overhead")
         # static kernels: one width per node for every group (the widest; windows shift inward at the edges),
         # so compiled graphs see the same shapes in every group instead of new ones at the sequence's edges
@@ -215,55 +210,69 @@ class Executor:
         return value[r0:r0 + chunk]
 
     def _group_inputs(self, blk: np.ndarray, e: np.ndarray, edits: "Edits") -> tuple[dict, dict]:
-        """Host-side index arrays (one entry per edit ``e``) and integers for the edits of one group."""
+        """Host-side index arrays (one entry per edit ``e``) and integers for the edits of one group: the edit
+        graph's per-group inputs (:class:`~fastism_torch.rewrite.EditInput`), plus each edit's ``edit``, ``seq``
+        and ``dest``."""
         widths = self.fixed_widths or self.plan.widths(blk)
         starts = {n: self.plan.starts(n, blk, w) for n, w in widths.items()}
         pos = np.searchsorted(blk, edits.window[e])
         arrays = {"edit": e, "seq": edits.seq[e], "dest": edits.dest[e]}
         ints = {}
-        for name, x in self.edit.start_nodes.items():
-            arrays[start_input(name)] = s = starts[x][pos]
-            ints[span_input(name)] = int(min(self.plan.nodes[x].length, s.max() - s.min() + widths[x]))
-        for k, ga in enumerate(self.plan.gathers):
-            if ga.reuse is not None:
-                continue
-            if ga.kind == GatherKind.WINDOW:
-                r, wreq = ga.window.backward(starts[ga.consumer][pos], widths[ga.consumer])
-            elif ga.kind == GatherKind.FULL:
-                r, wreq = np.zeros(len(e), dtype=np.int64), ga.length
-            else:               # REF, SUM, DELTA: the source's own window
-                r, wreq = starts[ga.source][pos], widths[ga.source]
-            arrays[gather_input(k, "start")] = r + ga.pad[0] if ga.source_state == State.WINDOW else r
-            ints[gather_input(k, "width")] = int(wreq)
-            if ga.kind in (GatherKind.WINDOW, GatherKind.FULL) and ga.source_state == State.WINDOW:
-                arrays[gather_input(k, "shift")] = starts[ga.source][pos] - r
-            elif ga.kind == GatherKind.DELTA:
-                arrays[gather_input(k, "shift")] = ga.delta_origin(starts[ga.via][pos]) - r
+        reads: dict = {}                 # gather -> (first position read per edit, width)
+        for x in self.edit.inputs:
+            if x.role == InputRole.DENSE_START:
+                arrays[x.name] = starts[x.node][pos]
+            elif x.role == InputRole.DENSE_SPAN:
+                s = starts[x.node][pos]
+                ints[x.name] = int(min(self.plan.nodes[x.node].length, s.max() - s.min() + widths[x.node]))
+            elif x.role in (InputRole.START, InputRole.WIDTH, InputRole.SHIFT, InputRole.DELTA_ORIGIN):
+                ga = self.plan.gathers[x.gather]
+                if x.gather not in reads:
+                    reads[x.gather] = _read(ga, starts, widths, pos)
+                r, wreq = reads[x.gather]
+                if x.role == InputRole.START:
+                    arrays[x.name] = r + ga.pad[0] if ga.source_state == State.WINDOW else r
+                elif x.role == InputRole.WIDTH:
+                    ints[x.name] = int(wreq)
+                elif x.role == InputRole.SHIFT:
+                    arrays[x.name] = starts[ga.source][pos] - r
+                else:
+                    arrays[x.name] = ga.delta_origin(starts[ga.via][pos]) - r
         return arrays, ints
 
     def _feed(self, rows: dict, ints: dict, ref: Reference, values: torch.Tensor) -> dict:
         """The edit graph's inputs for one batch (``rows``: the batch's slices of the group's index tensors)."""
         st = rows["seq"]
-        # (B, w, C) or (B, C, w): a tensor of its own, never a view, as compiled graphs guard on views' bases
-        v = (values if self.seq_laxis == 1 else values.transpose(1, 2)).index_select(0, rows["edit"])
-        feed = {VALUES: v, **ints}
-        for name in self.edit.static_inputs:
-            a = ref.statics[name]
-            feed[static_input(name)] = a.index_select(0, st) if isinstance(a, torch.Tensor) else a
-        for name in self.edit.ref_nodes:
-            feed[ref_input(name)] = ref.refs[name].index_select(0, st)
-        for k, ga in enumerate(self.plan.gathers):
-            if ga.reuse is not None:
-                continue
-            if ga.source_state == State.WINDOW:
-                feed[gather_input(k, "cache")] = ref.caches[self._cache_key(ga)]
-                feed[gather_input(k, "seq")] = st
-            else:                                       # static source: the edits' own rows, unpadded
-                feed[gather_input(k, "seq")] = torch.arange(len(st), device=st.device)
-        for key, t in rows.items():
-            if key not in ("edit", "seq", "dest"):
-                feed[key] = t
-        return {k: v for k, v in feed.items() if k in self.inputs}
+        feed = {}
+        for x in self.edit.inputs:
+            if x.role == InputRole.VALUES:
+                # (B, w, C) or (B, C, w): a tensor of its own, never a view, as compiled graphs guard on views' bases
+                feed[x.name] = (values if self.seq_laxis == 1 else values.transpose(1, 2)).index_select(0, rows["edit"])
+            elif x.role == InputRole.STATIC_ROWS:
+                a = ref.statics[x.node]
+                feed[x.name] = a.index_select(0, st) if isinstance(a, torch.Tensor) else a
+            elif x.role == InputRole.REF_OUTPUT:
+                feed[x.name] = ref.refs[x.node].index_select(0, st)
+            elif x.role == InputRole.CACHE:
+                feed[x.name] = ref.caches[self._cache_key(self.plan.gathers[x.gather])]
+            elif x.role == InputRole.SEQ:
+                feed[x.name] = st
+            elif x.role == InputRole.OWN_ROWS:                # static source: the edits' own rows, unpadded
+                feed[x.name] = torch.arange(len(st), device=st.device)
+            elif x.role in (InputRole.WIDTH, InputRole.DENSE_SPAN):
+                feed[x.name] = ints[x.name]
+            else:
+                feed[x.name] = rows[x.name]
+        return feed
+
+
+def _read(ga, starts: dict, widths: dict, pos: np.ndarray) -> tuple:
+    """The first position gather ``ga`` reads of its source for each edit (unpadded), and its width."""
+    if ga.kind == GatherKind.WINDOW:
+        return ga.window.backward(starts[ga.consumer][pos], widths[ga.consumer])
+    if ga.kind == GatherKind.FULL:
+        return np.zeros(len(pos), dtype=np.int64), ga.length
+    return starts[ga.source][pos], widths[ga.source]          # REF, SUM, DELTA: the source's own window
 
 
 TAIL_MIN_BYTES = 128 * 2 ** 10    # chunk the tail only where some gathered window is this large per edit
