@@ -8,7 +8,7 @@ on the engine's device.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -41,6 +41,14 @@ def _graph_inputs(d: dict) -> dict:
             return v.expand(2, *v.shape[1:]).contiguous()
         return v.clone() if v._base is not None else v
     return {k: own(v) for k, v in d.items()}
+
+
+class Batching(NamedTuple):
+    """How a run is cut (chosen by :meth:`fastism_torch.fast.FastISM._batching`, the one owner of batch sizes):
+    ``size`` edits per batch, and with a tail split (:attr:`Executor.tail`) ``chunk`` edits at a time through the
+    tail (0: the whole batch)."""
+    size: int
+    chunk: int = 0
 
 
 class _Recorder(fx.Interpreter):
@@ -80,12 +88,12 @@ class Executor:
     def _split_tail(self) -> None:
         """Where the edit graph's windows get wide (at least :data:`TAIL_MIN_BYTES` per edit), run the segments
         from the first window at least half as wide as the widest on chunks of a batch's rows
-        (:meth:`tail_chunk`), so that each op's input and output stay in the CPU's caches between ops; the
+        (:class:`Batching`), so that each op's input and output stay in the CPU's caches between ops; the
         segments before run on the whole batch, where a large batch spreads the per-call costs of many small
         ops.  Measured on BPNet (1 thread, interleaved in one process): batch 252 with chunks of 13 edits from
         its next-to-last dilated layer on, 3.18 s/seq at L=1000 and 7.07 at L=2114, against 3.61 and 8.16 at
         batch 78 unchunked."""
-        sizes = window_bytes(self.plan, self.gm)
+        sizes = window_bytes(self.plan)
         segs = [(i, sizes.get(k, 0)) for i, k in enumerate(self.edit.segment_gathers) if k is not None]
         widest = max((b for _, b in segs), default=0)
         if widest < TAIL_MIN_BYTES:
@@ -98,15 +106,6 @@ class Executor:
         consumer = self.plan.gathers[self.edit.segment_gathers[first]].consumer      # a windowed node
         names = list(self.plan.nodes)
         self.tail_nodes = frozenset(names[names.index(consumer):])
-
-    def tail_chunk(self, threads: int) -> int:
-        """Edits per chunk of the tail: :data:`TAIL_CHUNK_BYTES` of its widest window on one thread; with more
-        threads as many as memory allows (every op is a parallel region whose fixed cost small chunks
-        multiply: BPNet on 2 cores, chunks of 13, 26, 52, 113 and none took 1.86, 1.76, 1.74, 1.75 and 1.83
-        s/seq)."""
-        if threads > 1:
-            return 1 << 62
-        return max(1, TAIL_CHUNK_BYTES // max(1, self.tail_window))
 
     # ------------------------------------------------------------------ reference
     def reference(self, args: list) -> Reference:
@@ -135,22 +134,28 @@ class Executor:
         return ga.source, ga.pad[0], ga.pad[1], ga.window.pad_value, ga.kind == GatherKind.SUM
 
     # ------------------------------------------------------------------ edits
-    def run(self, ref: Reference, edits: "Edits", batch_size: int, sink: list, done: np.ndarray | None = None,
-            bar=None, chunk: int | None = None) -> None:
-        """Write the outputs of ``edits`` to rows ``edits.dest`` of each ``sink`` tensor (one per model output).
+    def run(self, ref: Reference, edits: "Edits", sinks: list, batching: "Batching") -> None:
+        """Write the outputs of ``edits`` to rows ``edits.dest`` of each ``sinks`` tensor (one per model output),
+        all batches (:meth:`batches`)."""
+        for _ in self.batches(ref, edits, sinks, batching):
+            pass
+
+    def batches(self, ref: Reference, edits: "Edits", sinks: list, batching: "Batching") -> Iterator[np.ndarray]:
+        """Write the outputs of ``edits`` to rows ``edits.dest`` of each ``sinks`` tensor, batch by batch; yield,
+        after each batch, the indices (into ``edits``) of the edits written (a retry after running out of memory
+        resumes after them).
 
         Per group of neighbouring windows, everything the kernels need is computed here on the host (numpy),
         moved to the device in one transfer, and sliced per batch: the edit graph only launches device work.
         With ``edit.static`` every batch of the run has one size (a group's last batch padded with repeats of
-        its last edit, whose outputs are dropped), so compiled graphs and CUDA graphs are reused.  ``done[e]`` is
-        set once edit ``e``'s outputs are written (a retry after running out of memory skips those).  With a
-        tail split (:meth:`_split_tail`), ``chunk`` edits at a time run through the tail (None: the whole batch).
+        its last edit, whose outputs are dropped), so compiled graphs and CUDA graphs are reused.  With a
+        tail split (:meth:`_split_tail`), ``batching.chunk`` edits at a time run through the tail.
         """
         with dynamo_import_deferred():      # the custom ops' first call would import torch._dynamo (0.6-1.3 s)
-            self._run(ref, edits, batch_size, sink, done, bar, chunk)
+            yield from self._run(ref, edits, sinks, batching)
 
-    def _run(self, ref: Reference, edits: "Edits", batch_size: int, sink: list, done: np.ndarray | None,
-             bar, chunk: int | None) -> None:
+    def _run(self, ref: Reference, edits: "Edits", sink: list, batching: "Batching") -> Iterator[np.ndarray]:
+        batch_size, chunk = batching
         order = np.argsort(edits.window, kind="stable")
         w_sorted = edits.window[order]
         uniq = np.unique(w_sorted)
@@ -177,10 +182,7 @@ class Executor:
                         check_output_shape(o, out)
                         m = min(len(o), n - r0)                     # rows past n: static padding
                         out.index_copy_(0, rows["dest"][r0:r0 + m], o[:m].to(out.dtype))
-                if done is not None:
-                    done[e[b0:b0 + n]] = True
-                if bar is not None:
-                    bar.update(n)
+                yield e[b0:b0 + n]
 
     def _outputs(self, feed: dict, n: int, chunk: int):
         """``(first row, output list)`` of the edit graph on a batch's ``feed``: once, or (with a tail
@@ -276,19 +278,15 @@ def _read(ga, starts: dict, widths: dict, pos: np.ndarray) -> tuple:
 
 
 TAIL_MIN_BYTES = 128 * 2 ** 10    # chunk the tail only where some gathered window is this large per edit
-TAIL_CHUNK_BYTES = 5 * 2 ** 20    # bytes of the tail's widest window per chunk, one thread (BPNet: 13 edits)
 
 
-def window_bytes(plan: Plan, gm: fx.GraphModule) -> dict:
+def window_bytes(plan: Plan) -> dict:
     """Bytes per edit of each sliding-window gather's widest window (plan gather index -> bytes)."""
-    nodes = {n.name: n for n in gm.graph.nodes}
     widths = plan.widths(np.arange(len(plan.ranges)))
     out = {}
     for k, ga in enumerate(plan.gathers):
-        tm = nodes[ga.source].meta.get("tensor_meta")
-        if ga.kind != GatherKind.WINDOW or ga.reuse is not None or ga.consumer not in widths or tm is None:
+        if ga.kind != GatherKind.WINDOW or ga.reuse is not None or ga.consumer not in widths:
             continue
-        feat = int(np.prod([s for i, s in enumerate(tm.shape) if i not in (0, ga.laxis)]))
         _, width = ga.window.backward(0, widths[ga.consumer])
-        out[k] = feat * int(width) * tm.dtype.itemsize
+        out[k] = int(np.prod(ga.feat)) * int(width) * ga.itemsize
     return out

@@ -163,10 +163,8 @@ class _Builder:
             new = self.env[src_node]
             shift, = self.gather_inputs(k, InputRole.SHIFT)
         seq, start, width = self.gather_inputs(k, InputRole.SEQ, InputRole.START, InputRole.WIDTH)
-        shape = list(src_node.meta["tensor_meta"].shape)
-        feat = [s for i, s in enumerate(shape) if i not in (0, ga.laxis)]
         node = g.call_function(op, (), {"cache": src, name: new, "seq_idx": seq, "start": start, "shift": shift,
-                                        "width": width, "laxis": ga.laxis, "feat_shape": feat,
+                                        "width": width, "laxis": ga.laxis, "feat_shape": list(ga.feat),
                                         "new_laxis": ga.laxis})
         node.meta[GATHER_META] = k
         return node
