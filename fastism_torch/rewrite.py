@@ -6,8 +6,9 @@
   (keyword arguments) whose reference cache and index tensors are inputs of the edit graph;
   with ``static=True`` (GPUs, ``torch.compile``) the sync-free :func:`~fastism_torch.kernels.gather_window_static`
   instead;
-- ``inc_mean`` / ``inc_linear`` nodes become incremental updates of the reference output (``ref_{node}``;
-  ``inc_mean`` reads the reference window's sum from running sums, ``g{k}_cache``);
+- ``inc_mean`` nodes become incremental updates of the reference output (``ref_{node}``), reading the
+  reference window's sum from running sums (``g{k}_cache``); ``inc_linear`` nodes are emitted by their rule
+  (:mod:`.rules.dense`);
 - static nodes (other model inputs) are replayed on the edits' rows; full nodes are copied.
 
 The edit graph reads only the plan and the analysis.  Every input it makes is listed, with its role, in
@@ -26,7 +27,7 @@ from . import kernels
 from .kernels import ops  # noqa: F401  (registers torch.ops.fastism.*)
 from .kinds import GatherKind, InputRole, Kind, State
 from .plan import Plan
-from .rules.dense import use_kernel_linear
+from .rules.registry import apply_peepholes
 
 
 @dataclass(frozen=True)
@@ -66,24 +67,9 @@ def gather_input(k: int, part: str) -> str:
     return f"g{k}_{part}"
 
 
-def static_input(name: str) -> str:
-    """Rows of another model input (placeholder ``name``) for the edits' sequences."""
-    return f"in_{name}"
-
-
-def ref_input(name: str) -> str:
-    """Reference output of an incrementally updated node."""
-    return f"ref_{name}"
-
-
-def start_input(name: str) -> str:
-    """Window starts of an inc_linear node's input."""
-    return f"start_{name}"
-
-
-def span_input(name: str) -> str:
-    """Span of the window starts of an inc_linear node (static kernels)."""
-    return f"span_{name}"
+#: name prefixes of the inputs that belong to an original node (``{prefix}_{node}``)
+NODE_INPUT_PREFIX = {InputRole.STATIC_ROWS: "in", InputRole.REF_OUTPUT: "ref", InputRole.DENSE_START: "start",
+                     InputRole.DENSE_SPAN: "span"}
 
 
 GATHER_META = "fastism_gather"           # node.meta key: the plan gather a gather node implements
@@ -129,6 +115,16 @@ class _Builder:
         """A new input of the edit graph, listed for the executor (:class:`EditInput`)."""
         self.inputs.append(EditInput(name, role, gather, node))
         return self.graph.placeholder(name)
+
+    def node_input(self, role: InputRole, owner: str, node: str | None = None) -> fx.Node:
+        """An input of ``role`` for the original node ``owner``, holding values of ``node`` (default ``owner``)."""
+        return self.input(f"{NODE_INPUT_PREFIX[role]}_{owner}", role, node=node or owner)
+
+    def value(self, node: fx.Node) -> fx.Node:
+        return self.env[node]
+
+    def ref_window(self, consumer: fx.Node, source: fx.Node) -> fx.Node:
+        return self.gathered(self.by_key[(consumer.name, source.name, GatherKind.REF)])
 
     def gather_inputs(self, k: int, *roles: InputRole) -> list:
         """Inputs ``roles`` of plan gather ``k``; :data:`InputRole.SEQ` is :data:`InputRole.OWN_ROWS` for a gather
@@ -185,7 +181,7 @@ class _Builder:
             if node is seq_node:
                 self.env[node] = self.input(VALUES, InputRole.VALUES)
             else:
-                self.env[node] = self.input(static_input(node.name), InputRole.STATIC_ROWS, node=node.name)
+                self.env[node] = self.node_input(InputRole.STATIC_ROWS, node.name)
         elif node.op == "output":
             args, _, _ = self.mapped(node, GatherKind.FULL)
             self.graph.output(args[0])
@@ -194,7 +190,7 @@ class _Builder:
         elif dec is not None and dec.kind == Kind.INC_MEAN:
             self.env[node] = self._inc_mean(node, dec)
         elif dec is not None and dec.kind == Kind.INC_LINEAR:
-            self.env[node] = self._inc_linear(node, dec)
+            self.env[node] = dec.emit(self, node, (), {})     # (rules/dense.py: the incremental dense update)
         elif info.state == State.WINDOW and self.plan.nodes[node.name].delta_from:
             self.env[node] = self._delta(node, dec)
         else:
@@ -208,7 +204,7 @@ class _Builder:
         """A linear op by delta propagation: its reference window plus ``dec.delta`` of its input's change
         (the input's window minus that window's reference)."""
         x = self.nodes[self.plan.nodes[node.name].delta_from]
-        ref = self.gathered(self.by_key[(node.name, x.name, GatherKind.REF)])
+        ref = self.ref_window(node, x)
         change = self.graph.call_function(operator.sub, (self.env[x], ref))
         args, kwargs, _ = self.mapped(node, GatherKind.WINDOW)
         k = self.by_key[(node.name, node.name, GatherKind.DELTA)]
@@ -221,22 +217,8 @@ class _Builder:
         prefix, seq, start = self.gather_inputs(k, InputRole.CACHE, InputRole.SEQ, InputRole.START)
         return self.graph.call_function(kernels.inc_mean_prefix, (), {
             "new": self.env[x], "prefix": prefix, "seq_idx": seq, "start": start,
-            "ref_out": self.input(ref_input(node.name), InputRole.REF_OUTPUT, node=node.name),
+            "ref_out": self.node_input(InputRole.REF_OUTPUT, node.name),
             "laxis": self.infos[x].laxis, "scale": dec.scale})
-
-    def _inc_linear(self, node: fx.Node, dec) -> fx.Node:
-        x = next(iter(dec.reads))
-        g = self.graph
-        weight = g.get_attr(node.target + ".weight") if node.op == "call_module" else self.env[dec.weight_node]
-        in_shape, laxis = tuple(x.meta["tensor_meta"].shape)[1:], self.infos[x].laxis
-        kw = {"new": self.env[x], "ref_window": self.gathered(self.by_key[(node.name, x.name, GatherKind.REF)]),
-              "ref_out": self.input(ref_input(node.name), InputRole.REF_OUTPUT, node=node.name), "weight": weight,
-              "starts": self.input(start_input(node.name), InputRole.DENSE_START, node=x.name), "laxis": laxis}
-        if self.static:
-            span = self.input(span_input(node.name), InputRole.DENSE_SPAN, node=x.name)
-            return g.call_function(kernels.inc_linear_static, (), {**kw, "in_shape": in_shape, "span": span})
-        return g.call_function(torch.ops.fastism.inc_linear, (), {**kw, "in_shape": list(in_shape)})
-
 
 def build_edit_module(gm: fx.GraphModule, infos: dict, plan: Plan, seq_node: fx.Node,
                       static: bool = False) -> EditModule:
@@ -246,8 +228,7 @@ def build_edit_module(gm: fx.GraphModule, infos: dict, plan: Plan, seq_node: fx.
         b.emit(node, seq_node)
     if not static:
         fuse_adds_into_gathers(b.graph)
-        use_kernel_linear(b.graph, b.root)
-        relu_in_place_after_conv(b.graph, b.root)
+        apply_peepholes(b.graph, b.root)            # each op's faster CPU form, from its rule file
         if DIRECT_KERNELS:
             direct_kernels(b.graph)
     b.graph.lint()
@@ -317,34 +298,6 @@ def _mean_of(node, new: fx.Node, laxis: int) -> bool:
     return (kw["new"] is new and kw["laxis"] == laxis
             and all(isinstance(kw[k], fx.Node) and kw[k].op == "placeholder"
                     for k in ("prefix", "seq_idx", "start", "ref_out")))
-
-
-def relu_in_place_after_conv(g: fx.Graph, root: torch.nn.Module) -> None:
-    """``relu(conv(x))`` where the convolution's output has no other reader -> ``torch.relu_`` on it (CPU
-    eager form): a convolution (recomputed, or its reference window plus a propagated change) returns a fresh
-    tensor, so the ReLU need not write a new one (measured 3% of
-    BPNet's fast path at L=1000, 1 and 2 threads)."""
-    from torch import nn
-    from .rules.conv import TransposedAsConv, ValidConv1d
-    convs = (ValidConv1d, TransposedAsConv, nn.Conv1d, nn.Conv2d)
-    relu_fns = (torch.relu, torch.nn.functional.relu)
-    for node in list(g.nodes):
-        if not node.args or node.kwargs or len(node.args) != 1:
-            continue
-        is_relu = ((node.op == "call_module" and type(root.get_submodule(node.target)) is nn.ReLU)
-                   or (node.op == "call_function" and node.target in relu_fns)
-                   or (node.op == "call_method" and node.target == "relu"))
-        src = node.args[0]
-        if not (is_relu and isinstance(src, fx.Node) and len(src.users) == 1):
-            continue
-        if not ((src.op == "call_module" and type(root.get_submodule(src.target)) in convs)
-                or (src.op == "call_function" and src.target in (torch.nn.functional.conv1d, DELTA_OPS[0],
-                                                                 DIRECT[DELTA_OPS[0]]))):
-            continue
-        with g.inserting_before(node):
-            new = g.call_function(torch.relu_, (src,))
-        node.replace_all_uses_with(new)
-        g.erase_node(node)
 
 
 def split_segments(module: fx.GraphModule) -> fx.GraphModule:
