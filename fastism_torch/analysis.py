@@ -113,7 +113,7 @@ def _classify(node, gm, infos, early, strict) -> NodeInfo:
                    "(it and everything after it run in full)")
             if strict:
                 raise ValueError(msg.replace("; it becomes a stop point", " (strict mode)"))
-            warnings.warn(msg, UnsupportedOpWarning, stacklevel=4)
+            warnings.warn(UnsupportedOpWarning(msg, node.name, dec.reason), stacklevel=4)
         return NodeInfo(State.FULL, decision=dec)
     if dec.kind == Kind.META:
         return NodeInfo(State.STATIC, decision=dec)
