@@ -220,6 +220,7 @@ class _Builder:
             "ref_out": self.node_input(InputRole.REF_OUTPUT, node.name),
             "laxis": self.infos[x].laxis, "scale": dec.scale})
 
+
 def build_edit_module(gm: fx.GraphModule, infos: dict, plan: Plan, seq_node: fx.Node,
                       static: bool = False) -> EditModule:
     """The edit graph; ``static=True`` emits the kernels that never read tensor values on the host."""
