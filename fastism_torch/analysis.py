@@ -5,7 +5,8 @@ other than the sequence: replayed for each batch of edits), ``WINDOW`` (on the s
 window of its length axis), ``FLAT`` (a flatten of a window node whose only user is a Linear updated
 incrementally), ``FULL`` (from a stop point on: recomputed in full for every edit), ``OUTPUT``.
 
-The result is a :class:`NodeInfo` per node in ``node.meta["fastism"]``; the graph itself is never edited.
+The result is a dict ``{node: NodeInfo}`` (the one channel: the plan, the rewrite and the MAC counts read it);
+the graph itself is never edited.
 """
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ def _check_batch_independent(gm: fx.GraphModule) -> None:
 
 def analyse(gm: fx.GraphModule, seq_node: fx.Node, seq_laxis: int, seq_len: int,
             early_stop_layers=None, strict: bool = False) -> dict:
-    """Annotate ``node.meta["fastism"]`` for every node; return ``{node: NodeInfo}``."""
+    """Classify every node; return ``{node: NodeInfo}``."""
     _check_batch_independent(gm)
     infos: dict = {}
     early = _early_stop_nodes(gm, early_stop_layers)
@@ -81,7 +82,6 @@ def analyse(gm: fx.GraphModule, seq_node: fx.Node, seq_laxis: int, seq_len: int,
         else:
             info = _classify(node, gm, infos, early, strict)
         infos[node] = info
-        node.meta["fastism"] = info
     return infos
 
 
@@ -113,7 +113,7 @@ def _classify(node, gm, infos, early, strict) -> NodeInfo:
                    "(it and everything after it run in full)")
             if strict:
                 raise ValueError(msg.replace("; it becomes a stop point", " (strict mode)"))
-            warnings.warn(msg, UnsupportedOpWarning, stacklevel=4)
+            warnings.warn(UnsupportedOpWarning(msg, node.name, dec.reason), stacklevel=4)
         return NodeInfo(State.FULL, decision=dec)
     if dec.kind == Kind.META:
         return NodeInfo(State.STATIC, decision=dec)

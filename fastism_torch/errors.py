@@ -17,7 +17,12 @@ class ISMUndefinedError(ValueError):
 
 
 class UnsupportedOpWarning(UserWarning):
-    """An op without a change-range rule (or with unsupported settings) became a stop point."""
+    """An op without a change-range rule (or with unsupported settings) became a stop point: ``node`` (its fx
+    node's name) and ``reason`` (the rule's) when raised by the analysis."""
+
+    def __init__(self, message: str, node: str | None = None, reason: str | None = None):
+        super().__init__(message)
+        self.node, self.reason = node, reason
 
 
 def first_line(e: BaseException) -> str:

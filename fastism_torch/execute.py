@@ -8,7 +8,7 @@ on the engine's device.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -17,10 +17,9 @@ from torch import fx
 from .common import Edits, as_output_list, bucket, check_output_shape, to_device
 from .deferred_dynamo import dynamo_import_deferred
 from .kernels import to_cache, to_prefix_sums
-from .kinds import GatherKind, State
+from .kinds import GatherKind, InputRole, State
 from .plan import Plan
-from .rewrite import (VALUES, EditModule, TailSplit, gather_input, ref_input, span_input, split_tail,
-                      start_input, static_input)
+from .rewrite import VALUES, EditModule, TailSplit, split_tail
 
 
 class Reference(NamedTuple):
@@ -44,6 +43,14 @@ def _graph_inputs(d: dict) -> dict:
     return {k: own(v) for k, v in d.items()}
 
 
+class Batching(NamedTuple):
+    """How a run is cut (chosen by :meth:`fastism_torch.fast.FastISM._batching`, the one owner of batch sizes):
+    ``size`` edits per batch, and with a tail split (:attr:`Executor.tail`) ``chunk`` edits at a time through the
+    tail (0: the whole batch)."""
+    size: int
+    chunk: int = 0
+
+
 class _Recorder(fx.Interpreter):
     def __init__(self, gm, keep):
         super().__init__(gm)
@@ -65,12 +72,8 @@ class Executor:
         self.placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
         # a defaulted argument the caller did not give (traced as a constant) is fed its default
         self.defaults = {n.name: n.args[0] for n in gm.graph.nodes if n.op == "placeholder" and n.args}
-        self.inputs = set(edit.inputs)
-        live = [(k, ga) for k, ga in enumerate(plan.gathers) if ga.reuse is None]
-        shared = {gather_input(k, "cache") for k, ga in live if ga.source_state == State.WINDOW}
-        ints = {gather_input(k, "width") for k, _ in live} | {span_input(n) for n in edit.start_nodes}
-        self.row_inputs = set(edit.inputs) - shared - ints            # per-edit rows of the feed
-        self.rebased = {gather_input(k, "seq") for k, ga in live if ga.source_state != State.WINDOW}
+        self.row_inputs = {x.name for x in edit.inputs if x.per_edit}            # per-edit rows of the feed
+        self.rebased = {x.name for x in edit.inputs if x.role == InputRole.OWN_ROWS}
         self.mark_step = False          # set for CUDA graphs (torch.compile mode "reduce-overhead")
         # static kernels: one width per node for every group (the widest; windows shift inward at the edges),
         # so compiled graphs see the same shapes in every group instead of new ones at the sequence's edges
@@ -85,12 +88,12 @@ class Executor:
     def _split_tail(self) -> None:
         """Where the edit graph's windows get wide (at least :data:`TAIL_MIN_BYTES` per edit), run the segments
         from the first window at least half as wide as the widest on chunks of a batch's rows
-        (:meth:`tail_chunk`), so that each op's input and output stay in the CPU's caches between ops; the
+        (:class:`Batching`), so that each op's input and output stay in the CPU's caches between ops; the
         segments before run on the whole batch, where a large batch spreads the per-call costs of many small
         ops.  Measured on BPNet (1 thread, interleaved in one process): batch 252 with chunks of 13 edits from
         its next-to-last dilated layer on, 3.18 s/seq at L=1000 and 7.07 at L=2114, against 3.61 and 8.16 at
         batch 78 unchunked."""
-        sizes = window_bytes(self.plan, self.gm)
+        sizes = window_bytes(self.plan)
         segs = [(i, sizes.get(k, 0)) for i, k in enumerate(self.edit.segment_gathers) if k is not None]
         widest = max((b for _, b in segs), default=0)
         if widest < TAIL_MIN_BYTES:
@@ -103,15 +106,6 @@ class Executor:
         consumer = self.plan.gathers[self.edit.segment_gathers[first]].consumer      # a windowed node
         names = list(self.plan.nodes)
         self.tail_nodes = frozenset(names[names.index(consumer):])
-
-    def tail_chunk(self, threads: int) -> int:
-        """Edits per chunk of the tail: :data:`TAIL_CHUNK_BYTES` of its widest window on one thread; with more
-        threads as many as memory allows (every op is a parallel region whose fixed cost small chunks
-        multiply: BPNet on 2 cores, chunks of 13, 26, 52, 113 and none took 1.86, 1.76, 1.74, 1.75 and 1.83
-        s/seq)."""
-        if threads > 1:
-            return 1 << 62
-        return max(1, TAIL_CHUNK_BYTES // max(1, self.tail_window))
 
     # ------------------------------------------------------------------ reference
     def reference(self, args: list) -> Reference:
@@ -140,22 +134,28 @@ class Executor:
         return ga.source, ga.pad[0], ga.pad[1], ga.window.pad_value, ga.kind == GatherKind.SUM
 
     # ------------------------------------------------------------------ edits
-    def run(self, ref: Reference, edits: "Edits", batch_size: int, sink: list, done: np.ndarray | None = None,
-            bar=None, chunk: int | None = None) -> None:
-        """Write the outputs of ``edits`` to rows ``edits.dest`` of each ``sink`` tensor (one per model output).
+    def run(self, ref: Reference, edits: "Edits", sinks: list, batching: "Batching") -> None:
+        """Write the outputs of ``edits`` to rows ``edits.dest`` of each ``sinks`` tensor (one per model output),
+        all batches (:meth:`batches`)."""
+        for _ in self.batches(ref, edits, sinks, batching):
+            pass
+
+    def batches(self, ref: Reference, edits: "Edits", sinks: list, batching: "Batching") -> Iterator[np.ndarray]:
+        """Write the outputs of ``edits`` to rows ``edits.dest`` of each ``sinks`` tensor, batch by batch; yield,
+        after each batch, the indices (into ``edits``) of the edits written (a retry after running out of memory
+        resumes after them).
 
         Per group of neighbouring windows, everything the kernels need is computed here on the host (numpy),
         moved to the device in one transfer, and sliced per batch: the edit graph only launches device work.
         With ``edit.static`` every batch of the run has one size (a group's last batch padded with repeats of
-        its last edit, whose outputs are dropped), so compiled graphs and CUDA graphs are reused.  ``done[e]`` is
-        set once edit ``e``'s outputs are written (a retry after running out of memory skips those).  With a
-        tail split (:meth:`_split_tail`), ``chunk`` edits at a time run through the tail (None: the whole batch).
+        its last edit, whose outputs are dropped), so compiled graphs and CUDA graphs are reused.  With a
+        tail split (:meth:`_split_tail`), ``batching.chunk`` edits at a time run through the tail.
         """
         with dynamo_import_deferred():      # the custom ops' first call would import torch._dynamo (0.6-1.3 s)
-            self._run(ref, edits, batch_size, sink, done, bar, chunk)
+            yield from self._run(ref, edits, sinks, batching)
 
-    def _run(self, ref: Reference, edits: "Edits", batch_size: int, sink: list, done: np.ndarray | None,
-             bar, chunk: int | None) -> None:
+    def _run(self, ref: Reference, edits: "Edits", sink: list, batching: "Batching") -> Iterator[np.ndarray]:
+        batch_size, chunk = batching
         order = np.argsort(edits.window, kind="stable")
         w_sorted = edits.window[order]
         uniq = np.unique(w_sorted)
@@ -182,10 +182,7 @@ class Executor:
                         check_output_shape(o, out)
                         m = min(len(o), n - r0)                     # rows past n: static padding
                         out.index_copy_(0, rows["dest"][r0:r0 + m], o[:m].to(out.dtype))
-                if done is not None:
-                    done[e[b0:b0 + n]] = True
-                if bar is not None:
-                    bar.update(n)
+                yield e[b0:b0 + n]
 
     def _outputs(self, feed: dict, n: int, chunk: int):
         """``(first row, output list)`` of the edit graph on a batch's ``feed``: once, or (with a tail
@@ -215,71 +212,81 @@ class Executor:
         return value[r0:r0 + chunk]
 
     def _group_inputs(self, blk: np.ndarray, e: np.ndarray, edits: "Edits") -> tuple[dict, dict]:
-        """Host-side index arrays (one entry per edit ``e``) and integers for the edits of one group."""
+        """Host-side index arrays (one entry per edit ``e``) and integers for the edits of one group: the edit
+        graph's per-group inputs (:class:`~fastism_torch.rewrite.EditInput`), plus each edit's ``edit``, ``seq``
+        and ``dest``."""
         widths = self.fixed_widths or self.plan.widths(blk)
         starts = {n: self.plan.starts(n, blk, w) for n, w in widths.items()}
         pos = np.searchsorted(blk, edits.window[e])
         arrays = {"edit": e, "seq": edits.seq[e], "dest": edits.dest[e]}
         ints = {}
-        for name, x in self.edit.start_nodes.items():
-            arrays[start_input(name)] = s = starts[x][pos]
-            ints[span_input(name)] = int(min(self.plan.nodes[x].length, s.max() - s.min() + widths[x]))
-        for k, ga in enumerate(self.plan.gathers):
-            if ga.reuse is not None:
-                continue
-            if ga.kind == GatherKind.WINDOW:
-                r, wreq = ga.window.backward(starts[ga.consumer][pos], widths[ga.consumer])
-            elif ga.kind == GatherKind.FULL:
-                r, wreq = np.zeros(len(e), dtype=np.int64), ga.length
-            else:               # REF, SUM, DELTA: the source's own window
-                r, wreq = starts[ga.source][pos], widths[ga.source]
-            arrays[gather_input(k, "start")] = r + ga.pad[0] if ga.source_state == State.WINDOW else r
-            ints[gather_input(k, "width")] = int(wreq)
-            if ga.kind in (GatherKind.WINDOW, GatherKind.FULL) and ga.source_state == State.WINDOW:
-                arrays[gather_input(k, "shift")] = starts[ga.source][pos] - r
-            elif ga.kind == GatherKind.DELTA:
-                arrays[gather_input(k, "shift")] = ga.delta_origin(starts[ga.via][pos]) - r
+        reads: dict = {}                 # gather -> (first position read per edit, width)
+        for x in self.edit.inputs:
+            if x.role == InputRole.DENSE_START:
+                arrays[x.name] = starts[x.node][pos]
+            elif x.role == InputRole.DENSE_SPAN:
+                s = starts[x.node][pos]
+                ints[x.name] = int(min(self.plan.nodes[x.node].length, s.max() - s.min() + widths[x.node]))
+            elif x.role in (InputRole.START, InputRole.WIDTH, InputRole.SHIFT, InputRole.DELTA_ORIGIN):
+                ga = self.plan.gathers[x.gather]
+                if x.gather not in reads:
+                    reads[x.gather] = _read(ga, starts, widths, pos)
+                r, wreq = reads[x.gather]
+                if x.role == InputRole.START:
+                    arrays[x.name] = r + ga.pad[0] if ga.source_state == State.WINDOW else r
+                elif x.role == InputRole.WIDTH:
+                    ints[x.name] = int(wreq)
+                elif x.role == InputRole.SHIFT:
+                    arrays[x.name] = starts[ga.source][pos] - r
+                else:
+                    arrays[x.name] = ga.delta_origin(starts[ga.via][pos]) - r
         return arrays, ints
 
     def _feed(self, rows: dict, ints: dict, ref: Reference, values: torch.Tensor) -> dict:
         """The edit graph's inputs for one batch (``rows``: the batch's slices of the group's index tensors)."""
         st = rows["seq"]
-        # (B, w, C) or (B, C, w): a tensor of its own, never a view, as compiled graphs guard on views' bases
-        v = (values if self.seq_laxis == 1 else values.transpose(1, 2)).index_select(0, rows["edit"])
-        feed = {VALUES: v, **ints}
-        for name in self.edit.static_inputs:
-            a = ref.statics[name]
-            feed[static_input(name)] = a.index_select(0, st) if isinstance(a, torch.Tensor) else a
-        for name in self.edit.ref_nodes:
-            feed[ref_input(name)] = ref.refs[name].index_select(0, st)
-        for k, ga in enumerate(self.plan.gathers):
-            if ga.reuse is not None:
-                continue
-            if ga.source_state == State.WINDOW:
-                feed[gather_input(k, "cache")] = ref.caches[self._cache_key(ga)]
-                feed[gather_input(k, "seq")] = st
-            else:                                       # static source: the edits' own rows, unpadded
-                feed[gather_input(k, "seq")] = torch.arange(len(st), device=st.device)
-        for key, t in rows.items():
-            if key not in ("edit", "seq", "dest"):
-                feed[key] = t
-        return {k: v for k, v in feed.items() if k in self.inputs}
+        feed = {}
+        for x in self.edit.inputs:
+            if x.role == InputRole.VALUES:
+                # (B, w, C) or (B, C, w): a tensor of its own, never a view, as compiled graphs guard on views' bases
+                feed[x.name] = (values if self.seq_laxis == 1 else values.transpose(1, 2)).index_select(0, rows["edit"])
+            elif x.role == InputRole.STATIC_ROWS:
+                a = ref.statics[x.node]
+                feed[x.name] = a.index_select(0, st) if isinstance(a, torch.Tensor) else a
+            elif x.role == InputRole.REF_OUTPUT:
+                feed[x.name] = ref.refs[x.node].index_select(0, st)
+            elif x.role == InputRole.CACHE:
+                feed[x.name] = ref.caches[self._cache_key(self.plan.gathers[x.gather])]
+            elif x.role == InputRole.SEQ:
+                feed[x.name] = st
+            elif x.role == InputRole.OWN_ROWS:                # static source: the edits' own rows, unpadded
+                feed[x.name] = torch.arange(len(st), device=st.device)
+            elif x.role in (InputRole.WIDTH, InputRole.DENSE_SPAN):
+                feed[x.name] = ints[x.name]
+            else:
+                feed[x.name] = rows[x.name]
+        return feed
+
+
+def _read(ga, starts: dict, widths: dict, pos: np.ndarray) -> tuple:
+    """The first position gather ``ga`` reads of its source for each edit (unpadded), and its width."""
+    if ga.kind == GatherKind.WINDOW:
+        return ga.window.backward(starts[ga.consumer][pos], widths[ga.consumer])
+    if ga.kind == GatherKind.FULL:
+        return np.zeros(len(pos), dtype=np.int64), ga.length
+    return starts[ga.source][pos], widths[ga.source]          # REF, SUM, DELTA: the source's own window
 
 
 TAIL_MIN_BYTES = 128 * 2 ** 10    # chunk the tail only where some gathered window is this large per edit
-TAIL_CHUNK_BYTES = 5 * 2 ** 20    # bytes of the tail's widest window per chunk, one thread (BPNet: 13 edits)
 
 
-def window_bytes(plan: Plan, gm: fx.GraphModule) -> dict:
+def window_bytes(plan: Plan) -> dict:
     """Bytes per edit of each sliding-window gather's widest window (plan gather index -> bytes)."""
-    nodes = {n.name: n for n in gm.graph.nodes}
     widths = plan.widths(np.arange(len(plan.ranges)))
     out = {}
     for k, ga in enumerate(plan.gathers):
-        tm = nodes[ga.source].meta.get("tensor_meta")
-        if ga.kind != GatherKind.WINDOW or ga.reuse is not None or ga.consumer not in widths or tm is None:
+        if ga.kind != GatherKind.WINDOW or ga.reuse is not None or ga.consumer not in widths:
             continue
-        feat = int(np.prod([s for i, s in enumerate(tm.shape) if i not in (0, ga.laxis)]))
         _, width = ga.window.backward(0, widths[ga.consumer])
-        out[k] = feat * int(width) * tm.dtype.itemsize
+        out[k] = int(np.prod(ga.feat)) * int(width) * ga.itemsize
     return out

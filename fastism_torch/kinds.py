@@ -46,3 +46,23 @@ class GatherKind(str, Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+class InputRole(str, Enum):
+    """What one input of the edit graph holds, so the executor knows how to feed it
+    (:class:`~fastism_torch.rewrite.EditInput`: the rewrite lists every input it made, with its role)."""
+    VALUES = "values"           # the edits' new values, (B, width, C)
+    STATIC_ROWS = "static_rows"  # the edits' rows of another model input (``node``: its placeholder)
+    REF_OUTPUT = "ref_output"   # the edits' rows of an incrementally updated node's reference output (``node``)
+    CACHE = "cache"             # gather ``k``'s reference cache (or running sums), every sequence: fed whole
+    SEQ = "seq"                 # gather ``k``: each edit's row in the cache (its sequence)
+    OWN_ROWS = "own_rows"       # gather ``k`` of a static source (the edits' own rows): 0 .. B-1, rebased per chunk
+    START = "start"             # gather ``k``: each edit's first position read
+    SHIFT = "shift"             # gather ``k``: where each edit's recomputed window of the source lands in it
+    DELTA_ORIGIN = "delta_origin"  # DELTA gather ``k``: where each edit's propagated change lands in it
+    WIDTH = "width"             # gather ``k``: the window width (an int per group of edits)
+    DENSE_START = "dense_start"  # an incremental dense layer: each edit's window start of ``node`` (its input)
+    DENSE_SPAN = "dense_span"   # static kernels: the span of those starts (an int per group)
+
+    def __str__(self) -> str:
+        return self.value

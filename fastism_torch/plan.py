@@ -33,6 +33,8 @@ class Gather:
     source_state: State       # WINDOW (a reference cache) or STATIC (the edits' own rows of another input)
     reuse: tuple | None = None  # (k, offset, shrink): a slice of gather k's window instead of a new gather
     via: str | None = None    # DELTA: the input whose window's start places the change (consumer == source)
+    feat: tuple = ()          # source's sizes on the axes other than the batch and the length (channels, ...)
+    itemsize: int = 4         # bytes per element of the source
 
     def delta_origin(self, input_starts: np.ndarray) -> np.ndarray:
         """DELTA: the output position of the first column of the change computed from an input window starting
@@ -53,6 +55,8 @@ class NodeRanges:
     macs: int = 0             # multiply-adds per output position (linear sliding ops; 0: not counted here)
     recompute_macs: float = 0.0    # per edit, averaged: recomputing the changed range from a gathered window
     delta_macs: float = 0.0        # per edit, averaged: propagating the change of the input (linear ops)
+    feat: tuple = ()          # sizes on the axes other than the batch and the length (channels, ...)
+    itemsize: int = 4         # bytes per element
 
     @property
     def bounds(self) -> tuple:
@@ -110,7 +114,8 @@ def build_plan(gm: fx.GraphModule, infos: dict, seq_node: fx.Node, ranges, delta
     needed = needed_ranges(gm, infos, seq_node)
     si = infos[seq_node]
     starts, ends = (np.array([r[i] for r in ranges], dtype=np.int64) for i in (0, 1))
-    nodes = {seq_node.name: NodeRanges(seq_node.name, si.laxis, si.length, starts, ends)}
+    nodes = {seq_node.name: NodeRanges(seq_node.name, si.laxis, si.length, starts, ends,
+                                       **_features(seq_node, si.laxis))}
     gathers, stops = [], []
     for node in gm.graph.nodes:
         info = infos[node]
@@ -155,9 +160,10 @@ def _delta_gathers(node: fx.Node, infos: dict, nodes: dict) -> list:
     add the change to)."""
     me, x = nodes[node.name], nodes[nodes[node.name].delta_from]
     read = next(rd for n, rd in infos[node].decision.reads.items() if n.name == x.name)
-    return [Gather(node.name, x.name, GatherKind.REF, IDENTITY, x.laxis, x.length, (0, 0), State.WINDOW),
+    return [Gather(node.name, x.name, GatherKind.REF, IDENTITY, x.laxis, x.length, (0, 0), State.WINDOW,
+                   **_sizes(x)),
             Gather(node.name, node.name, GatherKind.DELTA, read.window, me.laxis, me.length, (0, 0), State.WINDOW,
-                   via=x.name)]
+                   via=x.name, **_sizes(me))]
 
 
 def _changed(node: fx.Node, infos: dict, nodes: dict, need) -> NodeRanges:
@@ -170,7 +176,23 @@ def _changed(node: fx.Node, infos: dict, nodes: dict, need) -> NodeRanges:
     if need is not None:
         lo = np.clip(lo, need[0], need[1])
         hi = np.clip(hi, lo, need[1])
-    return NodeRanges(node.name, info.laxis, info.length, lo, hi, need)
+    return NodeRanges(node.name, info.laxis, info.length, lo, hi, need, **_features(node, info.laxis))
+
+
+def _features(node: fx.Node, laxis: int) -> dict:
+    """``feat`` and ``itemsize`` of a node's value (of the first tensor of a tuple such as ``torch.max(x, dim)``'s)
+    for :class:`NodeRanges` and :class:`Gather`: what execution needs of its shape, besides the length."""
+    tm = node.meta.get("tensor_meta")
+    if tm is not None and not hasattr(tm, "shape"):
+        tm = tm[0]
+    if tm is None:
+        return {}
+    return {"feat": tuple(int(s) for i, s in enumerate(tm.shape) if i not in (0, laxis)),
+            "itemsize": tm.dtype.itemsize}
+
+
+def _sizes(r: NodeRanges) -> dict:
+    return {"feat": r.feat, "itemsize": r.itemsize}
 
 
 def _cache_pad(src: NodeRanges, consumer: NodeRanges, window: Window) -> tuple:
@@ -191,11 +213,11 @@ def _window_gathers(node: fx.Node, infos: dict, nodes: dict) -> list:
                     and np.array_equal(r.lo, me.lo) and np.array_equal(r.hi, me.hi)):
                 continue                                   # reads its input's own window
             out.append(Gather(node.name, x.name, GatherKind.WINDOW, read.window, r.laxis, r.length,
-                              _cache_pad(r, me, read.window), State.WINDOW))
+                              _cache_pad(r, me, read.window), State.WINDOW, **_sizes(r)))
         else:                                              # a static input that has the length axis
             length = tuple(x.meta["tensor_meta"].shape)[read.laxis]
             out.append(Gather(node.name, x.name, GatherKind.WINDOW, read.window, read.laxis, length, (0, 0),
-                              State.STATIC))
+                              State.STATIC, **_features(x, read.laxis)))
     return out
 
 
@@ -209,10 +231,11 @@ def _full_gathers(node: fx.Node, infos: dict, nodes: dict) -> list:
         if infos[x].state == State.WINDOW:
             r = nodes[x.name]
             gk = GatherKind.SUM if kind == Kind.INC_MEAN and x in dec.reads else GatherKind.FULL
-            out.append(Gather(node.name, x.name, gk, IDENTITY, r.laxis, r.length, (0, 0), State.WINDOW))
+            out.append(Gather(node.name, x.name, gk, IDENTITY, r.laxis, r.length, (0, 0), State.WINDOW, **_sizes(r)))
     if kind == Kind.INC_LINEAR:          # a dense layer reads its window through a flatten (not one of its inputs)
         r = nodes[next(iter(dec.reads)).name]
-        out.append(Gather(node.name, r.name, GatherKind.REF, IDENTITY, r.laxis, r.length, (0, 0), State.WINDOW))
+        out.append(Gather(node.name, r.name, GatherKind.REF, IDENTITY, r.laxis, r.length, (0, 0), State.WINDOW,
+                          **_sizes(r)))
     return out
 
 

@@ -3,14 +3,16 @@
 
 - windowed nodes are copied (or re-emitted padding-free by their rule) and run on windows;
 - every plan :class:`~fastism_torch.plan.Gather` becomes a :func:`~fastism_torch.kernels.gather_window` call
-  whose reference cache and index tensors are inputs (placeholder names: :func:`gather_input` and friends);
+  (keyword arguments) whose reference cache and index tensors are inputs of the edit graph;
   with ``static=True`` (GPUs, ``torch.compile``) the sync-free :func:`~fastism_torch.kernels.gather_window_static`
   instead;
-- ``inc_mean`` / ``inc_linear`` nodes become incremental updates of the reference output (``ref_{node}``;
-  ``inc_mean`` reads the reference window's sum from running sums, ``g{k}_cache``);
+- ``inc_mean`` nodes become incremental updates of the reference output (``ref_{node}``), reading the
+  reference window's sum from running sums (``g{k}_cache``); ``inc_linear`` nodes are emitted by their rule
+  (:mod:`.rules.dense`);
 - static nodes (other model inputs) are replayed on the edits' rows; full nodes are copied.
 
-The edit graph reads only the plan and the analysis; the executor feeds its placeholders.
+The edit graph reads only the plan and the analysis.  Every input it makes is listed, with its role, in
+:attr:`EditModule.inputs` (:class:`EditInput`): the executor feeds exactly those, by role.
 """
 from __future__ import annotations
 
@@ -23,23 +25,40 @@ from torch import fx
 
 from . import kernels
 from .kernels import ops  # noqa: F401  (registers torch.ops.fastism.*)
-from .kinds import GatherKind, Kind, State
+from .kinds import GatherKind, InputRole, Kind, State
 from .plan import Plan
-from .rules.dense import use_kernel_linear
+from .rules.registry import apply_peepholes
+
+
+@dataclass(frozen=True)
+class EditInput:
+    """One input (placeholder) of the edit graph: its keyword ``name``, what it holds (``role``), and the plan
+    gather (index ``gather``) or node (``node``) it belongs to.  The executor feeds exactly these."""
+    name: str
+    role: InputRole
+    gather: int | None = None
+    node: str | None = None
+
+    @property
+    def per_edit(self) -> bool:
+        """Whether the value has one row per edit (a batch's rows can be cut into chunks)."""
+        return self.role not in (InputRole.CACHE, InputRole.WIDTH, InputRole.DENSE_SPAN)
 
 
 @dataclass
 class EditModule:
     module: fx.GraphModule
-    static_inputs: list        # original placeholder names fed as rows of the edits' sequences
-    ref_nodes: list            # names of nodes whose reference output is an input (inc ops)
-    start_nodes: dict          # inc_linear node name -> window node whose starts are an input
+    inputs: tuple              # EditInput per placeholder of the edit graph: what the executor feeds
     static: bool = False       # sync-free, static-shape kernels (GPUs, torch.compile)
-    inputs: tuple = ()         # the edit graph's placeholder names: what the executor feeds
     segment_gathers: tuple = ()  # plan gather that starts segment ``submod_{i}`` (None: segment 0, no gather)
 
+    @property
+    def ref_nodes(self) -> list:
+        """Names of the nodes whose reference output is an input (incremental ops)."""
+        return [x.node for x in self.inputs if x.role == InputRole.REF_OUTPUT]
 
-# The edit graph's placeholder names: made here, fed by execute.Executor (one home for the convention).
+
+# The edit graph's placeholder names (the executor reads them from :class:`EditInput`, never rebuilds them).
 VALUES = "values"                            # the edits' new values, (B, width, C)
 
 
@@ -48,24 +67,9 @@ def gather_input(k: int, part: str) -> str:
     return f"g{k}_{part}"
 
 
-def static_input(name: str) -> str:
-    """Rows of another model input (placeholder ``name``) for the edits' sequences."""
-    return f"in_{name}"
-
-
-def ref_input(name: str) -> str:
-    """Reference output of an incrementally updated node."""
-    return f"ref_{name}"
-
-
-def start_input(name: str) -> str:
-    """Window starts of an inc_linear node's input."""
-    return f"start_{name}"
-
-
-def span_input(name: str) -> str:
-    """Span of the window starts of an inc_linear node (static kernels)."""
-    return f"span_{name}"
+#: name prefixes of the inputs that belong to an original node (``{prefix}_{node}``)
+NODE_INPUT_PREFIX = {InputRole.STATIC_ROWS: "in", InputRole.REF_OUTPUT: "ref", InputRole.DENSE_START: "start",
+                     InputRole.DENSE_SPAN: "span"}
 
 
 GATHER_META = "fastism_gather"           # node.meta key: the plan gather a gather node implements
@@ -98,7 +102,7 @@ class _Builder:
         self.env: dict = {}          # original node -> edit graph node
         self.made: dict = {}         # gather index -> its edit graph node
         self.changes: dict = {}      # DELTA gather index -> the node of the change it adds
-        self.static_inputs, self.ref_nodes, self.start_nodes = [], [], {}
+        self.inputs: list = []       # EditInput, in the order made
         self._n = 0
 
     def add_module(self, name: str, mod):
@@ -107,8 +111,27 @@ class _Builder:
         self.root.add_submodule(name, mod)
         return name
 
-    def input(self, name: str) -> fx.Node:
+    def input(self, name: str, role: InputRole, gather: int | None = None, node: str | None = None) -> fx.Node:
+        """A new input of the edit graph, listed for the executor (:class:`EditInput`)."""
+        self.inputs.append(EditInput(name, role, gather, node))
         return self.graph.placeholder(name)
+
+    def node_input(self, role: InputRole, owner: str, node: str | None = None) -> fx.Node:
+        """An input of ``role`` for the original node ``owner``, holding values of ``node`` (default ``owner``)."""
+        return self.input(f"{NODE_INPUT_PREFIX[role]}_{owner}", role, node=node or owner)
+
+    def value(self, node: fx.Node) -> fx.Node:
+        return self.env[node]
+
+    def ref_window(self, consumer: fx.Node, source: fx.Node) -> fx.Node:
+        return self.gathered(self.by_key[(consumer.name, source.name, GatherKind.REF)])
+
+    def gather_inputs(self, k: int, *roles: InputRole) -> list:
+        """Inputs ``roles`` of plan gather ``k``; :data:`InputRole.SEQ` is :data:`InputRole.OWN_ROWS` for a gather
+        of the edits' own rows (a static source)."""
+        own = self.plan.gathers[k].source_state == State.STATIC
+        return [self.input(gather_input(k, str(r)), InputRole.OWN_ROWS if own and r == InputRole.SEQ else r, k)
+                for r in roles]
 
     # --------------------------------------------------------------- gathers
     def gathered(self, k: int) -> fx.Node:
@@ -126,18 +149,19 @@ class _Builder:
         if ga.source_state == State.STATIC:          # rows of the edits themselves (replayed static input)
             src = g.call_function(kernels.to_cache, (self.env[src_node], ga.laxis))
         else:
-            src = self.input(gather_input(k, "cache"))
+            src, = self.gather_inputs(k, InputRole.CACHE)
         new = shift = None
-        op = GATHER_OPS[int(self.static)]
+        op, name = GATHER_OPS[int(self.static)], "new"
         if ga.kind == GatherKind.DELTA:
-            new, shift, op = self.changes[k], self.input(gather_input(k, "shift")), DELTA_OPS[int(self.static)]
+            new, op, name = self.changes[k], DELTA_OPS[int(self.static)], "change"
+            shift, = self.gather_inputs(k, InputRole.DELTA_ORIGIN)
         elif ga.kind != GatherKind.REF and ga.source_state == State.WINDOW:
-            new, shift = self.env[src_node], self.input(gather_input(k, "shift"))
-        shape = list(src_node.meta["tensor_meta"].shape)
-        feat = [s for i, s in enumerate(shape) if i not in (0, ga.laxis)]
-        node = g.call_function(op, (
-            src, new, self.input(gather_input(k, "seq")), self.input(gather_input(k, "start")), shift,
-            self.input(gather_input(k, "width")), ga.laxis, feat, ga.laxis))
+            new = self.env[src_node]
+            shift, = self.gather_inputs(k, InputRole.SHIFT)
+        seq, start, width = self.gather_inputs(k, InputRole.SEQ, InputRole.START, InputRole.WIDTH)
+        node = g.call_function(op, (), {"cache": src, name: new, "seq_idx": seq, "start": start, "shift": shift,
+                                        "width": width, "laxis": ga.laxis, "feat_shape": list(ga.feat),
+                                        "new_laxis": ga.laxis})
         node.meta[GATHER_META] = k
         return node
 
@@ -155,10 +179,9 @@ class _Builder:
         dec = info.decision
         if node.op == "placeholder":
             if node is seq_node:
-                self.env[node] = self.input(VALUES)
+                self.env[node] = self.input(VALUES, InputRole.VALUES)
             else:
-                self.env[node] = self.input(static_input(node.name))
-                self.static_inputs.append(node.name)
+                self.env[node] = self.node_input(InputRole.STATIC_ROWS, node.name)
         elif node.op == "output":
             args, _, _ = self.mapped(node, GatherKind.FULL)
             self.graph.output(args[0])
@@ -167,7 +190,7 @@ class _Builder:
         elif dec is not None and dec.kind == Kind.INC_MEAN:
             self.env[node] = self._inc_mean(node, dec)
         elif dec is not None and dec.kind == Kind.INC_LINEAR:
-            self.env[node] = self._inc_linear(node, dec)
+            self.env[node] = dec.emit(self, node, (), {})     # (rules/dense.py: the incremental dense update)
         elif info.state == State.WINDOW and self.plan.nodes[node.name].delta_from:
             self.env[node] = self._delta(node, dec)
         else:
@@ -181,7 +204,7 @@ class _Builder:
         """A linear op by delta propagation: its reference window plus ``dec.delta`` of its input's change
         (the input's window minus that window's reference)."""
         x = self.nodes[self.plan.nodes[node.name].delta_from]
-        ref = self.gathered(self.by_key[(node.name, x.name, GatherKind.REF)])
+        ref = self.ref_window(node, x)
         change = self.graph.call_function(operator.sub, (self.env[x], ref))
         args, kwargs, _ = self.mapped(node, GatherKind.WINDOW)
         k = self.by_key[(node.name, node.name, GatherKind.DELTA)]
@@ -190,25 +213,12 @@ class _Builder:
 
     def _inc_mean(self, node: fx.Node, dec) -> fx.Node:
         x = next(iter(dec.reads))
-        self.ref_nodes.append(node.name)
         k = self.by_key[(node.name, x.name, GatherKind.SUM)]
-        return self.graph.call_function(kernels.inc_mean_prefix, (
-            self.env[x], self.input(gather_input(k, "cache")), self.input(gather_input(k, "seq")),
-            self.input(gather_input(k, "start")), self.input(ref_input(node.name)), self.infos[x].laxis, dec.scale))
-
-    def _inc_linear(self, node: fx.Node, dec) -> fx.Node:
-        x = next(iter(dec.reads))
-        self.ref_nodes.append(node.name)
-        self.start_nodes[node.name] = x.name
-        g = self.graph
-        weight = g.get_attr(node.target + ".weight") if node.op == "call_module" else self.env[dec.weight_node]
-        in_shape, laxis = tuple(x.meta["tensor_meta"].shape)[1:], self.infos[x].laxis
-        args = (self.env[x], self.gathered(self.by_key[(node.name, x.name, GatherKind.REF)]),
-                self.input(ref_input(node.name)), weight, self.input(start_input(node.name)))
-        if self.static:
-            span = self.input(span_input(node.name))
-            return g.call_function(kernels.inc_linear_static, (*args, in_shape, laxis, span))
-        return g.call_function(torch.ops.fastism.inc_linear, (*args, list(in_shape), laxis))
+        prefix, seq, start = self.gather_inputs(k, InputRole.CACHE, InputRole.SEQ, InputRole.START)
+        return self.graph.call_function(kernels.inc_mean_prefix, (), {
+            "new": self.env[x], "prefix": prefix, "seq_idx": seq, "start": start,
+            "ref_out": self.node_input(InputRole.REF_OUTPUT, node.name),
+            "laxis": self.infos[x].laxis, "scale": dec.scale})
 
 
 def build_edit_module(gm: fx.GraphModule, infos: dict, plan: Plan, seq_node: fx.Node,
@@ -219,15 +229,13 @@ def build_edit_module(gm: fx.GraphModule, infos: dict, plan: Plan, seq_node: fx.
         b.emit(node, seq_node)
     if not static:
         fuse_adds_into_gathers(b.graph)
-        use_kernel_linear(b.graph, b.root)
-        relu_in_place_after_conv(b.graph, b.root)
+        apply_peepholes(b.graph, b.root)            # each op's faster CPU form, from its rule file
         if DIRECT_KERNELS:
             direct_kernels(b.graph)
     b.graph.lint()
     module = fx.GraphModule(b.root, b.graph, class_name="FastISMEditGraph")
-    inputs = tuple(n.target for n in b.graph.nodes if n.op == "placeholder")   # the call's keyword names
     starts = (None, *(n.meta.get(GATHER_META) for n in b.graph.nodes if n.target in GATHER_OPS))
-    return EditModule(split_segments(module), b.static_inputs, b.ref_nodes, b.start_nodes, static, inputs, starts)
+    return EditModule(split_segments(module), tuple(b.inputs), static, starts)
 
 
 def fuse_adds_into_gathers(g: fx.Graph) -> None:
@@ -238,25 +246,26 @@ def fuse_adds_into_gathers(g: fx.Graph) -> None:
     for node in list(g.nodes):
         if node.target is not torch.ops.fastism.gather_window:
             continue
-        new = node.args[1]
+        new = node.kwargs["new"]
         if (not isinstance(new, fx.Node) or new.op != "call_function" or new.target not in ADDS or new.kwargs
                 or len(new.args) != 2 or not all(isinstance(x, fx.Node) for x in new.args)):
             continue
-        cache, _, seq_idx, start, shift, width, laxis, feat, new_laxis = node.args
-        args = (cache, *new.args, seq_idx, start, shift, width, laxis, feat, new_laxis)
+        kw = {k: v for k, v in node.kwargs.items() if k != "new"}
+        kw["a"], kw["b"] = new.args
         others = [u for u in new.users if u is not node]
         mean = others[0] if len(others) == 1 else None
-        if others and not (_mean_of(mean, new, new_laxis) and _all_after(mean.users, node)):
+        if others and not (_mean_of(mean, new, kw["new_laxis"]) and _all_after(mean.users, node)):
             continue                    # (the fused op replaces the mean where the gather is: its readers follow)
         with g.inserting_before(node):
             if mean is None:
-                fused = op = g.call_function(torch.ops.fastism.gather_window_add, args)
+                fused = op = g.call_function(torch.ops.fastism.gather_window_add, (), kw)
             else:
-                _, prefix, m_seq, m_start, ref_out, _, scale = mean.args
-                for x in (prefix, m_seq, m_start, ref_out):       # the mean's inputs, made after the gather
-                    node.prepend(x)
-                op = g.call_function(torch.ops.fastism.gather_window_add_mean,
-                                     (*args, prefix, m_seq, m_start, ref_out, scale))
+                m = mean.kwargs
+                for x in (m["prefix"], m["seq_idx"], m["start"], m["ref_out"]):   # the mean's inputs, made after
+                    node.prepend(x)                                               # the gather
+                op = g.call_function(torch.ops.fastism.gather_window_add_mean, (), {
+                    **kw, "prefix": m["prefix"], "m_seq": m["seq_idx"], "m_start": m["start"], "ref_out": m["ref_out"],
+                    "scale": m["scale"]})
                 fused = g.call_function(operator.getitem, (op, 0))
                 mean.replace_all_uses_with(g.call_function(operator.getitem, (op, 1)))
                 g.erase_node(mean)
@@ -284,37 +293,12 @@ def _all_after(users, node: fx.Node) -> bool:
 
 def _mean_of(node, new: fx.Node, laxis: int) -> bool:
     """Whether ``node`` is the incremental mean of ``new`` (alone, along ``laxis``) with placeholder inputs."""
-    return (node is not None and node.target is kernels.inc_mean_prefix and node.args[0] is new and not node.kwargs
-            and node.args[5] == laxis and all(isinstance(x, fx.Node) and x.op == "placeholder"
-                                              for x in node.args[1:5]))
-
-
-def relu_in_place_after_conv(g: fx.Graph, root: torch.nn.Module) -> None:
-    """``relu(conv(x))`` where the convolution's output has no other reader -> ``torch.relu_`` on it (CPU
-    eager form): a convolution (recomputed, or its reference window plus a propagated change) returns a fresh
-    tensor, so the ReLU need not write a new one (measured 3% of
-    BPNet's fast path at L=1000, 1 and 2 threads)."""
-    from torch import nn
-    from .rules.conv import TransposedAsConv, ValidConv1d
-    convs = (ValidConv1d, TransposedAsConv, nn.Conv1d, nn.Conv2d)
-    relu_fns = (torch.relu, torch.nn.functional.relu)
-    for node in list(g.nodes):
-        if not node.args or node.kwargs or len(node.args) != 1:
-            continue
-        is_relu = ((node.op == "call_module" and type(root.get_submodule(node.target)) is nn.ReLU)
-                   or (node.op == "call_function" and node.target in relu_fns)
-                   or (node.op == "call_method" and node.target == "relu"))
-        src = node.args[0]
-        if not (is_relu and isinstance(src, fx.Node) and len(src.users) == 1):
-            continue
-        if not ((src.op == "call_module" and type(root.get_submodule(src.target)) in convs)
-                or (src.op == "call_function" and src.target in (torch.nn.functional.conv1d, DELTA_OPS[0],
-                                                                 DIRECT[DELTA_OPS[0]]))):
-            continue
-        with g.inserting_before(node):
-            new = g.call_function(torch.relu_, (src,))
-        node.replace_all_uses_with(new)
-        g.erase_node(node)
+    if node is None or node.target is not kernels.inc_mean_prefix or node.args:
+        return False
+    kw = node.kwargs
+    return (kw["new"] is new and kw["laxis"] == laxis
+            and all(isinstance(kw[k], fx.Node) and kw[k].op == "placeholder"
+                    for k in ("prefix", "seq_idx", "start", "ref_out")))
 
 
 def split_segments(module: fx.GraphModule) -> fx.GraphModule:

@@ -45,7 +45,7 @@ def test_user_batch_size_that_does_not_fit_gets_a_message(monkeypatch):
 
     def oom(*a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-    monkeypatch.setattr(execute.Executor, "run", oom)
+    monkeypatch.setattr(execute.Executor, "batches", oom)
     with pytest.raises(ValueError, match=r"batch_size=64 does not fit .*batch_size=32"):
         fast(random_onehot(1, 64))
 

@@ -18,7 +18,7 @@ from torch.utils._pytree import tree_leaves
 
 import fastism_torch as ft
 from fastism_torch.base import Inputs
-from fastism_torch.execute import Edits, Executor, Reference
+from fastism_torch.execute import Batching, Edits, Executor, Reference
 from helpers import random_onehot, scale_weights
 
 aten = torch.ops.aten
@@ -91,7 +91,7 @@ def run_on_meta(fast: ft.FastISM, args, static: bool):
     sinks = [torch.empty((len(s_idx), *o.shape[1:]), device="meta") for o in ft.execute.as_output_list(ref.outputs)]
     guard = DeviceAndSyncGuard("meta")
     with guard:
-        meta_ex.run(meta_ref, edits, 40, sinks)
+        meta_ex.run(meta_ref, edits, sinks, Batching(40))
     assert guard.ops > 0
     return sinks
 
@@ -230,9 +230,15 @@ def test_wide_tail_runs_in_chunks_of_rows_and_matches_naive(monkeypatch):
     ex = fast._engine(fast.change_ranges)
     assert ex.tail is not None and ex.tail_nodes and ex.rebased
     assert set(ex.tail.carried) - ex.tail.rows                                  # the parameters' value
-    monkeypatch.setattr(execute, "TAIL_CHUNK_BYTES", 7 * ex.tail_window)      # 7 edits per chunk
-    chunk = ex.tail_chunk(1)
-    assert chunk == 7 and ex.tail_chunk(2) >= 50
+    monkeypatch.setattr(ft.fast, "TAIL_CHUNK_BYTES", 7 * ex.tail_window)      # 7 edits per chunk
+    torch.set_num_threads(2)
+    try:
+        assert fast._batching(ex) == (50, fast._batching(ex).chunk) and fast._batching(ex).chunk >= 50
+        torch.set_num_threads(1)
+        chunk = fast._batching(ex).chunk
+    finally:
+        torch.set_num_threads(threads)
+    assert chunk == 7
     rows = []
 
     def spy(**feed):

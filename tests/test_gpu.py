@@ -82,7 +82,7 @@ def test_batch_loop_never_synchronises(name):
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        ex.run(ref, Edits(s_idx, p_idx, values, np.arange(2 * L)), 300, sinks)
+        ex.run(ref, Edits(s_idx, p_idx, values, np.arange(2 * L)), sinks, ft.execute.Batching(300))
     finally:
         torch.cuda.set_sync_debug_mode(0)
     torch.cuda.synchronize()

@@ -130,3 +130,10 @@ print("OK")
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
     assert r.stdout.strip().endswith("OK"), r.stderr[-2000:]
+
+
+def test_keras_supported_layers_is_deprecated_not_gone():
+    """The removed Keras layer list stays importable for a release, with a DeprecationWarning."""
+    import fastism_torch.importers.keras as k
+    with pytest.warns(DeprecationWarning, match="SUPPORTED_LAYERS"):
+        assert "Conv1D" in k.SUPPORTED_LAYERS

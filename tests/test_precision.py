@@ -304,19 +304,17 @@ def test_deterministic_mode_falls_back_to_naive_for_an_op_without_a_deterministi
     import numpy as np
     from fastism_torch.execute import Executor
     m, x, want = model_and_want
-    real, calls = Executor.run, []
+    real, calls = Executor.batches, []
 
-    def half_then_raise(self, ref, edits, batch_size, sink, done=None, bar=None, chunk=None):
+    def half_then_raise(self, ref, edits, sinks, batching):
         half = len(edits.seq) // 2
-        part = np.zeros(half, dtype=bool)
-        real(self, ref, edits.subset(np.arange(half)), batch_size, sink, part, bar, chunk)
-        done[:half] = part
+        yield from real(self, ref, edits.subset(np.arange(half)), sinks, batching)
         calls.append(len(edits.seq))
         raise RuntimeError("index_copy_cuda does not have a deterministic implementation, but you set "
                            "'torch.use_deterministic_algorithms(True)'.")
 
     fast = ft.FastISM(m, L, batch_size=16)
-    monkeypatch.setattr(Executor, "run", half_then_raise)
+    monkeypatch.setattr(Executor, "batches", half_then_raise)
     with pytest.raises(RuntimeError, match="deterministic"):     # not in deterministic mode: PyTorch's error
         fast.saturation_mutagenesis(x)
     torch.use_deterministic_algorithms(True)

@@ -12,7 +12,8 @@ from torch import fx, nn
 
 from ..kinds import Kind, State
 from ..ranges import Window
-from .registry import Decision, Read, RuleContext, functions, module_types, register, stop
+from .registry import (Decision, Read, RuleContext, counts_macs, functions, module_types, per_output_element, register,
+                       stop)
 
 
 def same_left(kernel: int, dilation: int) -> int:
@@ -249,3 +250,24 @@ def conv1d_function(ctx: RuleContext) -> Decision:
     weight_is_const = isinstance(wnode, fx.Node) and ctx.infos[wnode].state == State.CONST
     return sliding(ctx, x, window, emit, delta=delta if weight_is_const else None,
                    macs=_conv_macs(w), dilation=dilation)
+
+
+# ---------------------------------------------------------------- multiply-adds (per output element)
+@counts_macs(*module_types(nn.Conv1d, nn.Conv2d))
+@per_output_element
+def conv_module_macs(ctx: RuleContext) -> int:
+    m = ctx.module()
+    return m.in_channels // m.groups * math.prod(m.kernel_size)
+
+
+@counts_macs(*module_types(nn.ConvTranspose1d))
+@per_output_element
+def conv_transpose_module_macs(ctx: RuleContext) -> int:
+    m = ctx.module()
+    return m.in_channels // m.groups * m.kernel_size[0] // m.stride[0]
+
+
+@counts_macs(*functions("conv1d", "conv2d", modules=(F,)))
+@per_output_element
+def conv_function_macs(ctx: RuleContext) -> int:
+    return math.prod(ctx.shape(ctx.arg(1, "weight"))[1:])

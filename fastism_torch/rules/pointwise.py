@@ -9,11 +9,15 @@ from __future__ import annotations
 import operator
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import fx, nn
+
+from .. import kernels
 
 from ..kinds import Kind, State
+from .conv import TransposedAsConv, ValidConv1d
 from .reduce import max_min_along
-from .registry import Decision, Read, RuleContext, functions, methods, module_types, register, stop
+from .registry import Decision, Read, RuleContext, functions, methods, module_types, peephole, register, stop
 
 
 def _norm_dim(d, ndim):
@@ -170,3 +174,34 @@ def cat(ctx: RuleContext) -> Decision:
     if dim == 0:
         return stop("concatenation along the batch axis (edits would mix sequences)")
     return dec
+
+
+# ---------------------------------------------------------------- the edit graph's faster form (CPU eager)
+#: ops of the edit graph that return a fresh tensor (recomputed convolutions, a reference window plus a change)
+FRESH_MODULES = (ValidConv1d, TransposedAsConv, nn.Conv1d, nn.Conv2d)
+
+
+def _fresh(src: fx.Node, root: nn.Module) -> bool:
+    from ..kernels import ops  # noqa: F401  (the custom ops: registered by the rewrite already)
+    if src.op == "call_module":
+        return type(root.get_submodule(src.target)) in FRESH_MODULES
+    return src.op == "call_function" and src.target in (F.conv1d, torch.ops.fastism.gather_window_delta,
+                                                         kernels.gather_window_delta)
+
+
+@peephole(*module_types(nn.ReLU), *functions("relu", modules=(torch, F)), *methods("relu"))
+def relu_in_place_after_conv(g: fx.Graph, node: fx.Node, root: nn.Module) -> None:
+    """``relu(conv(x))`` where the convolution's output has no other reader -> ``torch.relu_`` on it: a
+    convolution (recomputed, or its reference window plus a propagated change) returns a fresh tensor, so the
+    ReLU need not write a new one (measured 3% of BPNet's fast path at L=1000, 1 and 2 threads)."""
+    if not node.args or node.kwargs or len(node.args) != 1:
+        return
+    if node.op == "call_module" and type(root.get_submodule(node.target)) is not nn.ReLU:
+        return
+    src = node.args[0]
+    if not (isinstance(src, fx.Node) and len(src.users) == 1 and _fresh(src, root)):
+        return
+    with g.inserting_before(node):
+        new = g.call_function(torch.relu_, (src,))
+    node.replace_all_uses_with(new)
+    g.erase_node(node)

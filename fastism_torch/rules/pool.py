@@ -10,7 +10,8 @@ from torch import nn
 
 from ..ranges import Window
 from .conv import emit_module, sliding
-from .registry import Decision, RuleContext, functions, module_types, register, stop
+from .registry import (Decision, RuleContext, counts_macs, functions, kernel_elements, module_types, per_output_element,
+                       register, stop)
 
 NEG_INF = float("-inf")
 
@@ -107,3 +108,16 @@ def _pool_function(kind):
 
 register(*functions("max_pool1d", modules=(F,)))(_pool_function("max"))
 register(*functions("avg_pool1d", modules=(F,)))(_pool_function("avg"))
+
+
+@counts_macs(*module_types(nn.MaxPool1d, nn.AvgPool1d, nn.MaxPool2d, nn.AvgPool2d))
+@per_output_element
+def pool_module_macs(ctx: RuleContext) -> int:
+    """One op per output element and kernel element."""
+    return kernel_elements(ctx.module().kernel_size)
+
+
+@counts_macs(*functions("max_pool1d", "avg_pool1d", modules=(F,)))
+@per_output_element
+def pool_function_macs(ctx: RuleContext) -> int:
+    return kernel_elements(ctx.arg(1, "kernel_size", 1))

@@ -3,6 +3,8 @@ length axis (global average pooling), which is linear in the changed positions a
 (``INC_MEAN``).  Also the named, quiet stops (attention, recurrent layers, ...)."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -10,7 +12,7 @@ from torch import nn
 from ..capture import WholeModel
 from ..kinds import Kind
 from ..ranges import IDENTITY
-from .registry import Decision, Read, RuleContext, functions, methods, module_types, register, stop
+from .registry import Decision, Read, RuleContext, counts_macs, functions, methods, module_types, register, stop
 
 
 def _reduce(ctx: RuleContext, dims, keepdim: bool, scale_by_length: bool) -> Decision:
@@ -103,3 +105,39 @@ def known_stop(ctx: RuleContext) -> Decision:
 @register(("module", WholeModel))
 def whole_model(ctx: RuleContext) -> Decision:
     return stop(f"the whole model, which could not be traced ({ctx.module().reason})", quiet=True)
+
+
+# ---------------------------------------------------------------- multiply-adds of the costly stops
+@counts_macs(*module_types(nn.LSTM, nn.GRU, nn.RNN))
+def recurrent_macs(ctx: RuleContext) -> float:
+    m = ctx.module()
+    gates = 4 if isinstance(m, nn.LSTM) else 3 if isinstance(m, nn.GRU) else 1
+    x = ctx.shape(ctx.node.args[0])
+    steps = x[0] if not m.batch_first else x[1]
+    dirs = 2 if m.bidirectional else 1
+    macs, inp = 0, m.input_size
+    for _ in range(m.num_layers):
+        macs += dirs * gates * (inp + m.hidden_size) * m.hidden_size
+        inp = m.hidden_size * dirs
+    return float(steps * macs)
+
+
+@counts_macs(*module_types(nn.MultiheadAttention))
+def attention_macs(ctx: RuleContext) -> float:
+    m, args = ctx.module(), ctx.node.args
+    q = ctx.shape(args[0])
+    k = ctx.shape(args[1]) if len(args) > 1 else q
+    lq, lk = (q[1], k[1]) if m.batch_first else (q[0], k[0])
+    e = m.embed_dim
+    return float(2 * lq * e * e + 2 * lk * e * e + 2 * lq * lk * e)
+
+
+@counts_macs(*functions("einsum", modules=(torch,)))
+def einsum_macs(ctx: RuleContext) -> float:
+    sizes = {}
+    eq = ctx.node.args[0].replace(" ", "").split("->")[0].split(",")
+    for spec, op in zip(eq, ctx.node.args[1:]):
+        for letter, n in zip(spec, ctx.shape(op) or ()):
+            sizes[letter] = n
+    batch = ctx.out_shape[0] if ctx.out_shape else 1
+    return math.prod(sizes.values()) / max(1, batch)

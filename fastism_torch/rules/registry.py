@@ -19,22 +19,34 @@ Registering a key twice raises. An op without a rule becomes a stop (with a warn
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 import torch
 from torch import fx, nn
 
-from ..kinds import Kind, State
+from ..kinds import InputRole, Kind, State
 from ..ranges import IDENTITY, Window
 
 
 class EditGraphBuilder(Protocol):
     """What a rule's ``emit`` sees of the edit graph being built (:class:`fastism_torch.rewrite._Builder`)."""
     graph: fx.Graph
+    static: bool               # the sync-free, static-shape kernel form (GPUs, torch.compile)
 
     def add_module(self, name: str, mod: nn.Module) -> str:
         """Add ``mod`` to the edit graph's root module; returns its attribute name for ``graph.call_module``."""
+
+    def value(self, node: fx.Node) -> fx.Node:
+        """The edit graph's node for the original ``node``."""
+
+    def ref_window(self, consumer: fx.Node, source: fx.Node) -> fx.Node:
+        """The reference window of ``source`` that ``consumer`` reads (a ``REF`` gather of the plan)."""
+
+    def node_input(self, role: InputRole, owner: str, node: str | None = None) -> fx.Node:
+        """A new input of the edit graph with ``role`` for the original node ``owner``, holding values of ``node``
+        (default ``owner``); the executor feeds it by its role."""
 
 
 #: ``emit(builder, node, args, kwargs) -> fx.Node``: the node re-emitted to run on a window without padding
@@ -64,10 +76,10 @@ class Decision:
     quiet: bool = False                          # STOP: an expected one (dense, global pooling, ...): no warning
     flatten: bool = False                        # STOP: merges the length axis; a dense user may update it
     scale: float = 1.0                           # INC_MEAN: 1/L for a mean, 1 for a sum
-    weight_node: Any = None                      # INC_LINEAR of F.linear: the weight's node (None: the module's)
     delta: Delta | None = None                   # SLIDING and linear: its output's change from its input's change
     macs: int = 0                                # SLIDING: multiply-adds per output position (all channels);
-    #                                              a delta op spends as many per *input* position it propagates
+    #                                              a delta op spends as many per *input* position it propagates;
+    #                                              INC_LINEAR: per changed position of the window it reads
     delta_cost: float = 1.0                      # time per multiply-add of ``delta`` relative to recomputing
 
 
@@ -122,32 +134,80 @@ class RuleContext:
 
 
 Rule = Callable[[RuleContext], Decision]
+#: ``macs(ctx) -> float``: an op's multiply-adds for one sequence at full length, whatever the plan makes of it
+Macs = Callable[[RuleContext], float]
+#: ``peephole(graph, node, root) -> None``: rewrites ``node`` of a CPU eager edit graph (rooted at ``root``) into
+#: the op's faster form there (a dense layer through oneDNN, a ReLU in place after a convolution)
+Peephole = Callable[[fx.Graph, fx.Node, nn.Module], None]
 _RULES: dict[tuple[str, Any], Rule] = {}
+_MACS: dict[tuple[str, Any], Macs] = {}
+_PEEPHOLES: dict[tuple[str, Any], Peephole] = {}
 
 
-def register(*keys):
-    """Register a rule for ``("module", cls)``, ``("function", fn)`` or ``("method", name)`` keys."""
-    def deco(fn: Rule) -> Rule:
-        for key in keys:
-            if key in _RULES:
-                raise KeyError(f"a change-range rule for {key} is already registered ({_RULES[key].__name__})")
-            _RULES[key] = fn
-        return fn
-    return deco
+def _registrar(table: dict, what: str):
+    def register_keys(*keys):
+        def deco(fn):
+            for key in keys:
+                if key in table:
+                    raise KeyError(f"a {what} for {key} is already registered ({table[key].__name__})")
+                table[key] = fn
+            return fn
+        return deco
+    return register_keys
 
 
-def lookup(node: fx.Node, gm: fx.GraphModule) -> Rule | None:
+#: Register a change-range rule for ``("module", cls)``, ``("function", fn)`` or ``("method", name)`` keys.
+register = _registrar(_RULES, "change-range rule")
+#: Register an op's MAC count (:data:`Macs`) for the same kind of keys (read by :mod:`fastism_torch.macs`).
+counts_macs = _registrar(_MACS, "MAC count")
+#: Register an edit-graph peephole (:data:`Peephole`) for the same kind of keys.
+peephole = _registrar(_PEEPHOLES, "peephole")
+
+
+def _find(table: dict, node: fx.Node, gm: fx.GraphModule):
     if node.op == "call_module":
         mod = gm.get_submodule(node.target)
         for cls in inspect.getmro(type(mod)):
-            if ("module", cls) in _RULES:
-                return _RULES[("module", cls)]
+            if ("module", cls) in table:
+                return table[("module", cls)]
         return None
     if node.op == "call_function":
-        return _RULES.get(("function", node.target))
+        return table.get(("function", node.target))
     if node.op == "call_method":
-        return _RULES.get(("method", node.target))
+        return table.get(("method", node.target))
     return None
+
+
+def lookup(node: fx.Node, gm: fx.GraphModule) -> Rule | None:
+    return _find(_RULES, node, gm)
+
+
+def count_macs(node: fx.Node, gm: fx.GraphModule) -> float:
+    """Multiply-adds of ``node`` for one sequence at full length (0 for ops no rule file counts)."""
+    fn = _find(_MACS, node, gm)
+    return float(fn(RuleContext(node, gm, {}))) if fn is not None else 0.0
+
+
+def per_output_element(fn: Callable[[RuleContext], float]) -> Macs:
+    """A :data:`Macs` from ``fn``, the multiply-adds per element of the op's output."""
+    def macs(ctx: RuleContext) -> float:
+        shape, per = ctx.out_shape, fn(ctx)
+        return float(math.prod(shape[1:]) * per) if per and shape else 0.0
+    macs.__name__ = fn.__name__
+    return macs
+
+
+def kernel_elements(kernel_size) -> int:
+    """Elements of a (pooling) kernel: one op each per output element."""
+    return math.prod(kernel_size) if isinstance(kernel_size, (tuple, list)) else int(kernel_size)
+
+
+def apply_peepholes(g: fx.Graph, root: nn.Module) -> None:
+    """Each node of the edit graph ``g`` (CPU eager form) through its op's peephole, if one is registered."""
+    for node in list(g.nodes):
+        fn = _find(_PEEPHOLES, node, root)
+        if fn is not None:
+            fn(g, node, root)
 
 
 def describe(node: fx.Node, gm: fx.GraphModule) -> str:

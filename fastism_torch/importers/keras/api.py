@@ -3,25 +3,10 @@ from __future__ import annotations
 
 import warnings
 
+from ...errors import UnsupportedOpWarning
 from ..onnx import UnsupportedOnnxOps, onnx_to_torch, sequence_input
 from .export import export_keras
 from .oracle import check_against_keras
-
-# Keras layer classes the fast engine handles after conversion (anything else becomes a stop point).
-SUPPORTED_LAYERS = {
-    "InputLayer", "Functional", "Sequential", "Model",
-    "Conv1D", "Conv2D", "Convolution1D", "Conv1DTranspose", "Conv2DTranspose", "SeparableConv1D",
-    "DepthwiseConv1D", "Dense", "EinsumDense",
-    "Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax", "ThresholdedReLU",
-    "BatchNormalization", "LayerNormalization",
-    "Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization",
-    "MaxPooling1D", "MaxPool1D", "AveragePooling1D", "AvgPool1D", "MaxPooling2D", "AveragePooling2D",
-    "GlobalAveragePooling1D", "GlobalAvgPool1D", "GlobalMaxPooling1D", "GlobalMaxPool1D",
-    "Flatten", "Reshape", "Permute", "Cropping1D", "ZeroPadding1D", "RepeatVector",
-    "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate",
-    "TFOpLambda", "SlicingOpLambda", "Lambda",
-}
-
 
 def _layer_nodes(gm, meta) -> dict[str, list[str]]:
     """Keras layer name -> fx node names converted from that layer's TF name scope(s)."""
@@ -68,15 +53,31 @@ def _stop_names(gm, meta, early_stop_layers) -> list[str]:
     return names
 
 
-def _unsupported_stops(gm, meta) -> list[str]:
-    """The graph nodes of Keras layers the fast engine does not support (each with a warning): stop points."""
-    stops = []
+def _innermost_layer(meta, onnx_name: str):
+    """The innermost Keras layer (not a model) whose name scope holds the ONNX node ``onnx_name``, or None."""
+    best = None
     for layer in meta["layers"]:
-        if layer["class"] not in SUPPORTED_LAYERS and not layer["is_model"]:
-            warnings.warn(f"Keras layer {layer['name']!r} ({layer['class']}) is not supported by the fast engine: it "
-                          "and everything after it run in full", stacklevel=3)
-            stops.extend(_layer_nodes(gm, meta).get(layer["name"], []))
-    return stops
+        for sc in layer.get("scopes", []):
+            if (sc and not layer["is_model"] and onnx_name.startswith(sc + "/")
+                    and (best is None or len(sc) > best[0])):
+                best = (len(sc), layer)
+    return best[1] if best else None
+
+
+def _name_keras_layers(caught, gm, meta) -> None:
+    """Re-issue the warnings ``caught`` while the engine was built; an op that became a stop point (the rules'
+    verdict: custom layers made of supported ops run windowed like any other) is named by its Keras layer."""
+    nodes = {n.name: n for n in gm.graph.nodes}
+    for w in caught:
+        node = nodes.get(getattr(w.message, "node", None)) if issubclass(w.category, UnsupportedOpWarning) else None
+        layer = _innermost_layer(meta, str(node.meta.get("onnx_name") or "")) if node is not None else None
+        if layer is None:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        else:
+            warnings.warn(UnsupportedOpWarning(
+                f"Keras layer {layer['name']!r} ({layer['class']}) is not supported by the fast engine "
+                f"({node.name}: {w.message.reason}): it and everything after it run in full", node.name,
+                w.message.reason), stacklevel=3)
 
 
 def _sequence_spec(specs, seq_len, num_chars, seq_input_idx) -> tuple:
@@ -144,9 +145,12 @@ def from_keras(model_or_path, *, custom_objects=None, allow_unsafe: bool = False
     except UnsupportedOnnxOps as e:
         layers = _layers_of(ex.meta, [n for _, n in e.nodes], e.tensors)
         raise ValueError(f"Keras layer(s) {layers} cannot be converted to PyTorch ({e})") from e
-    stops = _stop_names(gm, ex.meta, early_stop_layers) + _unsupported_stops(gm, ex.meta)
-    ism = FastISM(gm, L, num_chars=C, layout="NLC", seq_input_idx=idx, early_stop_layers=stops or None,
-                  test_correctness=False, **fastism_kwargs)
+    stops = _stop_names(gm, ex.meta, early_stop_layers)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UnsupportedOpWarning)
+        ism = FastISM(gm, L, num_chars=C, layout="NLC", seq_input_idx=idx, early_stop_layers=stops or None,
+                      test_correctness=False, **fastism_kwargs)
+    _name_keras_layers(caught, gm, ex.meta)
     ism.keras_export = ex
     ism.output_names = [o["name"] for o in ex.meta["outputs"]]
     if test_correctness:
