@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .base import ISMBase
-from .pairwise import n_doubles, own_bases, progress, scan_doubles, scan_singles
+from .pairwise import additive_distance, n_doubles, own_bases, progress, scan_doubles, scan_singles
 
 #: keyword arguments of tangermeme's ``saturation_mutagenesis`` that ours take (others are refused)
 _FUNC_KWARGS = ("target", "batch_size", "dtype")
@@ -65,7 +65,8 @@ def _check_func(func, kwargs: dict) -> None:
 
 @torch.no_grad()
 def dependency_map(model, X, args=None, start: int = 0, end: int = -1, func=None,
-                   additional_func_kwargs: dict | None = None, device=None, verbose: bool = False, **kwargs):
+                   additional_func_kwargs: dict | None = None, device=None, verbose: bool = False,
+                   additive: bool = True, **kwargs):
     """Dependency map (tangermeme 1.6's ``dependency_map`` with ``func=saturation_mutagenesis``), exact.
 
     Parameters
@@ -87,6 +88,9 @@ def dependency_map(model, X, args=None, start: int = 0, end: int = -1, func=None
         For a module: where the engine runs (default: the module's device).
     verbose : bool, default False
         Progress bar over the double mutants.
+    additive : bool, default True
+        Sum the double mutants whose changes never meet at a nonlinear op (positions at least the engine's
+        plan's ``additive_from`` apart) from the single mutants instead of running them.
     **kwargs
         ``target`` (an index or slice of the output's first axis; the rest are averaged), ``batch_size`` and
         ``dtype`` for a module's engine, ``test_correctness`` (default True) for its self-check.
@@ -109,19 +113,24 @@ def dependency_map(model, X, args=None, start: int = 0, end: int = -1, func=None
                          f"for length {L}")
     window, every = np.arange(int(start), end), np.arange(L)
     select = _tangermeme_select(kwargs.get("target"))
-    _, single, ref = scan_singles(ism, inp, every, select)
-    single = single[0]                                                         # (N, L, C) float64
+    ref_sel, single, ref = scan_singles(ism, inp, every, select)
+    single, ref_sel = single[0], ref_sel[0]                                    # (N, L, C), (N,) float64
     hot = ism.rows(inp.seq).cpu().double()                                     # (N, L, C)
     attr0 = _attribution(single, hot)                                          # (N, L)
     own = own_bases(ism.rows(inp.seq))
     total = torch.zeros(inp.seq.shape[0], len(window), L, dtype=torch.float64)     # (N, W, L)
     eye = torch.eye(C, dtype=torch.float64)
-    with progress(ism, n_doubles(own, window, every, C, False), verbose, "dependency map") as bar:
-        for ch in scan_doubles(ism, inp, window, every, select, ref, False, bar):
+    D = additive_distance(ism, window, every) if additive else None
+    with progress(ism, n_doubles(own, window, every, C, False, D), verbose, "dependency map") as bar:
+        for ch in scan_doubles(ism, inp, window, every, select, ref, False, bar, D):
             k = np.arange(len(ch.seq))
             grid = single[ch.seq, ch.first, ch.base][:, None, None].repeat(1, L, C)    # y(mutant): own bases
+            if D is not None:                                 # pairs that add: y(i) + y(j) - y(ref)
+                far = torch.from_numpy(np.abs(every[None, :] - ch.first[:, None]) >= D)      # (K, L)
+                grid += (single[ch.seq] - ref_sel[ch.seq][:, None, None]) * far[:, :, None]
             grid[k, ch.first] = single[ch.seq, ch.first]                           # j == i: single mutants
-            grid[ch.mutant, ch.second, ch.base2] = ch.values[0]
+            if len(ch.mutant):
+                grid[ch.mutant, ch.second, ch.base2] = ch.values[0]
             m_hot = hot[ch.seq].clone()
             m_hot[k, ch.first] = eye[ch.base]
             change = (_attribution(grid, m_hot) - attr0[ch.seq]).abs()             # (K, L)

@@ -111,9 +111,10 @@ def _reference(ism, inp: Inputs) -> list:
     return [torch.cat(p) for p in zip(*parts)]
 
 
-def scan_singles(ism, inp: Inputs, positions: np.ndarray, select: Callable):
+def scan_singles(ism, inp: Inputs, positions: np.ndarray, select: Callable, raw_single: bool = False):
     """Selected reference ``(N, ...)`` and single mutants ``(N, P, C, ...)`` at ``positions`` (own bases hold
-    the reference), and the raw reference outputs, all on the CPU."""
+    the reference), and the raw reference outputs, all on the CPU; with ``raw_single`` also the raw single
+    mutants ``(N, P, C, *out)`` per output."""
     N, P, C = inp.seq.shape[0], len(positions), ism.num_chars
     cpu = Inputs(inp.seq, inp.args, False, torch.device("cpu"))
     eye = torch.eye(C)
@@ -129,13 +130,14 @@ def scan_singles(ism, inp: Inputs, positions: np.ndarray, select: Callable):
     rows = [r.reshape(N * P * C, *r.shape[3:]) for r in raw]
     refs = [r.repeat_interleave(P * C, dim=0) for r in ref]
     single = [s.reshape(N, P, C, *s.shape[1:]) for s in select(rows, refs)]
+    if raw_single:
+        return select(ref, ref), single, ref, raw
     return select(ref, ref), single, ref
 
 
 def _mutants(own: np.ndarray, first: np.ndarray, C: int):
-    """Every real first mutation: ``(seq, position, base)`` arrays, ordered by sequence then position."""
-    n, p, a = np.nonzero(own[:, first, None] != np.arange(C))
-    return n, first[p], a
+    """Every real first mutation: ``(seq, index into first, base)`` arrays, ordered by sequence then position."""
+    return np.nonzero(own[:, first, None] != np.arange(C))
 
 
 def _chunk_size(ism, per_mutant_values: int, edits_per_mutant: int) -> int:
@@ -145,31 +147,58 @@ def _chunk_size(ism, per_mutant_values: int, edits_per_mutant: int) -> int:
     return int(np.clip(min(ism._seq_chunk(), by_out), 1, 64))
 
 
+def additive_distance(ism, first: np.ndarray, second: np.ndarray) -> int | None:
+    """The distance from which on a first mutation at a position of ``first`` and a second at a position of
+    ``second`` add exactly (:attr:`fastism_torch.plan.Plan.additive_from` of ``ism``'s plan for ``second``);
+    ``None`` where none do, or for an engine without a plan (NaiveISM)."""
+    plan_for = getattr(ism, "plan_for", None)
+    if plan_for is None or not np.isin(first, second).all():
+        return None
+    return plan_for(_as_ranges(second)).additive_from
+
+
+def _pair_mask(first: np.ndarray, second: np.ndarray, symmetric: bool, additive_from: int | None) -> np.ndarray:
+    """``(P1, P2)``: which position pairs the engine runs (``second > first`` with ``symmetric``, else ``!=``;
+    closer than ``additive_from``)."""
+    ok = second[None, :] > first[:, None] if symmetric else second[None, :] != first[:, None]
+    if additive_from is not None:
+        ok &= np.abs(second[None, :] - first[:, None]) < additive_from
+    return ok
+
+
 def scan_doubles(ism, inp: Inputs, first: np.ndarray, second: np.ndarray, select: Callable,
-                 ref: list, symmetric: bool, bar=None) -> Iterator[DoubleChunk]:
+                 ref: list, symmetric: bool, bar=None, additive_from: int | None = None) -> Iterator[DoubleChunk]:
     """Double mutants of ``inp``: for every real first mutation at a position of ``first`` and every real
-    second mutation at a position of ``second`` (``> first`` with ``symmetric``, else ``!= first``), the
-    selected outputs, chunk by chunk of mutant sequences (:class:`DoubleChunk`).
+    second mutation at a position of ``second`` (``> first`` with ``symmetric``, else ``!= first``; closer than
+    ``additive_from``, the pairs the caller does not sum), the selected outputs, chunk by chunk of mutant
+    sequences (:class:`DoubleChunk`).  Every first mutation comes once; those without edits come last, in
+    chunks with no edits (no model call).
 
     ``ref`` are the raw reference outputs of ``inp`` (for ``select``'s reductions).  Each mutant sequence is
     one input sequence of ``ism``'s single-edit ISM over the change ranges ``second``.
     """
     C = ism.num_chars
     own = own_bases(ism.rows(inp.seq))                                         # (N, L)
-    m_seq, m_pos, m_base = _mutants(own, first, C)
-    if symmetric:                        # a mutant with no later position has no edits: no reference pass
-        has = m_pos < second.max()
-        m_seq, m_pos, m_base = m_seq[has], m_pos[has], m_base[has]
+    m_seq, m_idx, m_base = _mutants(own, first, C)
+    pairs = _pair_mask(first, second, symmetric, additive_from)                # (P1, P2)
+    real = own[:, second, None] != np.arange(C)                                # (N, P2, C)
+    n_edits = np.einsum("kp,kpc->k", pairs[m_idx].astype(np.int64), real[m_seq].astype(np.int64))
+    order = np.argsort(n_edits == 0, kind="stable")              # mutants without edits last: no reference pass
+    m_seq, m_idx, m_base, n_edits = m_seq[order], m_idx[order], m_base[order], n_edits[order]
+    m_pos = first[m_idx]
     ranges = _as_ranges(second)
     eye = torch.eye(C)
     per_values = sum(math.prod(r.shape[1:]) for r in ref)
     step = _chunk_size(ism, per_values, C * len(second))
-    for lo in range(0, len(m_seq), step):
-        k_seq, k_pos, k_base = m_seq[lo:lo + step], m_pos[lo:lo + step], m_base[lo:lo + step]
-        pos_ok = second[None, :] > k_pos[:, None] if symmetric else second[None, :] != k_pos[:, None]
-        mask = (own[k_seq][:, second, None] != np.arange(C)) & pos_ok[:, :, None]          # (K, P, C)
+    busy = int((n_edits > 0).sum())
+    bounds = [(lo, min(busy, lo + step)) for lo in range(0, busy, step)]
+    bounds += [(lo, min(len(m_seq), lo + step)) for lo in range(busy, len(m_seq), step)]
+    for lo, hi in bounds:
+        k_seq, k_pos, k_base = m_seq[lo:hi], m_pos[lo:hi], m_base[lo:hi]
+        mask = real[k_seq] & pairs[m_idx[lo:hi]][:, :, None]                                # (K, P2, C)
         e_k, e_p, e_b = np.nonzero(mask)
         if len(e_k) == 0:
+            yield DoubleChunk(k_seq, k_pos, k_base, e_k, second[e_p], e_b, [])
             continue
         sel = torch.from_numpy(k_seq)
         seq = inp.seq.index_select(0, sel.to(inp.seq.device))
@@ -191,11 +220,12 @@ def progress(ism, total: int, verbose: bool | None, desc: str):
     return tqdm(total=total, disable=not verbose, unit="edit", desc=desc, dynamic_ncols=True, mininterval=0.5)
 
 
-def n_doubles(own: np.ndarray, first: np.ndarray, second: np.ndarray, C: int, symmetric: bool) -> int:
+def n_doubles(own: np.ndarray, first: np.ndarray, second: np.ndarray, C: int, symmetric: bool,
+              additive_from: int | None = None) -> int:
     """How many double-mutant edits :func:`scan_doubles` runs."""
     real_first = (own[:, first, None] != np.arange(C)).sum(-1)                # (N, P1)
     real_second = (own[:, second, None] != np.arange(C)).sum(-1)              # (N, P2)
-    pairs = first[:, None] < second[None, :] if symmetric else first[:, None] != second[None, :]
+    pairs = _pair_mask(first, second, symmetric, additive_from)
     return int(np.einsum("np,nq,pq->", real_first, real_second, pairs.astype(np.int64)))
 
 
@@ -216,8 +246,27 @@ def _fill_known(out: torch.Tensor, single: torch.Tensor, own: np.ndarray) -> Non
             out[:, i, a, i, a] = single[:, i, a]
 
 
+def _fill_additive(out: list, raw: list, ref: list, D: int, select: Callable) -> None:
+    """Pairs ``j - i >= D`` of ``out`` ``(N, W, C, W, C, ...)`` per output (and their mirror images) as
+    ``select(y(i) + y(j) - y(ref))`` from the raw single mutants ``raw`` ``(N, W, C, *out)`` and reference
+    ``ref`` ``(N, *out)``: exact where the two changes never meet at a nonlinear op (``select``'s reduction
+    may be nonlinear: it sees the summed outputs)."""
+    N, W, C = raw[0].shape[:3]
+    for n in range(N):
+        for i in range(W - D):
+            js = np.arange(i + D, W)
+            summed = [(r[n, i][:, None, None] + r[n, js][None] - f[n]).reshape(C * len(js) * C, *f.shape[1:])
+                      for r, f in zip(raw, ref)]                    # (a, j, b) rows
+            refs = [f[n:n + 1].expand(len(s), *f.shape[1:]) for s, f in zip(summed, ref)]
+            for o, v in zip(out, select(summed, refs)):
+                v = v.reshape(C, len(js), C, *v.shape[1:])
+                o[n, i, :, i + D:] = v
+                o[n, i + D:, :, i] = v.permute(1, 2, 0, *range(3, v.dim()))
+
+
 def pairwise(ism, seqs, start: int, end: int, target=None, reduce: Callable | None = None,
-             max_bytes: int | None = None, verbose: bool | None = None, return_single: bool = False):
+             max_bytes: int | None = None, verbose: bool | None = None, return_single: bool = False,
+             additive: bool = True):
     """Exact double-mutant ISM of the window ``[start, end)``.
 
     Parameters
@@ -240,6 +289,10 @@ def pairwise(ism, seqs, start: int, end: int, target=None, reduce: Callable | No
         Progress bar (default: the engine's ``verbose``).
     return_single : bool, default False
         Also return the single mutants ``(N, W, C, ...)`` and the reference ``(N, ...)``.
+    additive : bool, default True
+        Sum the pairs whose changes never meet at a nonlinear op (positions at least the plan's
+        ``additive_from`` apart: ``y(i) + y(j) - y(ref)``, exact up to rounding) instead of running them;
+        ``False`` runs every pair.
 
     Returns
     -------
@@ -258,15 +311,18 @@ def pairwise(ism, seqs, start: int, end: int, target=None, reduce: Callable | No
     s, e = check_window(start, end, ism.seq_len)
     window = np.arange(s, e)
     N, W, C = inp.seq.shape[0], e - s, ism.num_chars
-    ref_sel, single, ref = scan_singles(ism, inp, window, select)
+    ref_sel, single, ref, raw = scan_singles(ism, inp, window, select, raw_single=True)
     shapes = [(N, W, C, W, C, *x.shape[3:]) for x in single]
     check_fits(shapes, max_bytes)
     out = [torch.empty(sh) for sh in shapes]
+    D = additive_distance(ism, window, window) if additive else None
+    if D is not None:
+        _fill_additive(out, [r.reshape(N, W, C, *r.shape[3:]).cpu() for r in raw], ref, D, select)
     own = own_bases(ism.rows(inp.seq))
     for o, x in zip(out, single):
         _fill_known(o, x, own[:, window])
-    with progress(ism, n_doubles(own, window, window, C, True), verbose, "pairwise") as bar:
-        for ch in scan_doubles(ism, inp, window, window, select, ref, True, bar):
+    with progress(ism, n_doubles(own, window, window, C, True, D), verbose, "pairwise") as bar:
+        for ch in scan_doubles(ism, inp, window, window, select, ref, True, bar, D):
             n, i, a, j, b = (torch.from_numpy(x) for x in (ch.seq[ch.mutant], ch.first[ch.mutant] - s,
                                                            ch.base[ch.mutant], ch.second - s, ch.base2))
             for o, v in zip(out, ch.values):

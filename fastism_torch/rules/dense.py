@@ -15,7 +15,8 @@ from torch import fx, nn
 
 from ..kinds import Kind, State
 from ..ranges import IDENTITY
-from .registry import Decision, Read, RuleContext, functions, methods, module_types, register, stop
+from .registry import (Decision, Read, RuleContext, functions, mark_linear, methods, module_types, register, stop,
+                       varying_first)
 
 
 @register(*module_types(nn.Linear), *functions("linear", modules=(F,)))
@@ -40,6 +41,11 @@ def matmul(ctx: RuleContext) -> Decision:
     if len(ctx.shape(w)) != 2 or ctx.laxis(x) == len(ctx.shape(x)) - 1:
         return stop("matmul across the length axis")
     return Decision(Kind.POINTWISE, laxis=ctx.laxis(x), length=ctx.length(x), reads={x: Read(IDENTITY, ctx.laxis(x))})
+
+
+mark_linear(*module_types(nn.Linear))
+mark_linear(*functions("linear", modules=(F,)), *functions("matmul", modules=(torch,)), ("function", operator.matmul),
+       *methods("matmul"), when=varying_first)
 
 
 def inc_linear_user(node: fx.Node, gm: fx.GraphModule, early: set) -> fx.Node | None:

@@ -13,7 +13,8 @@ from torch import nn
 
 from ..kinds import Kind, State
 from .reduce import max_min_along
-from .registry import Decision, Read, RuleContext, functions, methods, module_types, register, stop
+from .registry import (Decision, Read, RuleContext, functions, mark_linear, methods, module_types, one_varying,
+                       register, stop, varying_first)
 
 
 def _norm_dim(d, ndim):
@@ -170,3 +171,17 @@ def cat(ctx: RuleContext) -> Decision:
     if dim == 0:
         return stop("concatenation along the batch axis (edits would mix sequences)")
     return dec
+
+
+# ---------------------------------------------------------------- which of these are affine in the sequence
+mark_linear(*module_types(nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.BatchNorm1d,
+                     nn.BatchNorm2d),                                      # (eval mode: identity, affine)
+       *functions("dropout", "dropout1d", "dropout2d", "alpha_dropout", "neg", "add", "sub", "subtract",
+                  "cat", "concat", "concatenate"),
+       *[("function", f) for f in (operator.add, operator.sub, operator.neg, operator.iadd, operator.isub)],
+       *methods("add", "add_", "sub", "neg", "contiguous", "clone", "float", "double", "to", "type_as", "detach"))
+mark_linear(*functions("mul", "multiply"), *[("function", f) for f in (operator.mul, operator.imul)],
+       *methods("mul", "mul_"), when=one_varying)
+mark_linear(*functions("div", "divide", "true_divide"), *[("function", f) for f in (operator.truediv,
+                                                                                 operator.itruediv)],
+       *methods("div", "div_"), *functions("batch_norm", modules=(nn.functional,)), when=varying_first)

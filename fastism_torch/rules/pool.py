@@ -10,7 +10,7 @@ from torch import nn
 
 from ..ranges import Window
 from .conv import emit_module, sliding
-from .registry import Decision, RuleContext, functions, module_types, register, stop
+from .registry import Decision, RuleContext, functions, mark_linear, module_types, register, stop
 
 NEG_INF = float("-inf")
 
@@ -107,3 +107,4 @@ def _pool_function(kind):
 
 register(*functions("max_pool1d", modules=(F,)))(_pool_function("max"))
 register(*functions("avg_pool1d", modules=(F,)))(_pool_function("avg"))
+mark_linear(*module_types(nn.AvgPool1d, nn.AvgPool2d), *functions("avg_pool1d", modules=(F,)))     # (max: not affine)

@@ -10,7 +10,7 @@ from torch import nn
 from ..capture import WholeModel
 from ..kinds import Kind
 from ..ranges import IDENTITY
-from .registry import Decision, Read, RuleContext, functions, methods, module_types, register, stop
+from .registry import Decision, Read, RuleContext, functions, mark_linear, methods, module_types, register, stop
 
 
 def _reduce(ctx: RuleContext, dims, keepdim: bool, scale_by_length: bool) -> Decision:
@@ -103,3 +103,7 @@ def known_stop(ctx: RuleContext) -> Decision:
 @register(("module", WholeModel))
 def whole_model(ctx: RuleContext) -> Decision:
     return stop(f"the whole model, which could not be traced ({ctx.module().reason})", quiet=True)
+
+
+mark_linear(*methods("mean", "sum"), *functions("mean", "sum", modules=(torch,)), *module_types(nn.AdaptiveAvgPool1d),
+       *functions("adaptive_avg_pool1d", modules=(F,)))
