@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .common import Edits, Inputs, host_available_bytes
+from .validate import check_replace_with
 
 OUT_BUDGET = 256 << 20      # bytes of model outputs held per chunk of mutant sequences
 
@@ -40,12 +41,21 @@ class DoubleChunk(NamedTuple):
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def own_bases(rows: torch.Tensor) -> np.ndarray:
-    """``(N, L)`` index of each position's base in ``rows`` ``(N, L, C)``; -1 where the column is not one-hot
-    (N, soft or multi-hot: all its substitutions are real edits)."""
-    eye = torch.eye(rows.shape[-1], dtype=rows.dtype)
-    match = (rows.cpu()[:, :, None, :] == eye).all(-1)                     # (N, L, C)
+def own_bases(rows: torch.Tensor, bases: torch.Tensor | None = None) -> np.ndarray:
+    """``(N, L)`` index of each position's column of ``rows`` ``(N, L, C)`` among ``bases`` ``(B, C)`` (the
+    replacement values; default the one-hot bases); -1 where it is none of them (N, soft or multi-hot: all
+    its substitutions are real edits)."""
+    bases = torch.eye(rows.shape[-1]) if bases is None else bases
+    match = (rows.cpu()[:, :, None, :] == bases.to(rows.dtype)).all(-1)    # (N, L, B)
     return torch.where(match.any(-1), match.to(torch.int64).argmax(-1), -1).numpy()
+
+
+def replacement_bases(replace_with, num_chars: int) -> torch.Tensor:
+    """``(B, C)`` the values each position is set to: the one-hot bases (``None``: saturation), or one vector
+    (``replace_with``: 0 or a length-C vector, as for single ISM)."""
+    if replace_with is None:
+        return torch.eye(num_chars)
+    return check_replace_with(replace_with, 1, num_chars)
 
 
 def check_window(start, end, seq_len: int) -> tuple[int, int]:
@@ -111,18 +121,19 @@ def _reference(ism, inp: Inputs) -> list:
     return [torch.cat(p) for p in zip(*parts)]
 
 
-def scan_singles(ism, inp: Inputs, positions: np.ndarray, select: Callable, raw_single: bool = False):
-    """Selected reference ``(N, ...)`` and single mutants ``(N, P, C, ...)`` at ``positions`` (own bases hold
-    the reference), and the raw reference outputs, all on the CPU; with ``raw_single`` also the raw single
-    mutants ``(N, P, C, *out)`` per output."""
-    N, P, C = inp.seq.shape[0], len(positions), ism.num_chars
+def scan_singles(ism, inp: Inputs, positions: np.ndarray, select: Callable, raw_single: bool = False,
+                 bases: torch.Tensor | None = None):
+    """Selected reference ``(N, ...)`` and single mutants ``(N, P, B, ...)`` at ``positions`` (set to each of
+    ``bases`` ``(B, C)``, default the one-hot bases; own bases hold the reference), and the raw reference
+    outputs, all on the CPU; with ``raw_single`` also the raw single mutants ``(N, P, B, *out)`` per output."""
+    bases = torch.eye(ism.num_chars) if bases is None else bases
+    N, P, C = inp.seq.shape[0], len(positions), len(bases)
     cpu = Inputs(inp.seq, inp.args, False, torch.device("cpu"))
-    eye = torch.eye(C)
 
     def edits(chunk: Inputs):
-        own = own_bases(ism.rows(chunk.seq)[:, positions])                     # (n, P)
+        own = own_bases(ism.rows(chunk.seq)[:, positions], bases)              # (n, P)
         s_idx, p_idx, b_idx = np.nonzero(own[:, :, None] != np.arange(C))
-        values = eye[b_idx][:, None, :].to(ism.device)
+        values = bases[b_idx][:, None, :].to(ism.device)
         return Edits(s_idx, p_idx, values, (s_idx * P + p_idx) * C + b_idx), int((own >= 0).sum())
     raw = ism._scan(cpu, _as_ranges(positions), (P, C), edits)
     raw = list(raw) if isinstance(raw, tuple) else [raw]
@@ -167,7 +178,8 @@ def _pair_mask(first: np.ndarray, second: np.ndarray, symmetric: bool, additive_
 
 
 def scan_doubles(ism, inp: Inputs, first: np.ndarray, second: np.ndarray, select: Callable,
-                 ref: list, symmetric: bool, bar=None, additive_from: int | None = None) -> Iterator[DoubleChunk]:
+                 ref: list, symmetric: bool, bar=None, additive_from: int | None = None,
+                 bases: torch.Tensor | None = None) -> Iterator[DoubleChunk]:
     """Double mutants of ``inp``: for every real first mutation at a position of ``first`` and every real
     second mutation at a position of ``second`` (``> first`` with ``symmetric``, else ``!= first``; closer than
     ``additive_from``, the pairs the caller does not sum), the selected outputs, chunk by chunk of mutant
@@ -175,10 +187,12 @@ def scan_doubles(ism, inp: Inputs, first: np.ndarray, second: np.ndarray, select
     chunks with no edits (no model call).
 
     ``ref`` are the raw reference outputs of ``inp`` (for ``select``'s reductions).  Each mutant sequence is
-    one input sequence of ``ism``'s single-edit ISM over the change ranges ``second``.
+    one input sequence of ``ism``'s single-edit ISM over the change ranges ``second``.  A base is a row of
+    ``bases`` ``(B, C)`` (default the one-hot bases).
     """
-    C = ism.num_chars
-    own = own_bases(ism.rows(inp.seq))                                         # (N, L)
+    bases = torch.eye(ism.num_chars) if bases is None else bases
+    C = len(bases)
+    own = own_bases(ism.rows(inp.seq), bases)                                  # (N, L)
     m_seq, m_idx, m_base = _mutants(own, first, C)
     pairs = _pair_mask(first, second, symmetric, additive_from)                # (P1, P2)
     real = own[:, second, None] != np.arange(C)                                # (N, P2, C)
@@ -187,7 +201,6 @@ def scan_doubles(ism, inp: Inputs, first: np.ndarray, second: np.ndarray, select
     m_seq, m_idx, m_base, n_edits = m_seq[order], m_idx[order], m_base[order], n_edits[order]
     m_pos = first[m_idx]
     ranges = _as_ranges(second)
-    eye = torch.eye(C)
     per_values = sum(math.prod(r.shape[1:]) for r in ref)
     step = _chunk_size(ism, per_values, C * len(second))
     busy = int((n_edits > 0).sum())
@@ -203,11 +216,11 @@ def scan_doubles(ism, inp: Inputs, first: np.ndarray, second: np.ndarray, select
         sel = torch.from_numpy(k_seq)
         seq = inp.seq.index_select(0, sel.to(inp.seq.device))
         ism.rows(seq)[torch.arange(len(k_seq), device=seq.device), torch.from_numpy(k_pos).to(seq.device)] = \
-            eye[k_base].to(seq.device)
+            bases[k_base].to(seq.device)
         args = [seq if i == ism.seq_input_idx else a.index_select(0, sel.to(a.device))
                 if isinstance(a, torch.Tensor) else a for i, a in enumerate(inp.args)]
         sinks = [torch.empty((len(e_k), *r.shape[1:]), device=ism.device) for r in ref]
-        edits = Edits(e_k, e_p, eye[e_b][:, None, :].to(ism.device), np.arange(len(e_k)))
+        edits = Edits(e_k, e_p, bases[e_b][:, None, :].to(ism.device), np.arange(len(e_k)))
         ism._run_edits(Inputs(seq, args, False, torch.device("cpu")), ranges, edits, sinks, bar)
         rows = torch.from_numpy(k_seq[e_k])
         values = select([s.cpu() for s in sinks], [r.index_select(0, rows) for r in ref])
@@ -266,7 +279,7 @@ def _fill_additive(out: list, raw: list, ref: list, D: int, select: Callable) ->
 
 def pairwise(ism, seqs, start: int, end: int, target=None, reduce: Callable | None = None,
              max_bytes: int | None = None, verbose: bool | None = None, return_single: bool = False,
-             additive: bool = True):
+             additive: bool = True, replace_with=None):
     """Exact double-mutant ISM of the window ``[start, end)``.
 
     Parameters
@@ -293,10 +306,13 @@ def pairwise(ism, seqs, start: int, end: int, target=None, reduce: Callable | No
         Sum the pairs whose changes never meet at a nonlinear op (positions at least the plan's
         ``additive_from`` apart: ``y(i) + y(j) - y(ref)``, exact up to rounding) instead of running them;
         ``False`` runs every pair.
+    replace_with : 0 or array of shape (C,), optional
+        Set both positions to this vector (e.g. 0, an N) instead of every base: ``B = 1`` below; default
+        ``B = C`` (saturation).
 
     Returns
     -------
-    pairwise : ``(N, W, C, W, C, *out)`` per model output (a tuple for several; one array with ``target`` or
+    pairwise : ``(N, W, B, W, B, *out)`` per model output (a tuple for several; one array with ``target`` or
         ``reduce``): ``[n, i, a, j, b]`` is the output with position ``start + i`` set to base ``a`` and
         ``start + j`` set to ``b``.  ``i == j`` holds the single mutant where ``a == b``, NaN where ``a != b``;
         a base equal to the sequence's own gives the single mutant of the other (or the reference).  numpy
@@ -307,22 +323,23 @@ def pairwise(ism, seqs, start: int, end: int, target=None, reduce: Callable | No
         raise ValueError(f"ism must be a FastISM or NaiveISM; got {type(ism).__name__} (wrap a model as "
                          f"fastism_torch.FastISM(model, seq_len))")
     select = make_select(target, reduce)
+    bases = replacement_bases(replace_with, ism.num_chars)
     inp = ism.inputs(seqs)
     s, e = check_window(start, end, ism.seq_len)
     window = np.arange(s, e)
-    N, W, C = inp.seq.shape[0], e - s, ism.num_chars
-    ref_sel, single, ref, raw = scan_singles(ism, inp, window, select, raw_single=True)
+    N, W, C = inp.seq.shape[0], e - s, len(bases)
+    ref_sel, single, ref, raw = scan_singles(ism, inp, window, select, raw_single=True, bases=bases)
     shapes = [(N, W, C, W, C, *x.shape[3:]) for x in single]
     check_fits(shapes, max_bytes)
     out = [torch.empty(sh) for sh in shapes]
     D = additive_distance(ism, window, window) if additive else None
     if D is not None:
         _fill_additive(out, [r.reshape(N, W, C, *r.shape[3:]).cpu() for r in raw], ref, D, select)
-    own = own_bases(ism.rows(inp.seq))
+    own = own_bases(ism.rows(inp.seq), bases)
     for o, x in zip(out, single):
         _fill_known(o, x, own[:, window])
     with progress(ism, n_doubles(own, window, window, C, True, D), verbose, "pairwise") as bar:
-        for ch in scan_doubles(ism, inp, window, window, select, ref, True, bar, D):
+        for ch in scan_doubles(ism, inp, window, window, select, ref, True, bar, D, bases):
             n, i, a, j, b = (torch.from_numpy(x) for x in (ch.seq[ch.mutant], ch.first[ch.mutant] - s,
                                                            ch.base[ch.mutant], ch.second - s, ch.base2))
             for o, v in zip(out, ch.values):

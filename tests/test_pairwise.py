@@ -321,3 +321,28 @@ def test_additive_distance_counts_nonlinear_sliding_ops():
     d_max = ft.FastISM(tower(nn.MaxPool1d(3, 1, 1)), L, test_correctness=False).plan_for(ranges).additive_from
     d_avg = ft.FastISM(tower(nn.AvgPool1d(3, 1, 1)), L, test_correctness=False).plan_for(ranges).additive_from
     assert (d_max, d_avg) == (5, 5)
+
+
+@pytest.mark.parametrize("family", ["pooling_dense", "dilated_residual"])
+def test_pairwise_replace_with_matches_naive(family):
+    """``replace_with``: both positions set to one vector (an N, or any vector): ``(N, W, 1, W, 1, *out)``
+    against plain forward passes; a column that already holds the vector is an identity edit."""
+    model, x = _model(family), _seqs()
+    x[0, :, START + 1] = 0.25                             # already the replacement at one position of row 0
+    ism = ft.FastISM(model, L, test_correctness=False)
+    for rep in (0, [0.25] * 4, [0.1, -0.2, 0.3, 0.5]):
+        got = ism.pairwise(x, START, END, replace_with=rep)
+        v = torch.as_tensor(rep, dtype=torch.float32).expand(C)
+        rows = []
+        for s in range(2):
+            for i in range(W):
+                for j in range(W):
+                    y = x[s].clone()
+                    y[:, START + i] = v
+                    y[:, START + j] = v
+                    rows.append(y)
+        with torch.no_grad():
+            want = [o.reshape(2, W, 1, W, 1, *o.shape[1:]) for o in _tuple(model(torch.stack(rows)))]
+        assert_close(got, tuple(want) if len(want) > 1 else want[0])
+    with pytest.raises(ValueError, match="replace_with"):
+        ism.pairwise(x, START, END, replace_with=[1, 2])
