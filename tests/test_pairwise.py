@@ -346,3 +346,26 @@ def test_pairwise_replace_with_matches_naive(family):
         assert_close(got, tuple(want) if len(want) > 1 else want[0])
     with pytest.raises(ValueError, match="replace_with"):
         ism.pairwise(x, START, END, replace_with=[1, 2])
+
+
+def _pooled_tower():
+    """A short receptive field, then flatten + a nonlinear dense head: no pair adds at the output, but pairs
+    far apart add up to the head's first ReLU (:mod:`fastism_torch.far_pairs`)."""
+    torch.manual_seed(0)
+    return scale_weights(nn.Sequential(nn.Conv1d(4, 8, 3, padding=1), nn.ReLU(), nn.MaxPool1d(2),
+                                       nn.Conv1d(8, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                                       nn.Linear(8 * L // 2, 16), nn.ReLU(), nn.BatchNorm1d(16), nn.Linear(16, 3)))
+
+
+def test_dependency_map_far_pairs_through_the_tail():
+    import fastism_torch.far_pairs as far_pairs
+    model, x = _pooled_tower(), random_onehot(2, L, seed=3)
+    ism = ft.FastISM(model, L, test_correctness=False)
+    sp = far_pairs.split(ism, ism.inputs(x), np.arange(L))
+    assert ism.plan_for(tuple((p, p + 1) for p in range(L))).additive_from is None
+    assert sp is not None and 1 < sp.distance < L // 2          # most pairs go through the tail
+    got = ft.dependency_map(ism, x, start=4, end=12)
+    want = ft.dependency_map(ft.NaiveISM(model, L), x, start=4, end=12)
+    assert_close(got, want, rtol=1e-4)
+    assert_close(ft.dependency_map(ism, x, start=4, end=12, additive=False), want, rtol=1e-4)
+    assert float(want.abs().max()) > 1e-2
