@@ -25,13 +25,20 @@ from .rules.registry import is_linear, varying
 
 #: largest head outputs kept per sequence for every single mutant (bytes, float32); above it no split
 MAX_HEAD_BYTES = 512 << 20
-TAIL_ROWS = 4096            # rows of the tail per call
+MAX_TAIL_ROWS = 4096
 
 
 class Split(NamedTuple):
     head: object            # FastISM of the model up to the tail's inputs (a tuple of them)
     tail: fx.GraphModule    # the tail's inputs -> the model's outputs
     distance: int           # positions at least this far apart go through the tail
+    rows: int               # rows of the tail per call (its activations within the engine's memory budget)
+
+
+def _bytes_per_row(nodes) -> int:
+    """float32 bytes of one row of ``nodes``' outputs (their recorded shapes)."""
+    shapes = [n.meta.get("tensor_meta") for n in nodes]
+    return 4 * sum(math.prod(s.shape[1:]) for s in shapes if hasattr(s, "shape"))
 
 
 def _post_nodes(gm: fx.GraphModule, infos: dict) -> set:
@@ -85,22 +92,22 @@ def split(ism, inp: Inputs, positions: np.ndarray):
     if graphs is None:
         return None
     head_graph, tail_graph, cut = graphs
-    size = sum(math.prod(n.meta["tensor_meta"].shape[1:]) for n in cut)
-    if 4 * size * len(positions) * ism.num_chars > MAX_HEAD_BYTES:
+    if _bytes_per_row(cut) * len(positions) * ism.num_chars > MAX_HEAD_BYTES:
         return None
     from .fast import FastISM
     head = FastISM(fx.GraphModule(gm, head_graph), ism.seq_len, test_correctness=False, copy_model=False,
                    batch_size=ism.batch_size, delta=ism.delta, **ism.settings())
-    return Split(head, fx.GraphModule(gm, tail_graph), distance)
+    rows = int(np.clip(ism.memory_budget // max(1, _bytes_per_row(list(post) + cut)), 1, MAX_TAIL_ROWS))
+    return Split(head, fx.GraphModule(gm, tail_graph), distance, rows)
 
 
 @torch.no_grad()
 def tail(sp: Split, ism, hs: list) -> list:
     """The model's outputs ``(R, *out)`` per output, on the CPU, from the head's outputs ``hs`` (``(R, ...)``
-    each), in calls of :data:`TAIL_ROWS` rows."""
+    each), ``sp.rows`` rows a call."""
     parts = []
-    for lo in range(0, len(hs[0]), TAIL_ROWS):
-        args = [h[lo:lo + TAIL_ROWS].to(ism.device) for h in hs]
+    for lo in range(0, len(hs[0]), sp.rows):
+        args = [h[lo:lo + sp.rows].to(ism.device) for h in hs]
         with ism._precision():
             out = sp.tail(*args)
         parts.append([o.float().cpu() for o in ((out,) if isinstance(out, torch.Tensor) else out)])
