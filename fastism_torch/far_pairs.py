@@ -80,13 +80,13 @@ def _graphs(gm: fx.GraphModule, infos: dict, post: set):
 def split(ism, inp: Inputs, positions: np.ndarray):
     """The :class:`Split` of ``ism`` (a FastISM) for pairs of ``positions``, or None: no nonlinear op runs in full,
     no pair reaches the distance, the tail reads other inputs, or the head's outputs would be too large."""
-    if getattr(ism, "gm", None) is None or len(inp.args) != 1:
+    if not hasattr(ism, "plan_for") or len(inp.args) != 1:
         return None
+    plan = ism.plan_for(tuple((int(p), int(p) + 1) for p in positions))      # (builds an engine not built yet)
     gm, infos = ism.gm, ism.infos
     post = _post_nodes(gm, infos)
     if not post:
         return None
-    plan = ism.plan_for(tuple((int(p), int(p) + 1) for p in positions))
     distance = additive_distance(gm, infos, plan.nodes, np.asarray(positions), through_full=False)
     graphs = None if distance is None else _graphs(gm, infos, post)
     if graphs is None:

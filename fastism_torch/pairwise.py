@@ -165,7 +165,10 @@ def additive_distance(ism, first: np.ndarray, second: np.ndarray) -> int | None:
     plan_for = getattr(ism, "plan_for", None)
     if plan_for is None or not np.isin(first, second).all():
         return None
-    return plan_for(_as_ranges(second)).additive_from
+    try:
+        return plan_for(_as_ranges(second)).additive_from
+    except RuntimeError:                 # an engine not built yet for a model of several inputs
+        return None
 
 
 def _pair_mask(first: np.ndarray, second: np.ndarray, symmetric: bool, additive_from: int | None) -> np.ndarray:
