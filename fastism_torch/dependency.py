@@ -115,7 +115,7 @@ def dependency_map(model, X, args=None, start: int = 0, end: int = -1, func=None
     window, every = np.arange(int(start), end), np.arange(L)
     select = _tangermeme_select(kwargs.get("target"))
     D = additive_distance(ism, window, every) if additive else None
-    sp = far_pairs.split(ism, inp, every) if additive and D is None else None
+    sp = far_pairs.split(ism, inp, every, window) if additive and D is None else None
     if sp is None:
         ref_sel, single, ref = scan_singles(ism, inp, every, select)
     else:                                  # single mutants through the head and the tail
@@ -126,7 +126,7 @@ def dependency_map(model, X, args=None, start: int = 0, end: int = -1, func=None
     own = own_bases(ism.rows(inp.seq))
     total = torch.zeros(inp.seq.shape[0], len(window), L, dtype=torch.float64)     # (N, W, L)
     eye = torch.eye(C, dtype=torch.float64)
-    near = D if sp is None else sp.distance
+    near = D if sp is None else sp.far
     with progress(ism, n_doubles(own, window, every, C, False, near), verbose, "dependency map") as bar:
         for ch in scan_doubles(ism, inp, window, every, select, ref, False, bar, near):
             k = np.arange(len(ch.seq))
@@ -135,7 +135,7 @@ def dependency_map(model, X, args=None, start: int = 0, end: int = -1, func=None
                 far = torch.from_numpy(np.abs(every[None, :] - ch.first[:, None]) >= D)      # (K, L)
                 grid += (single[ch.seq] - ref_sel[ch.seq][:, None, None]) * far[:, :, None]
             if sp is not None:
-                _far_through_tail(sp, ism, ch, h_ref, hs, ref, select, grid)
+                _far_through_tail(sp, ism, ch, ch.first - window[0], h_ref, hs, ref, select, grid)
             grid[k, ch.first] = single[ch.seq, ch.first]                           # j == i: single mutants
             if len(ch.mutant):
                 grid[ch.mutant, ch.second, ch.base2] = ch.values[0]
@@ -162,12 +162,14 @@ def _head_singles(sp, ism, inp, every: np.ndarray, select):
     return h_ref, hs, ref, single, select(ref, ref)
 
 
-def _far_through_tail(sp, ism, ch, h_ref: list, hs: list, ref: list, select, grid: torch.Tensor) -> None:
-    """``grid[k, j, b]`` ``(K, L, C)`` of chunk ``ch``'s mutants for positions ``j`` at least ``sp.distance`` from
-    the mutant's: ``select(tail(h(ref) + dh(i, a) + dh(j, b)))``."""
-    L, C = grid.shape[1:]
+def _far_through_tail(sp, ism, ch, rows_of_far: np.ndarray, h_ref: list, hs: list, ref: list, select,
+                      grid: torch.Tensor) -> None:
+    """``grid[k, j, b]`` ``(K, L, C)`` of chunk ``ch``'s mutants (row ``rows_of_far[k]`` of ``sp.far``) for the
+    positions ``j`` whose changes meet the mutant's only in the tail: ``select(tail(h(ref) + dh(i, a) +
+    dh(j, b)))``."""
+    C = grid.shape[2]
     for k, (n, i, a) in enumerate(zip(ch.seq, ch.first, ch.base)):
-        js = np.flatnonzero(np.abs(np.arange(L) - i) >= sp.distance)
+        js = np.flatnonzero(sp.far[rows_of_far[k]])
         if len(js) == 0:
             continue
         rows = [(h[n, i, a] - r[n] + h[n, js]).reshape(len(js) * C, *r.shape[1:]) for h, r in zip(hs, h_ref)]

@@ -20,7 +20,6 @@ from torch import fx
 
 from .common import Inputs
 from .kinds import State
-from .plan import additive_distance
 from .rules.registry import is_linear, varying
 
 #: largest head outputs kept per sequence for every single mutant (bytes, float32); above it no split
@@ -31,7 +30,7 @@ MAX_TAIL_ROWS = 4096
 class Split(NamedTuple):
     head: object            # FastISM of the model up to the tail's inputs (a tuple of them)
     tail: fx.GraphModule    # the tail's inputs -> the model's outputs
-    distance: int           # positions at least this far apart go through the tail
+    far: np.ndarray         # (P1, P2): the pairs of first and second positions that go through the tail
     rows: int               # rows of the tail per call (its activations within the engine's memory budget)
 
 
@@ -77,9 +76,25 @@ def _graphs(gm: fx.GraphModule, infos: dict, post: set):
     return head, tail, cut
 
 
-def split(ism, inp: Inputs, positions: np.ndarray):
-    """The :class:`Split` of ``ism`` (a FastISM) for pairs of ``positions``, or None: no nonlinear op runs in full,
-    no pair reaches the distance, the tail reads other inputs, or the head's outputs would be too large."""
+def far_pairs(gm: fx.GraphModule, infos: dict, nodes: dict, first: np.ndarray) -> np.ndarray:
+    """``(P1, P)``: whether the change ranges of window ``first[k]`` and window ``m`` (indices into the plan's
+    windows) are disjoint at every nonlinear op of the windowed part (exactly, pair by pair: the plan's
+    :func:`~fastism_torch.plan.additive_distance` bounds the same by one distance)."""
+    meet = np.zeros((len(first), len(next(iter(nodes.values())).lo)), dtype=bool)
+    for node in gm.graph.nodes:
+        if infos[node].state != State.WINDOW or node.op == "placeholder" or is_linear(node, gm, infos):
+            continue
+        r = nodes[node.name]
+        live = r.hi > r.lo
+        lo, hi = r.lo[first, None], r.hi[first, None]
+        meet |= live[first, None] & live[None, :] & (r.lo[None, :] < hi) & (lo < r.hi[None, :])
+    return ~meet
+
+
+def split(ism, inp: Inputs, positions: np.ndarray, first: np.ndarray):
+    """The :class:`Split` of ``ism`` (a FastISM) for pairs of a position of ``first`` and one of ``positions``
+    (``first`` among them), or None: no nonlinear op runs in full, no pair is far enough apart, the tail reads
+    other inputs, or the head's outputs would be too large."""
     if not hasattr(ism, "plan_for") or len(inp.args) != 1:
         return None
     plan = ism.plan_for(tuple((int(p), int(p) + 1) for p in positions))      # (builds an engine not built yet)
@@ -87,8 +102,8 @@ def split(ism, inp: Inputs, positions: np.ndarray):
     post = _post_nodes(gm, infos)
     if not post:
         return None
-    distance = additive_distance(gm, infos, plan.nodes, np.asarray(positions), through_full=False)
-    graphs = None if distance is None else _graphs(gm, infos, post)
+    far = far_pairs(gm, infos, plan.nodes, np.searchsorted(positions, first))
+    graphs = _graphs(gm, infos, post) if far.any() else None
     if graphs is None:
         return None
     head_graph, tail_graph, cut = graphs
@@ -98,7 +113,7 @@ def split(ism, inp: Inputs, positions: np.ndarray):
     head = FastISM(fx.GraphModule(gm, head_graph), ism.seq_len, test_correctness=False, copy_model=False,
                    batch_size=ism.batch_size, delta=ism.delta, **ism.settings())
     rows = int(np.clip(ism.memory_budget // max(1, _bytes_per_row(list(post) + cut)), 1, MAX_TAIL_ROWS))
-    return Split(head, fx.GraphModule(gm, tail_graph), distance, rows)
+    return Split(head, fx.GraphModule(gm, tail_graph), far, rows)
 
 
 @torch.no_grad()

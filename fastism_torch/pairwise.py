@@ -171,21 +171,25 @@ def additive_distance(ism, first: np.ndarray, second: np.ndarray) -> int | None:
         return None
 
 
-def _pair_mask(first: np.ndarray, second: np.ndarray, symmetric: bool, additive_from: int | None) -> np.ndarray:
+def _pair_mask(first: np.ndarray, second: np.ndarray, symmetric: bool, additive_from) -> np.ndarray:
     """``(P1, P2)``: which position pairs the engine runs (``second > first`` with ``symmetric``, else ``!=``;
-    closer than ``additive_from``)."""
+    closer than ``additive_from``, or not marked in it: a ``(P1, P2)`` boolean array of the pairs the caller
+    computes otherwise)."""
     ok = second[None, :] > first[:, None] if symmetric else second[None, :] != first[:, None]
-    if additive_from is not None:
+    if isinstance(additive_from, np.ndarray):
+        ok &= ~additive_from
+    elif additive_from is not None:
         ok &= np.abs(second[None, :] - first[:, None]) < additive_from
     return ok
 
 
 def scan_doubles(ism, inp: Inputs, first: np.ndarray, second: np.ndarray, select: Callable,
-                 ref: list, symmetric: bool, bar=None, additive_from: int | None = None,
+                 ref: list, symmetric: bool, bar=None, additive_from=None,
                  bases: torch.Tensor | None = None) -> Iterator[DoubleChunk]:
     """Double mutants of ``inp``: for every real first mutation at a position of ``first`` and every real
     second mutation at a position of ``second`` (``> first`` with ``symmetric``, else ``!= first``; closer than
-    ``additive_from``, the pairs the caller does not sum), the selected outputs, chunk by chunk of mutant
+    ``additive_from``, or not marked in it if it is a ``(P1, P2)`` boolean array: the pairs the caller does not
+    compute otherwise), the selected outputs, chunk by chunk of mutant
     sequences (:class:`DoubleChunk`).  Every first mutation comes once; those without edits come last, in
     chunks with no edits (no model call).
 
@@ -237,7 +241,7 @@ def progress(ism, total: int, verbose: bool | None, desc: str):
 
 
 def n_doubles(own: np.ndarray, first: np.ndarray, second: np.ndarray, C: int, symmetric: bool,
-              additive_from: int | None = None) -> int:
+              additive_from=None) -> int:
     """How many double-mutant edits :func:`scan_doubles` runs."""
     real_first = (own[:, first, None] != np.arange(C)).sum(-1)                # (N, P1)
     real_second = (own[:, second, None] != np.arange(C)).sum(-1)              # (N, P2)

@@ -132,17 +132,14 @@ def build_plan(gm: fx.GraphModule, infos: dict, seq_node: fx.Node, ranges, delta
                 additive_distance(gm, infos, nodes, starts))
 
 
-def additive_distance(gm: fx.GraphModule, infos: dict, nodes: dict, starts: np.ndarray,
-                      through_full: bool = True) -> int | None:
+def additive_distance(gm: fx.GraphModule, infos: dict, nodes: dict, starts: np.ndarray) -> int | None:
     """The distance ``D`` between the starts of two mutation windows from which on their changes add exactly:
     ``y(x + d_i + d_j) = y(i) + y(j) - y(x)`` (up to rounding).  That holds where their change ranges are
     disjoint at every op that is not affine in the sequence (:func:`~fastism_torch.rules.registry.is_linear`):
     by induction over the graph each node's change is then the sum of the two edits' changes, as an affine op
     adds them and every output position of a nonlinear op sees the change of at most one edit.  A nonlinear op
     that runs in full (after a stop) sees both everywhere: ``None``.  ``D`` bounds every pair conservatively
-    (``max (start_m - start_k) + 1`` over pairs ``start_k < start_m`` whose ranges could meet: ``lo_m < hi_k``).
-    ``through_full=False`` ignores the ops that run in full: up to the first nonlinear one, such pairs' changes
-    add (:mod:`fastism_torch.far_pairs`)."""
+    (``max (start_m - start_k) + 1`` over pairs ``start_k < start_m`` whose ranges could meet: ``lo_m < hi_k``)."""
     D = 1
     for node in gm.graph.nodes:
         info = infos[node]
@@ -151,9 +148,7 @@ def additive_distance(gm: fx.GraphModule, infos: dict, nodes: dict, starts: np.n
         if is_linear(node, gm, infos):
             continue
         if info.state != State.WINDOW:
-            if through_full:
-                return None
-            continue
+            return None
         r = nodes[node.name]
         D = max(D, _meeting_distance(starts, r.lo, r.hi) + 1)
     return D if D <= int(starts.max() - starts.min()) else None

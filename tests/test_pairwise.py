@@ -361,9 +361,10 @@ def test_dependency_map_far_pairs_through_the_tail():
     import fastism_torch.far_pairs as far_pairs
     model, x = _pooled_tower(), random_onehot(2, L, seed=3)
     ism = ft.FastISM(model, L, test_correctness=False)
-    sp = far_pairs.split(ism, ism.inputs(x), np.arange(L))
+    sp = far_pairs.split(ism, ism.inputs(x), np.arange(L), np.arange(4, 12))
     assert ism.plan_for(tuple((p, p + 1) for p in range(L))).additive_from is None
-    assert sp is not None and 1 < sp.distance < L // 2          # most pairs go through the tail
+    assert sp is not None and sp.far.shape == (8, L) and 0.5 < sp.far.mean() < 1    # most pairs go through the tail
+    assert not sp.far[np.arange(8), np.arange(5, 13)].any()           # neighbours meet before the tail
     got = ft.dependency_map(ism, x, start=4, end=12)
     want = ft.dependency_map(ft.NaiveISM(model, L), x, start=4, end=12)
     assert_close(got, want, rtol=1e-4)
