@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from .base import ISMBase
-from .pairwise import n_doubles, own_bases, progress, scan_doubles, scan_singles
+from . import far_pairs
+from .pairwise import additive_distance, make_select, n_doubles, own_bases, progress, scan_doubles, scan_singles
 
 #: keyword arguments of tangermeme's ``saturation_mutagenesis`` that ours take (others are refused)
 _FUNC_KWARGS = ("target", "batch_size", "dtype")
@@ -65,7 +66,8 @@ def _check_func(func, kwargs: dict) -> None:
 
 @torch.no_grad()
 def dependency_map(model, X, args=None, start: int = 0, end: int = -1, func=None,
-                   additional_func_kwargs: dict | None = None, device=None, verbose: bool = False, **kwargs):
+                   additional_func_kwargs: dict | None = None, device=None, verbose: bool = False,
+                   additive: bool = True, **kwargs):
     """Dependency map (tangermeme 1.6's ``dependency_map`` with ``func=saturation_mutagenesis``), exact.
 
     Parameters
@@ -87,6 +89,9 @@ def dependency_map(model, X, args=None, start: int = 0, end: int = -1, func=None
         For a module: where the engine runs (default: the module's device).
     verbose : bool, default False
         Progress bar over the double mutants.
+    additive : bool, default True
+        Sum the double mutants whose changes never meet at a nonlinear op (positions at least the engine's
+        plan's ``additive_from`` apart) from the single mutants instead of running them.
     **kwargs
         ``target`` (an index or slice of the output's first axis; the rest are averaged), ``batch_size`` and
         ``dtype`` for a module's engine, ``test_correctness`` (default True) for its self-check.
@@ -109,19 +114,31 @@ def dependency_map(model, X, args=None, start: int = 0, end: int = -1, func=None
                          f"for length {L}")
     window, every = np.arange(int(start), end), np.arange(L)
     select = _tangermeme_select(kwargs.get("target"))
-    _, single, ref = scan_singles(ism, inp, every, select)
-    single = single[0]                                                         # (N, L, C) float64
+    D = additive_distance(ism, window, every) if additive else None
+    sp = far_pairs.split(ism, inp, every, window) if additive and D is None else None
+    if sp is None:
+        ref_sel, single, ref = scan_singles(ism, inp, every, select)
+    else:                                  # single mutants through the head and the tail
+        h_ref, hs, ref, single, ref_sel = _head_singles(sp, ism, inp, every, select)
+    single, ref_sel = single[0], ref_sel[0]                                    # (N, L, C), (N,) float64
     hot = ism.rows(inp.seq).cpu().double()                                     # (N, L, C)
     attr0 = _attribution(single, hot)                                          # (N, L)
     own = own_bases(ism.rows(inp.seq))
     total = torch.zeros(inp.seq.shape[0], len(window), L, dtype=torch.float64)     # (N, W, L)
     eye = torch.eye(C, dtype=torch.float64)
-    with progress(ism, n_doubles(own, window, every, C, False), verbose, "dependency map") as bar:
-        for ch in scan_doubles(ism, inp, window, every, select, ref, False, bar):
+    near = D if sp is None else sp.far
+    with progress(ism, n_doubles(own, window, every, C, False, near), verbose, "dependency map") as bar:
+        for ch in scan_doubles(ism, inp, window, every, select, ref, False, bar, near):
             k = np.arange(len(ch.seq))
             grid = single[ch.seq, ch.first, ch.base][:, None, None].repeat(1, L, C)    # y(mutant): own bases
+            if D is not None:                                 # pairs that add: y(i) + y(j) - y(ref)
+                far = torch.from_numpy(np.abs(every[None, :] - ch.first[:, None]) >= D)      # (K, L)
+                grid += (single[ch.seq] - ref_sel[ch.seq][:, None, None]) * far[:, :, None]
+            if sp is not None:
+                _far_through_tail(sp, ism, ch, ch.first - window[0], h_ref, hs, ref, select, grid)
             grid[k, ch.first] = single[ch.seq, ch.first]                           # j == i: single mutants
-            grid[ch.mutant, ch.second, ch.base2] = ch.values[0]
+            if len(ch.mutant):
+                grid[ch.mutant, ch.second, ch.base2] = ch.values[0]
             m_hot = hot[ch.seq].clone()
             m_hot[k, ch.first] = eye[ch.base]
             change = (_attribution(grid, m_hot) - attr0[ch.seq]).abs()             # (K, L)
@@ -130,6 +147,35 @@ def dependency_map(model, X, args=None, start: int = 0, end: int = -1, func=None
     counts = (own[:, window, None] != np.arange(C)).sum(-1)                    # (N, W)
     return (total / torch.from_numpy(counts)[:, :, None]).transpose(1, 2).float()
 
+
+
+def _head_singles(sp, ism, inp, every: np.ndarray, select):
+    """Single mutants of every position through :mod:`.far_pairs`' head (one saturation scan) and tail: the head's
+    reference and single mutants ``(N, L, C, ...)`` per head output, the model's raw reference outputs, and the
+    selected single mutants and reference, as :func:`.pairwise.scan_singles` gives them."""
+    _, _, h_ref, hs = scan_singles(sp.head, inp, every, make_select(), raw_single=True)
+    N, L, C = hs[0].shape[:3]
+    ref = far_pairs.tail(sp, ism, h_ref)
+    ys = far_pairs.tail(sp, ism, [h.reshape(N * L * C, *h.shape[3:]) for h in hs])
+    refs = [r.repeat_interleave(L * C, dim=0) for r in ref]
+    single = [s.reshape(N, L, C, *s.shape[1:]) for s in select(ys, refs)]
+    return h_ref, hs, ref, single, select(ref, ref)
+
+
+def _far_through_tail(sp, ism, ch, rows_of_far: np.ndarray, h_ref: list, hs: list, ref: list, select,
+                      grid: torch.Tensor) -> None:
+    """``grid[k, j, b]`` ``(K, L, C)`` of chunk ``ch``'s mutants (row ``rows_of_far[k]`` of ``sp.far``) for the
+    positions ``j`` whose changes meet the mutant's only in the tail: ``select(tail(h(ref) + dh(i, a) +
+    dh(j, b)))``."""
+    C = grid.shape[2]
+    for k, (n, i, a) in enumerate(zip(ch.seq, ch.first, ch.base)):
+        js = np.flatnonzero(sp.far[rows_of_far[k]])
+        if len(js) == 0:
+            continue
+        rows = [(h[n, i, a] - r[n] + h[n, js]).reshape(len(js) * C, *r.shape[1:]) for h, r in zip(hs, h_ref)]
+        ys = far_pairs.tail(sp, ism, rows)
+        grid[k, js] = select(ys, [r[n:n + 1].expand(len(y), *r.shape[1:]) for y, r in zip(ys, ref)])[0] \
+            .reshape(len(js), C)
 
 
 def _float64(x) -> np.ndarray:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .common import Edits, Inputs, host_available_bytes
+from .validate import check_replace_with
 
 OUT_BUDGET = 256 << 20      # bytes of model outputs held per chunk of mutant sequences
 
@@ -40,12 +41,21 @@ class DoubleChunk(NamedTuple):
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def own_bases(rows: torch.Tensor) -> np.ndarray:
-    """``(N, L)`` index of each position's base in ``rows`` ``(N, L, C)``; -1 where the column is not one-hot
-    (N, soft or multi-hot: all its substitutions are real edits)."""
-    eye = torch.eye(rows.shape[-1], dtype=rows.dtype)
-    match = (rows.cpu()[:, :, None, :] == eye).all(-1)                     # (N, L, C)
+def own_bases(rows: torch.Tensor, bases: torch.Tensor | None = None) -> np.ndarray:
+    """``(N, L)`` index of each position's column of ``rows`` ``(N, L, C)`` among ``bases`` ``(B, C)`` (the
+    replacement values; default the one-hot bases); -1 where it is none of them (N, soft or multi-hot: all
+    its substitutions are real edits)."""
+    bases = torch.eye(rows.shape[-1]) if bases is None else bases
+    match = (rows.cpu()[:, :, None, :] == bases.to(rows.dtype)).all(-1)    # (N, L, B)
     return torch.where(match.any(-1), match.to(torch.int64).argmax(-1), -1).numpy()
+
+
+def replacement_bases(replace_with, num_chars: int) -> torch.Tensor:
+    """``(B, C)`` the values each position is set to: the one-hot bases (``None``: saturation), or one vector
+    (``replace_with``: 0 or a length-C vector, as for single ISM)."""
+    if replace_with is None:
+        return torch.eye(num_chars)
+    return check_replace_with(replace_with, 1, num_chars)
 
 
 def check_window(start, end, seq_len: int) -> tuple[int, int]:
@@ -111,17 +121,19 @@ def _reference(ism, inp: Inputs) -> list:
     return [torch.cat(p) for p in zip(*parts)]
 
 
-def scan_singles(ism, inp: Inputs, positions: np.ndarray, select: Callable):
-    """Selected reference ``(N, ...)`` and single mutants ``(N, P, C, ...)`` at ``positions`` (own bases hold
-    the reference), and the raw reference outputs, all on the CPU."""
-    N, P, C = inp.seq.shape[0], len(positions), ism.num_chars
+def scan_singles(ism, inp: Inputs, positions: np.ndarray, select: Callable, raw_single: bool = False,
+                 bases: torch.Tensor | None = None):
+    """Selected reference ``(N, ...)`` and single mutants ``(N, P, B, ...)`` at ``positions`` (set to each of
+    ``bases`` ``(B, C)``, default the one-hot bases; own bases hold the reference), and the raw reference
+    outputs, all on the CPU; with ``raw_single`` also the raw single mutants ``(N, P, B, *out)`` per output."""
+    bases = torch.eye(ism.num_chars) if bases is None else bases
+    N, P, C = inp.seq.shape[0], len(positions), len(bases)
     cpu = Inputs(inp.seq, inp.args, False, torch.device("cpu"))
-    eye = torch.eye(C)
 
     def edits(chunk: Inputs):
-        own = own_bases(ism.rows(chunk.seq)[:, positions])                     # (n, P)
+        own = own_bases(ism.rows(chunk.seq)[:, positions], bases)              # (n, P)
         s_idx, p_idx, b_idx = np.nonzero(own[:, :, None] != np.arange(C))
-        values = eye[b_idx][:, None, :].to(ism.device)
+        values = bases[b_idx][:, None, :].to(ism.device)
         return Edits(s_idx, p_idx, values, (s_idx * P + p_idx) * C + b_idx), int((own >= 0).sum())
     raw = ism._scan(cpu, _as_ranges(positions), (P, C), edits)
     raw = list(raw) if isinstance(raw, tuple) else [raw]
@@ -129,13 +141,14 @@ def scan_singles(ism, inp: Inputs, positions: np.ndarray, select: Callable):
     rows = [r.reshape(N * P * C, *r.shape[3:]) for r in raw]
     refs = [r.repeat_interleave(P * C, dim=0) for r in ref]
     single = [s.reshape(N, P, C, *s.shape[1:]) for s in select(rows, refs)]
+    if raw_single:
+        return select(ref, ref), single, ref, raw
     return select(ref, ref), single, ref
 
 
 def _mutants(own: np.ndarray, first: np.ndarray, C: int):
-    """Every real first mutation: ``(seq, position, base)`` arrays, ordered by sequence then position."""
-    n, p, a = np.nonzero(own[:, first, None] != np.arange(C))
-    return n, first[p], a
+    """Every real first mutation: ``(seq, index into first, base)`` arrays, ordered by sequence then position."""
+    return np.nonzero(own[:, first, None] != np.arange(C))
 
 
 def _chunk_size(ism, per_mutant_values: int, edits_per_mutant: int) -> int:
@@ -145,40 +158,76 @@ def _chunk_size(ism, per_mutant_values: int, edits_per_mutant: int) -> int:
     return int(np.clip(min(ism._seq_chunk(), by_out), 1, 64))
 
 
+def additive_distance(ism, first: np.ndarray, second: np.ndarray) -> int | None:
+    """The distance from which on a first mutation at a position of ``first`` and a second at a position of
+    ``second`` add exactly (:attr:`fastism_torch.plan.Plan.additive_from` of ``ism``'s plan for ``second``);
+    ``None`` where none do, or for an engine without a plan (NaiveISM)."""
+    plan_for = getattr(ism, "plan_for", None)
+    if plan_for is None or not np.isin(first, second).all():
+        return None
+    try:
+        return plan_for(_as_ranges(second)).additive_from
+    except RuntimeError:                 # an engine not built yet for a model of several inputs
+        return None
+
+
+def _pair_mask(first: np.ndarray, second: np.ndarray, symmetric: bool, additive_from) -> np.ndarray:
+    """``(P1, P2)``: which position pairs the engine runs (``second > first`` with ``symmetric``, else ``!=``;
+    closer than ``additive_from``, or not marked in it: a ``(P1, P2)`` boolean array of the pairs the caller
+    computes otherwise)."""
+    ok = second[None, :] > first[:, None] if symmetric else second[None, :] != first[:, None]
+    if isinstance(additive_from, np.ndarray):
+        ok &= ~additive_from
+    elif additive_from is not None:
+        ok &= np.abs(second[None, :] - first[:, None]) < additive_from
+    return ok
+
+
 def scan_doubles(ism, inp: Inputs, first: np.ndarray, second: np.ndarray, select: Callable,
-                 ref: list, symmetric: bool, bar=None) -> Iterator[DoubleChunk]:
+                 ref: list, symmetric: bool, bar=None, additive_from=None,
+                 bases: torch.Tensor | None = None) -> Iterator[DoubleChunk]:
     """Double mutants of ``inp``: for every real first mutation at a position of ``first`` and every real
-    second mutation at a position of ``second`` (``> first`` with ``symmetric``, else ``!= first``), the
-    selected outputs, chunk by chunk of mutant sequences (:class:`DoubleChunk`).
+    second mutation at a position of ``second`` (``> first`` with ``symmetric``, else ``!= first``; closer than
+    ``additive_from``, or not marked in it if it is a ``(P1, P2)`` boolean array: the pairs the caller does not
+    compute otherwise), the selected outputs, chunk by chunk of mutant
+    sequences (:class:`DoubleChunk`).  Every first mutation comes once; those without edits come last, in
+    chunks with no edits (no model call).
 
     ``ref`` are the raw reference outputs of ``inp`` (for ``select``'s reductions).  Each mutant sequence is
-    one input sequence of ``ism``'s single-edit ISM over the change ranges ``second``.
+    one input sequence of ``ism``'s single-edit ISM over the change ranges ``second``.  A base is a row of
+    ``bases`` ``(B, C)`` (default the one-hot bases).
     """
-    C = ism.num_chars
-    own = own_bases(ism.rows(inp.seq))                                         # (N, L)
-    m_seq, m_pos, m_base = _mutants(own, first, C)
-    if symmetric:                        # a mutant with no later position has no edits: no reference pass
-        has = m_pos < second.max()
-        m_seq, m_pos, m_base = m_seq[has], m_pos[has], m_base[has]
+    bases = torch.eye(ism.num_chars) if bases is None else bases
+    C = len(bases)
+    own = own_bases(ism.rows(inp.seq), bases)                                  # (N, L)
+    m_seq, m_idx, m_base = _mutants(own, first, C)
+    pairs = _pair_mask(first, second, symmetric, additive_from)                # (P1, P2)
+    real = own[:, second, None] != np.arange(C)                                # (N, P2, C)
+    n_edits = np.einsum("kp,kpc->k", pairs[m_idx].astype(np.int64), real[m_seq].astype(np.int64))
+    order = np.argsort(n_edits == 0, kind="stable")              # mutants without edits last: no reference pass
+    m_seq, m_idx, m_base, n_edits = m_seq[order], m_idx[order], m_base[order], n_edits[order]
+    m_pos = first[m_idx]
     ranges = _as_ranges(second)
-    eye = torch.eye(C)
     per_values = sum(math.prod(r.shape[1:]) for r in ref)
     step = _chunk_size(ism, per_values, C * len(second))
-    for lo in range(0, len(m_seq), step):
-        k_seq, k_pos, k_base = m_seq[lo:lo + step], m_pos[lo:lo + step], m_base[lo:lo + step]
-        pos_ok = second[None, :] > k_pos[:, None] if symmetric else second[None, :] != k_pos[:, None]
-        mask = (own[k_seq][:, second, None] != np.arange(C)) & pos_ok[:, :, None]          # (K, P, C)
+    busy = int((n_edits > 0).sum())
+    bounds = [(lo, min(busy, lo + step)) for lo in range(0, busy, step)]
+    bounds += [(lo, min(len(m_seq), lo + step)) for lo in range(busy, len(m_seq), step)]
+    for lo, hi in bounds:
+        k_seq, k_pos, k_base = m_seq[lo:hi], m_pos[lo:hi], m_base[lo:hi]
+        mask = real[k_seq] & pairs[m_idx[lo:hi]][:, :, None]                                # (K, P2, C)
         e_k, e_p, e_b = np.nonzero(mask)
         if len(e_k) == 0:
+            yield DoubleChunk(k_seq, k_pos, k_base, e_k, second[e_p], e_b, [])
             continue
         sel = torch.from_numpy(k_seq)
         seq = inp.seq.index_select(0, sel.to(inp.seq.device))
         ism.rows(seq)[torch.arange(len(k_seq), device=seq.device), torch.from_numpy(k_pos).to(seq.device)] = \
-            eye[k_base].to(seq.device)
+            bases[k_base].to(seq.device)
         args = [seq if i == ism.seq_input_idx else a.index_select(0, sel.to(a.device))
                 if isinstance(a, torch.Tensor) else a for i, a in enumerate(inp.args)]
         sinks = [torch.empty((len(e_k), *r.shape[1:]), device=ism.device) for r in ref]
-        edits = Edits(e_k, e_p, eye[e_b][:, None, :].to(ism.device), np.arange(len(e_k)))
+        edits = Edits(e_k, e_p, bases[e_b][:, None, :].to(ism.device), np.arange(len(e_k)))
         ism._run_edits(Inputs(seq, args, False, torch.device("cpu")), ranges, edits, sinks, bar)
         rows = torch.from_numpy(k_seq[e_k])
         values = select([s.cpu() for s in sinks], [r.index_select(0, rows) for r in ref])
@@ -191,11 +240,12 @@ def progress(ism, total: int, verbose: bool | None, desc: str):
     return tqdm(total=total, disable=not verbose, unit="edit", desc=desc, dynamic_ncols=True, mininterval=0.5)
 
 
-def n_doubles(own: np.ndarray, first: np.ndarray, second: np.ndarray, C: int, symmetric: bool) -> int:
+def n_doubles(own: np.ndarray, first: np.ndarray, second: np.ndarray, C: int, symmetric: bool,
+              additive_from=None) -> int:
     """How many double-mutant edits :func:`scan_doubles` runs."""
     real_first = (own[:, first, None] != np.arange(C)).sum(-1)                # (N, P1)
     real_second = (own[:, second, None] != np.arange(C)).sum(-1)              # (N, P2)
-    pairs = first[:, None] < second[None, :] if symmetric else first[:, None] != second[None, :]
+    pairs = _pair_mask(first, second, symmetric, additive_from)
     return int(np.einsum("np,nq,pq->", real_first, real_second, pairs.astype(np.int64)))
 
 
@@ -216,8 +266,27 @@ def _fill_known(out: torch.Tensor, single: torch.Tensor, own: np.ndarray) -> Non
             out[:, i, a, i, a] = single[:, i, a]
 
 
+def _fill_additive(out: list, raw: list, ref: list, D: int, select: Callable) -> None:
+    """Pairs ``j - i >= D`` of ``out`` ``(N, W, C, W, C, ...)`` per output (and their mirror images) as
+    ``select(y(i) + y(j) - y(ref))`` from the raw single mutants ``raw`` ``(N, W, C, *out)`` and reference
+    ``ref`` ``(N, *out)``: exact where the two changes never meet at a nonlinear op (``select``'s reduction
+    may be nonlinear: it sees the summed outputs)."""
+    N, W, C = raw[0].shape[:3]
+    for n in range(N):
+        for i in range(W - D):
+            js = np.arange(i + D, W)
+            summed = [(r[n, i][:, None, None] + r[n, js][None] - f[n]).reshape(C * len(js) * C, *f.shape[1:])
+                      for r, f in zip(raw, ref)]                    # (a, j, b) rows
+            refs = [f[n:n + 1].expand(len(s), *f.shape[1:]) for s, f in zip(summed, ref)]
+            for o, v in zip(out, select(summed, refs)):
+                v = v.reshape(C, len(js), C, *v.shape[1:])
+                o[n, i, :, i + D:] = v
+                o[n, i + D:, :, i] = v.permute(1, 2, 0, *range(3, v.dim()))
+
+
 def pairwise(ism, seqs, start: int, end: int, target=None, reduce: Callable | None = None,
-             max_bytes: int | None = None, verbose: bool | None = None, return_single: bool = False):
+             max_bytes: int | None = None, verbose: bool | None = None, return_single: bool = False,
+             additive: bool = True, replace_with=None):
     """Exact double-mutant ISM of the window ``[start, end)``.
 
     Parameters
@@ -240,10 +309,17 @@ def pairwise(ism, seqs, start: int, end: int, target=None, reduce: Callable | No
         Progress bar (default: the engine's ``verbose``).
     return_single : bool, default False
         Also return the single mutants ``(N, W, C, ...)`` and the reference ``(N, ...)``.
+    additive : bool, default True
+        Sum the pairs whose changes never meet at a nonlinear op (positions at least the plan's
+        ``additive_from`` apart: ``y(i) + y(j) - y(ref)``, exact up to rounding) instead of running them;
+        ``False`` runs every pair.
+    replace_with : 0 or array of shape (C,), optional
+        Set both positions to this vector (e.g. 0, an N) instead of every base: ``B = 1`` below; default
+        ``B = C`` (saturation).
 
     Returns
     -------
-    pairwise : ``(N, W, C, W, C, *out)`` per model output (a tuple for several; one array with ``target`` or
+    pairwise : ``(N, W, B, W, B, *out)`` per model output (a tuple for several; one array with ``target`` or
         ``reduce``): ``[n, i, a, j, b]`` is the output with position ``start + i`` set to base ``a`` and
         ``start + j`` set to ``b``.  ``i == j`` holds the single mutant where ``a == b``, NaN where ``a != b``;
         a base equal to the sequence's own gives the single mutant of the other (or the reference).  numpy
@@ -254,19 +330,23 @@ def pairwise(ism, seqs, start: int, end: int, target=None, reduce: Callable | No
         raise ValueError(f"ism must be a FastISM or NaiveISM; got {type(ism).__name__} (wrap a model as "
                          f"fastism_torch.FastISM(model, seq_len))")
     select = make_select(target, reduce)
+    bases = replacement_bases(replace_with, ism.num_chars)
     inp = ism.inputs(seqs)
     s, e = check_window(start, end, ism.seq_len)
     window = np.arange(s, e)
-    N, W, C = inp.seq.shape[0], e - s, ism.num_chars
-    ref_sel, single, ref = scan_singles(ism, inp, window, select)
+    N, W, C = inp.seq.shape[0], e - s, len(bases)
+    ref_sel, single, ref, raw = scan_singles(ism, inp, window, select, raw_single=True, bases=bases)
     shapes = [(N, W, C, W, C, *x.shape[3:]) for x in single]
     check_fits(shapes, max_bytes)
     out = [torch.empty(sh) for sh in shapes]
-    own = own_bases(ism.rows(inp.seq))
+    D = additive_distance(ism, window, window) if additive else None
+    if D is not None:
+        _fill_additive(out, [r.reshape(N, W, C, *r.shape[3:]).cpu() for r in raw], ref, D, select)
+    own = own_bases(ism.rows(inp.seq), bases)
     for o, x in zip(out, single):
         _fill_known(o, x, own[:, window])
-    with progress(ism, n_doubles(own, window, window, C, True), verbose, "pairwise") as bar:
-        for ch in scan_doubles(ism, inp, window, window, select, ref, True, bar):
+    with progress(ism, n_doubles(own, window, window, C, True, D), verbose, "pairwise") as bar:
+        for ch in scan_doubles(ism, inp, window, window, select, ref, True, bar, D, bases):
             n, i, a, j, b = (torch.from_numpy(x) for x in (ch.seq[ch.mutant], ch.first[ch.mutant] - s,
                                                            ch.base[ch.mutant], ch.second - s, ch.base2))
             for o, v in zip(out, ch.values):

@@ -18,6 +18,7 @@ from torch import fx
 
 from .kinds import GatherKind, Kind, State
 from .ranges import IDENTITY, Window, hull, window_starts
+from .rules.registry import is_linear
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class Plan:
     gathers: tuple            # Gather, in graph order
     stops: tuple              # (node name, reason) of the stop points reached from the sequence
     delta: bool | str = True  # whether linear ops may propagate changes (False: never; "always": wherever they can)
+    additive_from: int | None = None  # two edits whose starts are >= this apart add exactly (None: no two do)
 
     def widths(self, idx: np.ndarray) -> dict:
         """Window width of every windowed node for a group of mutations ``idx``."""
@@ -102,6 +104,9 @@ class Plan:
             rows.append(f"    {g.kind:<7} {g.source} -> {g.consumer}{win} cache_pad={g.pad}{share}{via}")
         for name, reason in self.stops:
             rows.append(f"  stop at {name}: {reason}")
+        rows.append(f"  pairs >= {self.additive_from} apart add exactly (their changes never meet at a nonlinear op)"
+                    if self.additive_from is not None else
+                    "  no pairs add exactly (a nonlinear op after the changes meet everywhere)")
         return "\n".join(rows)
 
 
@@ -128,7 +133,45 @@ def build_plan(gm: fx.GraphModule, infos: dict, seq_node: fx.Node, ranges, delta
             if (dec is not None and dec.kind == Kind.STOP
                     and all(infos[x].state != State.FULL for x in node.all_input_nodes)):
                 stops.append((node.name, dec.reason))
-    return Plan(tuple(ranges), nodes, tuple(_share_gathers(gathers, nodes)), tuple(stops), delta)
+    return Plan(tuple(ranges), nodes, tuple(_share_gathers(gathers, nodes)), tuple(stops), delta,
+                additive_distance(gm, infos, nodes, starts))
+
+
+def additive_distance(gm: fx.GraphModule, infos: dict, nodes: dict, starts: np.ndarray) -> int | None:
+    """The distance ``D`` between the starts of two mutation windows from which on their changes add exactly:
+    ``y(x + d_i + d_j) = y(i) + y(j) - y(x)`` (up to rounding).  That holds where their change ranges are
+    disjoint at every op that is not affine in the sequence (:func:`~fastism_torch.rules.registry.is_linear`):
+    by induction over the graph each node's change is then the sum of the two edits' changes, as an affine op
+    adds them and every output position of a nonlinear op sees the change of at most one edit.  A nonlinear op
+    that runs in full (after a stop) sees both everywhere: ``None``.  ``D`` bounds every pair conservatively
+    (``max (start_m - start_k) + 1`` over pairs ``start_k < start_m`` whose ranges could meet: ``lo_m < hi_k``)."""
+    D = 1
+    for node in gm.graph.nodes:
+        info = infos[node]
+        if info.state not in (State.WINDOW, State.FLAT, State.FULL) or node.op == "placeholder":
+            continue
+        if is_linear(node, gm, infos):
+            continue
+        if info.state != State.WINDOW:
+            return None
+        r = nodes[node.name]
+        D = max(D, _meeting_distance(starts, r.lo, r.hi) + 1)
+    return D if D <= int(starts.max() - starts.min()) else None
+
+
+def _meeting_distance(starts: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> int:
+    """The largest ``starts[m] - starts[k]`` over windows ``k``, ``m`` with non-empty change ranges where ``m``'s
+    range begins before ``k``'s ends (``lo[m] < hi[k]``: they may overlap); 0 if none."""
+    live = np.flatnonzero(hi > lo)
+    if len(live) == 0:
+        return 0
+    order = live[np.argsort(lo[live], kind="stable")]
+    best = np.maximum.accumulate(starts[order])                  # latest start among ranges beginning before ...
+    reach = np.searchsorted(lo[order], hi[live], side="left")    # ... each range's end
+    ok = reach > 0
+    if not ok.any():
+        return 0
+    return int(max(0, (best[reach[ok] - 1] - starts[live[ok]]).max()))
 
 
 #: a linear op propagates changes when that costs at most this share of recomputing (the rest pays for reading

@@ -91,3 +91,52 @@ def test_pairwise_cli_user_errors_are_one_line(tmp_path, capsys):
                  "--end", "10"]) == 1
     err = capsys.readouterr().err
     assert "0 <= start < end" in err and len(err.strip().splitlines()) == 1
+
+
+def test_pairwise_cli_replace_with(tmp_path):
+    """--replace-with N: both positions set to zeros, one value per pair, against plain forward passes."""
+    model, fa = _files(tmp_path)
+    assert _run(tmp_path, model, fa, "--reduction", "counts", "--replace-with", "N") == 0
+    with h5py.File(tmp_path / "pw.h5") as f:
+        assert "dependency_map" not in f
+        pw, eps, ism, y_ref, x = (f[k][...] for k in ("pairwise", "epistasis", "ism", "y_ref", "seqs"))
+    assert pw.shape == eps.shape == (2, W, 1, W, 1, 2) and ism.shape == (2, 1, W, 2)
+    net = _net(model)
+    rows = []
+    for s in range(2):
+        for i in range(W):
+            for j in range(W):
+                y = torch.from_numpy(x[s]).float()
+                y[:, [START + i, START + j]] = 0
+                rows.append(y)
+    with torch.no_grad():
+        want = net(torch.stack(rows))[1].reshape(2, W, 1, W, 1, 2)
+    assert_close(pw, want)
+    single = np.stack([pw[:, i, 0, i, 0] for i in range(W)], 1)                 # (2, W, 2)
+    np.testing.assert_allclose(ism[:, 0], single - y_ref[:, None], rtol=1e-5, atol=1e-6)
+    assert os.path.getsize(tmp_path / "pw.png") > 1000
+    assert _run(tmp_path, model, fa, "--replace-with", "x,y", prefix="bad") == 1
+
+
+def test_pairwise_cli_under_torchrun_matches_one_process(tmp_path):
+    """torchrun, 2 CPU processes (Gloo): each rank computes its block into a part file, rank 0 merges them
+    into the same file a single process writes (parts removed)."""
+    import subprocess
+    import sys
+    from _cli_helpers import REPO
+    model, fa = _files(tmp_path, n=3)
+    prefix = str(tmp_path / "dist")
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+           "fastism_torch", "pairwise", "-m", f"{model}:make_model", "-s", fa, "--window-start", str(START),
+           "--window-end", str(END), "-o", prefix, "--device", "cpu", "--no-check", "--reduction", "counts"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(p for p in os.listdir(tmp_path) if p.startswith("dist")) == ["dist.h5", "dist.png"]
+    assert _run(tmp_path, model, fa, "--reduction", "counts", "--device", "cpu", prefix="one") == 0
+    with h5py.File(prefix + ".h5") as a, h5py.File(tmp_path / "one.h5") as b:
+        assert a.attrs["settings_json"] == b.attrs["settings_json"] and set(a) == set(b)
+        assert list(a["done"][...]) == [1, 1, 1]
+        for k in ("pairwise", "epistasis", "dependency_map", "single", "ism", "y_ref", "seqs"):
+            np.testing.assert_allclose(a[k][...], b[k][...], rtol=1e-5, atol=1e-6, equal_nan=True, err_msg=k)
+        assert list(a["names"][...]) == list(b["names"][...])

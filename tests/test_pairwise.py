@@ -251,3 +251,122 @@ def profile_model(model):
         def forward(self, x):
             return self.m(x)[0]
     return Profile()
+
+
+# ------------------------------------------------------------------------------------ additive shortcut
+def _short_field(head_relu: bool = False, pool: str = "mean"):
+    """A conv tower with a receptive field of 7 + global pooling + a dense head (``head_relu``: nonlinear)."""
+    glob = nn.AdaptiveAvgPool1d(1) if pool == "mean" else nn.AdaptiveMaxPool1d(1)
+    head = [nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)] if head_relu else [nn.Linear(8, 3)]
+    torch.manual_seed(0)
+    return scale_weights(nn.Sequential(nn.Conv1d(4, 8, 3, padding=1), nn.BatchNorm1d(8), nn.ReLU(),
+                                       nn.Conv1d(8, 8, 5, padding=2), nn.ReLU(), glob, nn.Flatten(), *head))
+
+
+def _profile_head():
+    class Net(nn.Module):                  # a linear profile head and a mean + dense counts head
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv1d(4, 8, 3, padding=1), nn.Conv1d(8, 8, 3, padding=1)
+            self.profile, self.counts = nn.Conv1d(8, 2, 9, padding=4), nn.Linear(8, 2)
+
+        def forward(self, x):
+            h = torch.relu(self.c2(torch.relu(self.c1(x))))
+            return self.profile(h), self.counts(h.mean(-1))
+    torch.manual_seed(0)
+    return scale_weights(Net())
+
+
+@pytest.mark.parametrize("make,distance", [(_short_field, 7), (_profile_head, 5)])
+def test_additive_pairs_equal_explicit_and_naive(make, distance):
+    """Pairs at least D apart are sums of single mutants: the shortcut equals the explicit computation and the
+    naive double-mutant loop, and pairs closer than D do interact (so D is not too small to matter)."""
+    model, x = make(), random_onehot(2, L, seed=3)
+    ism = ft.FastISM(model, L, test_correctness=False)
+    start, end = 6, 24                                   # W = 18 > D
+    plan = ism.plan_for(tuple((p, p + 1) for p in range(start, end)))
+    assert plan.additive_from == distance and f"pairs >= {distance} apart add exactly" in str(plan)
+    got = ism.pairwise(x, start, end)
+    assert_close(got, ism.pairwise(x, start, end, additive=False))
+    assert_close(got, naive_pairwise(model, x, start, end))
+    pw, single, ref = ism.pairwise(x, start, end, return_single=True, additive=False)
+    i, j = np.meshgrid(np.arange(end - start), np.arange(end - start), indexing="ij")
+    near, far = (i != j) & (abs(i - j) < distance), abs(i - j) >= distance
+    for p, e in zip(_tuple(pw), _tuple(ft.epistasis(pw, single, ref))):
+        e = e.abs().nan_to_num().transpose(2, 3).flatten(3).amax(-1)        # (N, W, W): largest over bases, outputs
+        assert float(e[:, far].max()) <= 1e-5 * float(p.abs().nan_to_num().max())
+        assert float(e[:, near].max()) > 1e-2                  # closer pairs interact: they must be run
+    if not isinstance(got, tuple):                             # (a dependency map needs one output tensor)
+        want = ft.dependency_map(ism, x, start=start, end=end, additive=False)
+        assert_close(ft.dependency_map(ism, x, start=start, end=end), want, rtol=1e-4)
+        assert_close(want, ft.dependency_map(ft.NaiveISM(model, L), x, start=start, end=end), rtol=1e-4)
+
+
+@pytest.mark.parametrize("kw", [dict(head_relu=True), dict(pool="max")])
+def test_no_additive_pairs_after_a_nonlinear_full_op(kw):
+    """A nonlinear op that sees every position (a ReLU in the dense head, a global max pool): no pair adds."""
+    model, x = _short_field(**kw), random_onehot(2, L, seed=3)
+    ism = ft.FastISM(model, L, test_correctness=False)
+    plan = ism.plan_for(tuple((p, p + 1) for p in range(6, 24)))
+    assert plan.additive_from is None and "no pairs add exactly" in str(plan)
+    assert_close(ism.pairwise(x, 6, 24), naive_pairwise(model, x, 6, 24))
+
+
+def test_additive_distance_counts_nonlinear_sliding_ops():
+    """A max pool widens where changes meet: D grows by what the pool reaches; an average pool adds nothing."""
+    def tower(pool):
+        return nn.Sequential(nn.Conv1d(4, 8, 3, padding=1), pool, nn.Conv1d(8, 8, 1), nn.ReLU(),
+                             nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(8, 2))
+    ranges = tuple((p, p + 1) for p in range(L))
+    d_max = ft.FastISM(tower(nn.MaxPool1d(3, 1, 1)), L, test_correctness=False).plan_for(ranges).additive_from
+    d_avg = ft.FastISM(tower(nn.AvgPool1d(3, 1, 1)), L, test_correctness=False).plan_for(ranges).additive_from
+    assert (d_max, d_avg) == (5, 5)
+
+
+@pytest.mark.parametrize("family", ["pooling_dense", "dilated_residual"])
+def test_pairwise_replace_with_matches_naive(family):
+    """``replace_with``: both positions set to one vector (an N, or any vector): ``(N, W, 1, W, 1, *out)``
+    against plain forward passes; a column that already holds the vector is an identity edit."""
+    model, x = _model(family), _seqs()
+    x[0, :, START + 1] = 0.25                             # already the replacement at one position of row 0
+    ism = ft.FastISM(model, L, test_correctness=False)
+    for rep in (0, [0.25] * 4, [0.1, -0.2, 0.3, 0.5]):
+        got = ism.pairwise(x, START, END, replace_with=rep)
+        v = torch.as_tensor(rep, dtype=torch.float32).expand(C)
+        rows = []
+        for s in range(2):
+            for i in range(W):
+                for j in range(W):
+                    y = x[s].clone()
+                    y[:, START + i] = v
+                    y[:, START + j] = v
+                    rows.append(y)
+        with torch.no_grad():
+            want = [o.reshape(2, W, 1, W, 1, *o.shape[1:]) for o in _tuple(model(torch.stack(rows)))]
+        assert_close(got, tuple(want) if len(want) > 1 else want[0])
+    with pytest.raises(ValueError, match="replace_with"):
+        ism.pairwise(x, START, END, replace_with=[1, 2])
+
+
+def _pooled_tower():
+    """A short receptive field, then flatten + a nonlinear dense head: no pair adds at the output, but pairs
+    far apart add up to the head's first ReLU (:mod:`fastism_torch.far_pairs`)."""
+    torch.manual_seed(0)
+    return scale_weights(nn.Sequential(nn.Conv1d(4, 8, 3, padding=1), nn.ReLU(), nn.MaxPool1d(2),
+                                       nn.Conv1d(8, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                                       nn.Linear(8 * L // 2, 16), nn.ReLU(), nn.BatchNorm1d(16), nn.Linear(16, 3)))
+
+
+def test_dependency_map_far_pairs_through_the_tail():
+    import fastism_torch.far_pairs as far_pairs
+    model, x = _pooled_tower(), random_onehot(2, L, seed=3)
+    ism = ft.FastISM(model, L, test_correctness=False)
+    sp = far_pairs.split(ism, ism.inputs(x), np.arange(L), np.arange(4, 12))
+    assert ism.plan_for(tuple((p, p + 1) for p in range(L))).additive_from is None
+    assert sp is not None and sp.far.shape == (8, L) and 0.5 < sp.far.mean() < 1    # most pairs go through the tail
+    assert not sp.far[np.arange(8), np.arange(5, 13)].any()           # neighbours meet before the tail
+    got = ft.dependency_map(ism, x, start=4, end=12)
+    want = ft.dependency_map(ft.NaiveISM(model, L), x, start=4, end=12)
+    assert_close(got, want, rtol=1e-4)
+    assert_close(ft.dependency_map(ism, x, start=4, end=12, additive=False), want, rtol=1e-4)
+    assert float(want.abs().max()) > 1e-2

@@ -12,8 +12,8 @@ from torch import fx, nn
 
 from ..kinds import Kind, State
 from ..ranges import Window
-from .registry import (Decision, Read, RuleContext, counts_macs, functions, module_types, per_output_element, register,
-                       stop)
+from .registry import (Decision, Read, RuleContext, counts_macs, functions, mark_linear, module_types,
+                       per_output_element, register, stop, varying_first)
 
 
 def same_left(kernel: int, dilation: int) -> int:
@@ -271,3 +271,8 @@ def conv_transpose_module_macs(ctx: RuleContext) -> int:
 @per_output_element
 def conv_function_macs(ctx: RuleContext) -> int:
     return math.prod(ctx.shape(ctx.arg(1, "weight"))[1:])
+
+
+# affine in the sequence also where they run in full (after a stop): pairs' changes add through them
+mark_linear(*module_types(nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d))
+mark_linear(*functions("conv1d", modules=(F,)), when=varying_first)

@@ -21,8 +21,8 @@ from .. import kernels
 from ..kernels import linear as kernel_linear
 from ..kinds import InputRole, Kind, State
 from ..ranges import IDENTITY
-from .registry import (Decision, EditGraphBuilder, Read, RuleContext, counts_macs, functions, methods, module_types,
-                       peephole, per_output_element, register, stop)
+from .registry import (Decision, EditGraphBuilder, Read, RuleContext, counts_macs, functions, mark_linear, methods,
+                       module_types, peephole, per_output_element, register, stop, varying_first)
 
 
 @register(*module_types(nn.Linear), *functions("linear", modules=(F,)))
@@ -47,6 +47,11 @@ def matmul(ctx: RuleContext) -> Decision:
     if len(ctx.shape(w)) != 2 or ctx.laxis(x) == len(ctx.shape(x)) - 1:
         return stop("matmul across the length axis")
     return Decision(Kind.POINTWISE, laxis=ctx.laxis(x), length=ctx.length(x), reads={x: Read(IDENTITY, ctx.laxis(x))})
+
+
+mark_linear(*module_types(nn.Linear))
+mark_linear(*functions("linear", modules=(F,)), *functions("matmul", modules=(torch,)), ("function", operator.matmul),
+       *methods("matmul"), when=varying_first)
 
 
 def inc_linear_user(node: fx.Node, gm: fx.GraphModule, early: set) -> fx.Node | None:

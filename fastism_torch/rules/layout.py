@@ -12,7 +12,7 @@ from torch import nn
 from ..kinds import Kind
 from ..ranges import IDENTITY, Window
 from .conv import sliding
-from .registry import Decision, Read, RuleContext, functions, methods, module_types, register, stop
+from .registry import Decision, Read, RuleContext, functions, mark_linear, methods, module_types, register, stop
 from .split import split_length
 
 
@@ -247,3 +247,13 @@ def shape_query(ctx: RuleContext) -> Decision:
 @register(*methods("dim"))
 def ndim_query(ctx: RuleContext) -> Decision:
     return Decision(Kind.META)
+
+
+# every op above moves, copies or pads values (or reads only shapes): affine in the sequence
+mark_linear(*methods("size", "dim"), ("function", getattr),
+       *methods("permute", "transpose", "swapaxes", "unsqueeze", "view", "reshape", "squeeze", "flatten",
+                "unflatten", "narrow", "flip"),
+       *functions("permute", "transpose", "swapaxes", "unsqueeze", "reshape", "squeeze", "flatten", "unflatten",
+                  "narrow", "flip", modules=(torch,)),
+       *functions("pad", modules=(F,)), ("function", operator.getitem),
+       *module_types(nn.Flatten, nn.Unflatten, nn.ConstantPad1d, nn.ConstantPad2d, nn.ZeroPad1d, nn.ZeroPad2d))

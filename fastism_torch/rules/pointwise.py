@@ -17,7 +17,8 @@ from .. import kernels
 from ..kinds import Kind, State
 from .conv import TransposedAsConv, ValidConv1d
 from .reduce import max_min_along
-from .registry import Decision, Read, RuleContext, functions, methods, module_types, peephole, register, stop
+from .registry import (Decision, Read, RuleContext, functions, mark_linear, methods, module_types, one_varying,
+                       peephole, register, stop, varying_first)
 
 
 def _norm_dim(d, ndim):
@@ -205,3 +206,17 @@ def relu_in_place_after_conv(g: fx.Graph, node: fx.Node, root: nn.Module) -> Non
         new = g.call_function(torch.relu_, (src,))
     node.replace_all_uses_with(new)
     g.erase_node(node)
+
+
+# ---------------------------------------------------------------- which of these are affine in the sequence
+mark_linear(*module_types(nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.BatchNorm1d,
+                     nn.BatchNorm2d),                                      # (eval mode: identity, affine)
+       *functions("dropout", "dropout1d", "dropout2d", "alpha_dropout", "neg", "add", "sub", "subtract",
+                  "cat", "concat", "concatenate"),
+       *[("function", f) for f in (operator.add, operator.sub, operator.neg, operator.iadd, operator.isub)],
+       *methods("add", "add_", "sub", "neg", "contiguous", "clone", "float", "double", "to", "type_as", "detach"))
+mark_linear(*functions("mul", "multiply"), *[("function", f) for f in (operator.mul, operator.imul)],
+       *methods("mul", "mul_"), when=one_varying)
+mark_linear(*functions("div", "divide", "true_divide"), *[("function", f) for f in (operator.truediv,
+                                                                                 operator.itruediv)],
+       *methods("div", "div_"), *functions("batch_norm", modules=(nn.functional,)), when=varying_first)

@@ -10,8 +10,8 @@ from torch import nn
 
 from ..ranges import Window
 from .conv import emit_module, sliding
-from .registry import (Decision, RuleContext, counts_macs, functions, kernel_elements, module_types, per_output_element,
-                       register, stop)
+from .registry import (Decision, RuleContext, counts_macs, functions, kernel_elements, mark_linear, module_types,
+                       per_output_element, register, stop)
 
 NEG_INF = float("-inf")
 
@@ -121,3 +121,5 @@ def pool_module_macs(ctx: RuleContext) -> int:
 @per_output_element
 def pool_function_macs(ctx: RuleContext) -> int:
     return kernel_elements(ctx.arg(1, "kernel_size", 1))
+
+mark_linear(*module_types(nn.AvgPool1d, nn.AvgPool2d), *functions("avg_pool1d", modules=(F,)))     # (max: not affine)

@@ -12,7 +12,8 @@ from torch import nn
 from ..capture import WholeModel
 from ..kinds import Kind
 from ..ranges import IDENTITY
-from .registry import Decision, Read, RuleContext, counts_macs, functions, methods, module_types, register, stop
+from .registry import (Decision, Read, RuleContext, counts_macs, functions, mark_linear, methods, module_types,
+                       register, stop)
 
 
 def _reduce(ctx: RuleContext, dims, keepdim: bool, scale_by_length: bool) -> Decision:
@@ -141,3 +142,6 @@ def einsum_macs(ctx: RuleContext) -> float:
             sizes[letter] = n
     batch = ctx.out_shape[0] if ctx.out_shape else 1
     return math.prod(sizes.values()) / max(1, batch)
+
+mark_linear(*methods("mean", "sum"), *functions("mean", "sum", modules=(torch,)), *module_types(nn.AdaptiveAvgPool1d),
+       *functions("adaptive_avg_pool1d", modules=(F,)))

@@ -210,6 +210,46 @@ def apply_peepholes(g: fx.Graph, root: nn.Module) -> None:
             fn(g, node, root)
 
 
+# ---------------------------------------------------------------- linearity
+#: key -> True, or ``when(node, infos) -> bool``: ops affine in the inputs that depend on the sequence
+_LINEAR: dict = {}
+
+
+def varying(n, infos: dict) -> bool:
+    """Whether ``n`` (an fx node; anything else is a constant) depends on the sequence."""
+    return isinstance(n, fx.Node) and infos[n].state in (State.WINDOW, State.FLAT, State.FULL)
+
+
+def one_varying(node: fx.Node, infos: dict) -> bool:
+    """At most one input depends on the sequence (``x * w``, not ``x * x``)."""
+    return sum(varying(n, infos) for n in node.all_input_nodes) <= 1
+
+
+def varying_first(node: fx.Node, infos: dict) -> bool:
+    """Only the first argument depends on the sequence (``x / s``, ``F.linear(x, w)``, ``x @ w``)."""
+    return not any(varying(n, infos) for n in node.all_input_nodes if n is not node.args[0])
+
+
+def mark_linear(*keys, when: Callable[[fx.Node, dict], bool] | None = None) -> None:
+    """Mark the ops of ``keys`` as affine in their sequence-dependent inputs (``when(node, infos)``: only where it
+    holds): the changes of several edits add through them.  Pairwise ISM sums the single-mutant changes of two
+    edits whose change ranges never meet at an op that is not marked (:func:`is_linear`)."""
+    for key in keys:
+        if key in _LINEAR:
+            raise KeyError(f"linearity of {key} is already registered")
+        _LINEAR[key] = when or True
+
+
+def is_linear(node: fx.Node, gm: fx.GraphModule, infos: dict) -> bool:
+    """Whether ``node``'s output is affine in its sequence-dependent inputs: a rule with a delta form
+    (:attr:`Decision.delta`, e.g. convolutions), or an op marked by :func:`mark_linear`.  Unknown ops are not."""
+    dec = infos[node].decision
+    if dec is not None and dec.delta is not None:
+        return True
+    mark = _find(_LINEAR, node, gm)
+    return bool(mark) and (mark is True or bool(mark(node, infos)))
+
+
 def describe(node: fx.Node, gm: fx.GraphModule) -> str:
     """Human name of a node's op for warnings: ``conv1 (Conv1d)``, ``add (operator.add)``."""
     if node.op == "call_module":
