@@ -20,9 +20,13 @@ def rng():
     return np.random.default_rng(0)
 
 
-@pytest.fixture(autouse=True)
-def fast_path_always(monkeypatch):
-    """FastISM runs its own path in every test: its cost model would otherwise run small models' calls as naive
-    ISM, and a test comparing FastISM with NaiveISM would compare naive ISM with itself (the cost model has its
-    own tests, which turn it back on)."""
-    monkeypatch.setattr(ft.FastISM, "naive_when_cheaper", False)
+@pytest.fixture(autouse=True, scope="session")
+def fast_path_always():
+    """FastISM runs its own path in every test, and builds at construction: its cost model would otherwise run
+    small models' calls as naive ISM (a test comparing FastISM with NaiveISM would compare naive ISM with itself),
+    and without the self-check it would build nothing until a call pays for it (module-scoped fixtures included,
+    hence the session scope).  The cost model and the lazy engine have their own tests, which turn it back on."""
+    mp = pytest.MonkeyPatch()
+    mp.setattr(ft.FastISM, "naive_when_cheaper", False)
+    yield
+    mp.undo()
