@@ -23,7 +23,7 @@ FLOORS = [
      ["base", "naive", "pairwise"]),
     ("graph capture and the per-op rules", ["functional", "shapes", "capture", "rules", "rules.*"]),
     ("analysis and the plan", ["analysis", "plan", "macs", "sizing"]),
-    ("the edit graph and its executor", ["rewrite", "execute"]),
+    ("the edit graph and its executor", ["rewrite", "execute", "static_macs"]),
     ("the fast engine", ["fast", "selfcheck"]),
     ("the public API and the importers", ["", "compat", "engine_cache", "dependency", "importers", "importers.*"]),
     ("files, scores and models around the API",
