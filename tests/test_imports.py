@@ -22,7 +22,7 @@ FLOORS = [
     ("the engines' front end and the oracle (naive ISM); double mutants over any engine",
      ["base", "naive", "pairwise"]),
     ("graph capture and the per-op rules", ["functional", "shapes", "capture", "rules", "rules.*"]),
-    ("analysis and the plan", ["analysis", "plan", "macs", "sizing"]),
+    ("analysis and the plan", ["analysis", "plan", "macs", "sizing", "static_batches"]),
     ("the edit graph and its executor", ["rewrite", "execute", "static_macs"]),
     ("the fast engine", ["fast", "selfcheck"]),
     ("the public API and the importers", ["", "compat", "engine_cache", "dependency", "importers", "importers.*"]),
