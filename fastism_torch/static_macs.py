@@ -17,13 +17,6 @@ from .macs import flop_mapping
 from .rewrite import build_edit_module
 
 
-_DEBUG = False
-
-
-def _meta(x):
-    return x.to("meta") if isinstance(x, torch.Tensor) else x
-
-
 def static_executed_macs(ism, n_seqs: int = 1, batch_size: int | None = None) -> dict:
     """Multiply-adds the static path executes for full saturation of ``n_seqs`` sequences of ``ism`` (a
     :class:`~fastism_torch.FastISM` of a model with one input), counted on the ``meta`` device.
@@ -63,7 +56,4 @@ def static_executed_macs(ism, n_seqs: int = 1, batch_size: int | None = None) ->
         sinks = [torch.empty((len(s_idx), *o.shape[1:]), device=meta) for o in as_output_list(ref.outputs)]
         ex.run(ref, edits, batch_size, sinks)
     macs = counter.get_total_flops() / 2
-    if _DEBUG:
-        for k, v in sorted(counter.get_flop_counts().items()):
-            print(k, {str(op): c / 2 / len(s_idx) / 1e6 for op, c in v.items()})
     return {"total": int(macs), "per_mutation": macs / len(s_idx), "edits": len(s_idx), "batch_size": batch_size}
