@@ -161,8 +161,7 @@ class Executor:
 
     def _run(self, ref: Reference, edits: "Edits", batch_size: int, sink: list, done: np.ndarray | None,
              bar, chunk: int | None) -> None:
-        for blk, e, widths, size in self._groups(edits, batch_size):
-            padded = np.concatenate([e, np.repeat(e[-1:], size - len(e))]) if size > len(e) else e
+        for blk, e, padded, widths, size in self._groups(edits, batch_size):
             arrays, ints = self._group_inputs(blk, padded, edits, widths)
             dev = to_device(arrays, self.device)
             for b0 in range(0, len(e), size):
@@ -191,18 +190,20 @@ class Executor:
         return self._layout
 
     def _groups(self, edits: "Edits", batch_size: int):
-        """``(windows, edits, widths, rows)`` of each group: its mutation windows (sorted), its edits (indices into
-        ``edits``), the window width of every node, and the rows its batches run at (padding repeats the last
-        edit; its outputs are dropped).  CPU eager: neighbouring windows, about ``batch_size`` edits, the group's
-        own widths.  Static kernels: one batch per group, from :attr:`layout` (one width class, balanced sizes;
-        CUDA graphs: sizes rounded up to :func:`bucket`, few sizes to record)."""
+        """``(windows, edits, padded, widths, rows)`` of each group: its mutation windows (sorted), its edits
+        (indices into ``edits``), the same padded (repeats of the last edit, whose outputs are dropped), the window
+        width of every node, and the rows of its batches.  CPU eager: neighbouring windows, about ``batch_size``
+        edits, the group's own widths, unpadded.  Static kernels: one batch per group, from :attr:`layout` (one
+        width class, balanced sizes; CUDA graphs: sizes rounded up to :func:`bucket`, few sizes to record)."""
         order = np.argsort(edits.window, kind="stable")
         w_sorted = edits.window[order]
         lay = self.layout
         if lay is not None:
             for lo, hi, c in lay.batches(w_sorted, batch_size):
-                size = max(self.min_batch, bucket(hi - lo) if self.mark_step else hi - lo)
-                yield np.unique(w_sorted[lo:hi]), order[lo:hi], lay.widths[c], size
+                e = order[lo:hi]
+                size = max(self.min_batch, bucket(len(e)) if self.mark_step else len(e))
+                padded = np.concatenate([e, np.repeat(e[-1:], size - len(e))])
+                yield np.unique(w_sorted[lo:hi]), e, padded, lay.widths[c], size
             return
         uniq = np.unique(w_sorted)
         per_range = max(1, len(order) // max(1, len(uniq)))
@@ -211,7 +212,7 @@ class Executor:
             blk = uniq[g0:g0 + per_group]
             lo = np.searchsorted(w_sorted, blk[0], "left")
             hi = np.searchsorted(w_sorted, blk[-1], "right")
-            yield blk, order[lo:hi], self.plan.widths(blk), batch_size
+            yield blk, order[lo:hi], order[lo:hi], self.plan.widths(blk), batch_size
 
     def _outputs(self, feed: dict, n: int, chunk: int):
         """``(first row, output list)`` of the edit graph on a batch's ``feed``: once, or (with a tail
