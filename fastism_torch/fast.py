@@ -123,9 +123,10 @@ class FastISM(ISMBase):
     #: (``fast_eager+autotune``, ``fast_compiled+autotune``: first-call cost in the set-up column) and
     #: ``benchmarks/profile_gpu.py --cudnn-benchmark`` measure both; ``scripts/gpu_check.sh part2`` runs them.
     cudnn_benchmark: bool | None = False
-    #: width classes of the static path under ``compile`` (:mod:`.static_batches`): where the widths reach a pooling
-    #: layer, each class compiles a graph of its own, so one (every window at its widest) unless raised; without
-    #: ``compile`` the static kernels run :data:`.static_batches.WIDTH_CLASSES`
+    #: width classes of the static path (:mod:`.static_batches`) under ``compile`` where windows reach a strided
+    #: op (pooling): dynamo specialises their widths, so each class compiles a graph of its own (20-40 s on a GPU);
+    #: one class (every window at its widest) unless raised.  Elsewhere (stride-1 towers such as BPNet: one graph
+    #: for all classes, measured on the CPU) the static kernels run :data:`.static_batches.WIDTH_CLASSES`
     compiled_width_classes = 1
     #: run a call as naive ISM where the cost model says that is cheaper (CPU eager); the tests turn it off
     naive_when_cheaper = True
@@ -210,8 +211,9 @@ class FastISM(ISMBase):
                 edit.module = _compiled(edit.module, mode)
             ex = Executor(self.gm, plan, edit, self.device, self.length_axis)
             ex.mark_step = mode is not None and "reduce-overhead" in mode
-            if self.compile:              # each width class may compile a graph of its own (20-40 s on a GPU)
-                ex.width_classes, ex.min_batch = self.compiled_width_classes, MIN_BATCH
+            if self.compile and any(abs(g.window.stride) > 1 for g in plan.gathers):
+                ex.width_classes = self.compiled_width_classes     # a graph per class: pooling guards on widths
+            ex.min_batch = MIN_BATCH if self.compile else 1
             self._engines[ranges] = ex
         return self._engines[ranges]
 
