@@ -66,7 +66,7 @@ def layout(plan, costs: dict, dense_inputs, n_classes: int = WIDTH_CLASSES) -> L
     n = len(plan.ranges)
     names = list(plan.nodes)
     wid = np.stack([np.minimum(np.maximum(1, r.hi - r.lo), r.bounds[1] - r.bounds[0]) for r in plan.nodes.values()],
-                   axis=1).astype(np.float64)                                        # (R, nodes)
+                   axis=1)                                                           # (R, nodes)
     weight = np.array([float(costs.get(x, 0.0)) for x in names])
     atom = None
     dense = [plan.nodes[x].lo for x in dense_inputs]
@@ -77,8 +77,7 @@ def layout(plan, costs: dict, dense_inputs, n_classes: int = WIDTH_CLASSES) -> L
         atom = np.cumsum(change)
     unit = np.arange(n) * MAX_UNITS // n                    # the programme's unit: runs of neighbouring windows
     n_units = int(unit[-1]) + 1
-    umax = np.zeros((n_units, wid.shape[1]))
-    np.maximum.at(umax, unit, wid)
+    umax = np.maximum.reduceat(wid, np.flatnonzero(np.r_[True, np.diff(unit) != 0]), axis=0).astype(np.float64)
     count = np.bincount(unit, minlength=n_units).astype(np.float64)
     first = _partition(umax, count, weight, n_classes)
     klass = (np.cumsum(np.isin(np.arange(n_units), first)) - 1)[unit]
