@@ -75,7 +75,7 @@ def layout(plan, costs: dict, dense_inputs, n_classes: int = WIDTH_CLASSES) -> L
         for lo in dense:
             change[1:] |= lo[1:] != lo[:-1]
         atom = np.cumsum(change)
-    unit = np.arange(n) * MAX_UNITS // n                    # the programme's unit: runs of neighbouring windows
+    unit = np.arange(n) * min(n, MAX_UNITS) // n            # the programme's unit: runs of neighbouring windows
     n_units = int(unit[-1]) + 1
     umax = np.maximum.reduceat(wid, np.flatnonzero(np.r_[True, np.diff(unit) != 0]), axis=0).astype(np.float64)
     count = np.bincount(unit, minlength=n_units).astype(np.float64)
