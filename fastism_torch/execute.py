@@ -185,8 +185,8 @@ class Executor:
         """The static kernels' width classes and batches (:func:`.static_batches.layout`); None for the CPU eager
         kernels."""
         if self.edit.static and (self._layout is None or len(self._layout.widths) > self.width_classes):
-            self._layout = layout(self.plan, column_costs(self.plan, self.gm, self.edit.start_nodes),
-                                  set(self.edit.start_nodes.values()), self.width_classes)
+            self._layout = layout(self.plan, *column_costs(self.plan, self.gm, self.edit.start_nodes),
+                                  self.width_classes)
         return self._layout
 
     def _groups(self, edits: "Edits", batch_size: int):

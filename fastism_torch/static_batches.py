@@ -11,7 +11,8 @@ things make a batch multiply more than its edits need, and this module keeps eac
   classes at the sequence's ends run narrower (a dilated tower's changes are cut off by the ends over hundreds
   of positions).  Few classes, so compiled graphs and CUDA graphs see few shapes.
 - **the dense frame**: with an incremental dense layer, a batch never mixes windows whose dense input windows
-  start at different positions (*atoms*), so its frame is the window itself.
+  start at different positions (*atoms*), so its frame is the window itself (unless the dense layer is so
+  small that a wider frame costs under :data:`DENSE_SPAN_GAIN` of an edit: then a few atoms, fewer batches).
 - **padding**: a class's (or an atom's) edits are cut into batches of balanced sizes, none padded (compiled
   graphs: to :data:`MIN_BATCH` edits at least, as dynamo specialises a size of one and guards on sizes under 16).
 """
@@ -26,6 +27,8 @@ import numpy as np
 WIDTH_CLASSES = 8
 MIN_BATCH = 16           # compiled: smaller batches are padded to this size (dynamo guards on sizes under 16)
 CLASS_GAIN = 0.002       # a further class must save this share of the MACs that depend on widths
+DENSE_SPAN_GAIN = 0.01   # a batch spans one more dense start where that column costs under this share of an edit
+MIN_ROWS = 128           # atoms of fewer edits are merged with their neighbours (of one class) up to this many
 MAX_UNITS = 256          # the width classes are cut between runs of windows, at most this many per plan
 
 
@@ -39,27 +42,48 @@ class Layout:
     def batches(self, windows: np.ndarray, cap: int):
         """``(lo, hi, class)`` slices of the edits sorted by mutation window (``windows``, non-decreasing):
         within one class and one atom, at most ``cap`` edits each, of balanced sizes."""
-        change = np.diff(self.klass[windows]) != 0
+        klass = self.klass[windows]
+        change = np.diff(klass) != 0
         if self.atom is not None:
             change |= np.diff(self.atom[windows]) != 0
         cuts = np.flatnonzero(change) + 1
-        for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(windows)]):
+        for lo, hi in _merge_small(np.r_[0, cuts], np.r_[cuts, len(windows)], klass, min(cap, MIN_ROWS)):
             k = -(-(hi - lo) // cap)
             bounds = lo + ((hi - lo) * np.arange(k + 1)) // k
             for a, b in zip(bounds[:-1], bounds[1:]):
                 yield int(a), int(b), int(self.klass[windows[a]])
 
 
-def layout(plan, costs: dict, dense_inputs, n_classes: int = WIDTH_CLASSES) -> Layout:
+def _merge_small(los, his, klass: np.ndarray, rows: int):
+    """Runs ``[lo, hi)`` of one class and one atom, neighbours of one class merged until they hold ``rows`` edits
+    (few sequences and a small pooling factor give atoms of a few edits: a GPU runs a batch of that size no
+    faster than one of ``rows``)."""
+    start = None
+    for lo, hi in zip(los, his):
+        if start is not None and klass[lo] != klass[start]:
+            yield int(start), int(lo)
+            start = None
+        if start is None:
+            start = lo
+        if hi - start >= rows:
+            yield int(start), int(hi)
+            start = None
+    if start is not None:
+        yield int(start), int(his[-1])
+
+
+def layout(plan, costs: dict, dense: dict, n_classes: int = WIDTH_CLASSES) -> Layout:
     """The width classes of ``plan``'s windows (in the order of ``plan.ranges``).
 
     Parameters
     ----------
     plan : Plan
     costs : dict
-        Node name -> MACs per edit that one more position of the node's window costs.
-    dense_inputs : iterable of str
-        Windowed nodes read by incremental dense layers (runs of one window start of theirs make the atoms).
+        Node name -> MACs per edit that one more position of the node's window costs (linear sliding ops).
+    dense : dict
+        Windowed node read by an incremental dense layer -> MACs per edit of one more position of its window
+        (runs of one window start of theirs make the atoms; a batch spans several only where one more
+        position of the dense frame costs under :data:`DENSE_SPAN_GAIN` of an edit's MACs).
     n_classes : int
         At most this many classes.
     """
@@ -67,14 +91,15 @@ def layout(plan, costs: dict, dense_inputs, n_classes: int = WIDTH_CLASSES) -> L
     names = list(plan.nodes)
     wid = np.stack([np.minimum(np.maximum(1, r.hi - r.lo), r.bounds[1] - r.bounds[0]) for r in plan.nodes.values()],
                    axis=1)                                                           # (R, nodes)
-    weight = np.array([float(costs.get(x, 0.0)) for x in names])
+    weight = np.array([float(costs.get(x, 0.0)) + float(dense.get(x, 0.0)) for x in names])
     atom = None
-    dense = [plan.nodes[x].lo for x in dense_inputs]
     if dense:
         change = np.zeros(n, dtype=bool)
-        for lo in dense:
+        for x in dense:
+            lo = plan.nodes[x].lo
             change[1:] |= lo[1:] != lo[:-1]
-        atom = np.cumsum(change)
+        spread = int(DENSE_SPAN_GAIN * float((wid @ weight).mean()) // max(1.0, sum(dense.values())))
+        atom = np.cumsum(change) // (spread + 1)
     unit = np.arange(n) * min(n, MAX_UNITS) // n            # the programme's unit: runs of neighbouring windows
     n_units = int(unit[-1]) + 1
     umax = np.maximum.reduceat(wid, np.flatnonzero(np.r_[True, np.diff(unit) != 0]), axis=0).astype(np.float64)
@@ -85,11 +110,13 @@ def layout(plan, costs: dict, dense_inputs, n_classes: int = WIDTH_CLASSES) -> L
     return Layout(klass, atom, widths)
 
 
-def column_costs(plan, gm, dense: dict) -> dict:
-    """Node name -> MACs per edit that one more position of its window costs: a linear op's weight size, counted
-    on the window it multiplies (its own, or its input's where it propagates the change), and the features times
-    the outputs of each incremental dense layer (``dense``: dense node name -> the windowed node it reads)."""
+def column_costs(plan, gm, dense: dict) -> tuple[dict, dict]:
+    """``(costs, dense costs)``, node name -> MACs per edit that one more position of its window costs: a linear
+    op's weight size, counted on the window it multiplies (its own, or its input's where it propagates the
+    change); and, for each windowed node read by an incremental dense layer (``dense``: dense node name -> the
+    windowed node it reads), the features times the outputs."""
     out: dict = {}
+    cols: dict = {}
     for r in plan.nodes.values():
         if r.macs:
             key = r.delta_from or r.name
@@ -98,8 +125,8 @@ def column_costs(plan, gm, dense: dict) -> dict:
     for name, x in dense.items():
         shape = tuple(nodes[x].meta["tensor_meta"].shape)
         feat = int(np.prod([s for i, s in enumerate(shape) if i not in (0, plan.nodes[x].laxis)]))
-        out[x] = out.get(x, 0.0) + feat * int(np.prod(tuple(nodes[name].meta["tensor_meta"].shape)[1:]))
-    return out
+        cols[x] = cols.get(x, 0.0) + feat * int(np.prod(tuple(nodes[name].meta["tensor_meta"].shape)[1:]))
+    return out, cols
 
 
 def _partition(umax: np.ndarray, count: np.ndarray, weight: np.ndarray, k: int) -> list:
