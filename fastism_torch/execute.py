@@ -19,9 +19,9 @@ from .deferred_dynamo import dynamo_import_deferred
 from .kernels import to_cache, to_prefix_sums
 from .kinds import GatherKind, State
 from .plan import Plan
-from .static_batches import WIDTH_CLASSES, Layout, column_costs, layout
 from .rewrite import (VALUES, EditModule, TailSplit, gather_input, ref_input, span_input, split_tail,
                       start_input, static_input)
+from .static_batches import WIDTH_CLASSES, Layout, column_costs, layout
 
 
 class Reference(NamedTuple):
