@@ -20,6 +20,7 @@ from .kernels import to_cache, to_prefix_sums
 from .kinds import GatherKind, InputRole, State
 from .plan import Plan
 from .rewrite import VALUES, EditModule, TailSplit, split_tail
+from .static_batches import WIDTH_CLASSES, Layout, column_costs, layout
 
 
 class Reference(NamedTuple):
@@ -65,6 +66,10 @@ class _Recorder(fx.Interpreter):
 
 
 class Executor:
+    #: static kernels: at most this many sets of window widths (width classes), one compiled graph each
+    width_classes = WIDTH_CLASSES
+    min_batch = 1                   # static kernels: smaller batches are padded (compiled graphs: MIN_BATCH)
+
     def __init__(self, gm: fx.GraphModule, plan: Plan, edit: EditModule, device: torch.device, seq_laxis: int):
         self.gm, self.plan, self.edit, self.device, self.seq_laxis = gm, plan, edit, device, seq_laxis
         self.keep = {ga.source for ga in plan.gathers if ga.source_state == State.WINDOW and ga.reuse is None} \
@@ -75,9 +80,9 @@ class Executor:
         self.row_inputs = {x.name for x in edit.inputs if x.per_edit}            # per-edit rows of the feed
         self.rebased = {x.name for x in edit.inputs if x.role == InputRole.OWN_ROWS}
         self.mark_step = False          # set for CUDA graphs (torch.compile mode "reduce-overhead")
-        # static kernels: one width per node for every group (the widest; windows shift inward at the edges),
-        # so compiled graphs see the same shapes in every group instead of new ones at the sequence's edges
-        self.fixed_widths = plan.widths(np.arange(len(plan.ranges))) if edit.static else None
+        # static kernels: a few width classes of neighbouring windows, each with one width per node (windows shift
+        # inward at the edges), so compiled graphs see few shapes (:mod:`.static_batches`)
+        self._layout = None
         self.tail: TailSplit | None = None
         self.tail_nodes: frozenset = frozenset()     # plan nodes the tail computes
         self.tail_window = 0                         # bytes of the tail's widest gathered window, per edit
@@ -147,33 +152,21 @@ class Executor:
 
         Per group of neighbouring windows, everything the kernels need is computed here on the host (numpy),
         moved to the device in one transfer, and sliced per batch: the edit graph only launches device work.
-        With ``edit.static`` every batch of the run has one size (a group's last batch padded with repeats of
-        its last edit, whose outputs are dropped), so compiled graphs and CUDA graphs are reused.  With a
-        tail split (:meth:`_split_tail`), ``batching.chunk`` edits at a time run through the tail.
+        With ``edit.static`` each batch is a group of one width class, of balanced size (:meth:`_groups`), so
+        compiled graphs see few shapes and multiply little more than the plan.  With a tail split
+        (:meth:`_split_tail`), ``batching.chunk`` edits at a time run through the tail.
         """
         with dynamo_import_deferred():      # the custom ops' first call would import torch._dynamo (0.6-1.3 s)
             yield from self._run(ref, edits, sinks, batching)
 
     def _run(self, ref: Reference, edits: "Edits", sink: list, batching: "Batching") -> Iterator[np.ndarray]:
         batch_size, chunk = batching
-        order = np.argsort(edits.window, kind="stable")
-        w_sorted = edits.window[order]
-        uniq = np.unique(w_sorted)
-        per_range = max(1, len(order) // max(1, len(uniq)))
-        per_group = max(1, batch_size // per_range)          # mutation windows per group
-        if self.edit.static:        # one batch size for the whole run: at most batch_size, in a few buckets
-            batch_size = min(batch_size, bucket(len(order)))
-        for g0 in range(0, len(uniq), per_group):
-            blk = uniq[g0:g0 + per_group]
-            lo = np.searchsorted(w_sorted, blk[0], "left")
-            hi = np.searchsorted(w_sorted, blk[-1], "right")
-            e = order[lo:hi]
-            padded = np.concatenate([e, np.repeat(e[-1:], -len(e) % batch_size)]) if self.edit.static else e
-            arrays, ints = self._group_inputs(blk, padded, edits)
+        for blk, e, padded, widths, size in self._groups(edits, batch_size):
+            arrays, ints = self._group_inputs(blk, padded, edits, widths)
             dev = to_device(arrays, self.device)
-            for b0 in range(0, len(e), batch_size):
-                n = min(batch_size, len(e) - b0)
-                rows = {k: v[b0:b0 + batch_size] for k, v in dev.items()}
+            for b0 in range(0, len(e), size):
+                n = min(size, len(e) - b0)
+                rows = {k: v[b0:b0 + size] for k, v in dev.items()}
                 if self.mark_step:
                     torch.compiler.cudagraph_mark_step_begin()
                 feed = self._feed(rows, ints, ref, edits.values)
@@ -183,6 +176,40 @@ class Executor:
                         m = min(len(o), n - r0)                     # rows past n: static padding
                         out.index_copy_(0, rows["dest"][r0:r0 + m], o[:m].to(out.dtype))
                 yield e[b0:b0 + n]
+
+    @property
+    def layout(self) -> Layout | None:
+        """The static kernels' width classes and batches (:func:`.static_batches.layout`); None for the CPU eager
+        kernels."""
+        if self.edit.static and (self._layout is None or len(self._layout.widths) > self.width_classes):
+            dense = {x.owner: x.node for x in self.edit.inputs if x.role == InputRole.DENSE_START}
+            self._layout = layout(self.plan, *column_costs(self.plan, self.gm, dense), self.width_classes)
+        return self._layout
+
+    def _groups(self, edits: "Edits", batch_size: int):
+        """``(windows, edits, padded, widths, rows)`` of each group: its mutation windows (sorted), its edits
+        (indices into ``edits``), the same padded (repeats of the last edit, whose outputs are dropped), the window
+        width of every node, and the rows of its batches.  CPU eager: neighbouring windows, about ``batch_size``
+        edits, the group's own widths, unpadded.  Static kernels: one batch per group, from :attr:`layout` (one
+        width class, balanced sizes; CUDA graphs: sizes rounded up to :func:`bucket`, few sizes to record)."""
+        order = np.argsort(edits.window, kind="stable")
+        w_sorted = edits.window[order]
+        lay = self.layout
+        if lay is not None:
+            for lo, hi, c in lay.batches(w_sorted, batch_size):
+                e = order[lo:hi]
+                size = max(self.min_batch, bucket(len(e)) if self.mark_step else len(e))
+                padded = np.concatenate([e, np.repeat(e[-1:], size - len(e))])
+                yield np.unique(w_sorted[lo:hi]), e, padded, lay.widths[c], size
+            return
+        uniq = np.unique(w_sorted)
+        per_range = max(1, len(order) // max(1, len(uniq)))
+        per_group = max(1, batch_size // per_range)          # mutation windows per group
+        for g0 in range(0, len(uniq), per_group):
+            blk = uniq[g0:g0 + per_group]
+            lo = np.searchsorted(w_sorted, blk[0], "left")
+            hi = np.searchsorted(w_sorted, blk[-1], "right")
+            yield blk, order[lo:hi], order[lo:hi], self.plan.widths(blk), batch_size
 
     def _outputs(self, feed: dict, n: int, chunk: int):
         """``(first row, output list)`` of the edit graph on a batch's ``feed``: once, or (with a tail
@@ -211,11 +238,10 @@ class Executor:
             return value[:min(chunk, len(value) - r0)]
         return value[r0:r0 + chunk]
 
-    def _group_inputs(self, blk: np.ndarray, e: np.ndarray, edits: "Edits") -> tuple[dict, dict]:
-        """Host-side index arrays (one entry per edit ``e``) and integers for the edits of one group: the edit
-        graph's per-group inputs (:class:`~fastism_torch.rewrite.EditInput`), plus each edit's ``edit``, ``seq``
-        and ``dest``."""
-        widths = self.fixed_widths or self.plan.widths(blk)
+    def _group_inputs(self, blk: np.ndarray, e: np.ndarray, edits: "Edits", widths: dict) -> tuple[dict, dict]:
+        """Host-side index arrays (one entry per edit ``e``) and integers for the edits of one group, whose
+        windows are ``blk`` and run at ``widths``: the edit graph's per-group inputs
+        (:class:`~fastism_torch.rewrite.EditInput`), plus each edit's ``edit``, ``seq`` and ``dest``."""
         starts = {n: self.plan.starts(n, blk, w) for n, w in widths.items()}
         pos = np.searchsorted(blk, edits.window[e])
         arrays = {"edit": e, "seq": edits.seq[e], "dest": edits.dest[e]}

@@ -16,6 +16,7 @@ from .kernels import onednn_dense
 from .kinds import State
 from .selfcheck import check_against_naive, default_rtol, random_onehot
 from .sizing import batch_for, per_edit_bytes
+from .static_batches import MIN_BATCH
 
 
 def _compiled_graphs() -> int:
@@ -25,8 +26,8 @@ def _compiled_graphs() -> int:
 
 
 def _compiled(module, mode):
-    """``torch.compile`` with symbolic sizes: the batch size (one per run) and the number of sequences vary
-    between calls (widths are fixed per engine: :attr:`Executor.fixed_widths`).  Duck sizing is off while it
+    """``torch.compile`` with symbolic sizes: the batch size and the number of sequences vary between calls
+    (widths are fixed per width class: :attr:`FastISM.compiled_width_classes`).  Duck sizing is off while it
     compiles, so sizes that happen to be equal (a batch of 40 edits, a cache 40 positions long) are not
     assumed equal, which would recompile for every new batch size."""
     import torch.fx.experimental._config as fx_config
@@ -117,6 +118,11 @@ class FastISM(ISMBase):
     #: (``fast_eager+autotune``, ``fast_compiled+autotune``: first-call cost in the set-up column) and
     #: ``benchmarks/profile_gpu.py --cudnn-benchmark`` measure both; ``scripts/gpu_check.sh part2`` runs them.
     cudnn_benchmark: bool | None = False
+    #: width classes of the static path (:mod:`.static_batches`) under ``compile`` where windows reach a strided
+    #: op (pooling): dynamo specialises their widths, so each class compiles a graph of its own (20-40 s on a GPU);
+    #: one class (every window at its widest) unless raised.  Elsewhere (stride-1 towers such as BPNet: one graph
+    #: for all classes, measured on the CPU) the static kernels run :data:`.static_batches.WIDTH_CLASSES`
+    compiled_width_classes = 1
     #: run a call as naive ISM where the cost model says that is cheaper (CPU eager); the tests turn it off.
     #: Without the self-check this also makes the engine lazy: nothing is built until a call's naive ISM, timed
     #: on its first batches, would cost more than the build (:meth:`_run_lazy`)
@@ -219,6 +225,9 @@ class FastISM(ISMBase):
                 edit.module = _compiled(edit.module, mode)
             ex = Executor(self.gm, plan, edit, self.device, self.length_axis)
             ex.mark_step = mode is not None and "reduce-overhead" in mode
+            if self.compile and any(abs(g.window.stride) > 1 for g in plan.gathers):
+                ex.width_classes = self.compiled_width_classes     # a graph per class: pooling guards on widths
+            ex.min_batch = MIN_BATCH if self.compile else 1
             self._engines[ranges] = ex
         return self._engines[ranges]
 

@@ -71,21 +71,27 @@ def executed_macs(ism, seqs) -> dict:
     """
     from torch.utils.flop_counter import FlopCounterMode
     n, length = len(seqs), ism.seq_len
-    aten = torch.ops.aten
-    mapping = {torch.ops.fastism.inc_linear: _inc_linear_flops, aten.max_pool1d: _pool_flops,
-               aten.max_pool2d_with_indices: _pool_flops, aten.avg_pool1d: _pool_flops, aten.avg_pool2d: _pool_flops,
-               aten.max_pool2d: _pool_flops}
-    if hasattr(torch.ops.mkldnn, "_linear_pointwise"):          # kernels.linear: oneDNN's dense products
-        mapping[torch.ops.mkldnn._linear_pointwise] = _onednn_linear_flops
     cheaper, ism.naive_when_cheaper = getattr(ism, "naive_when_cheaper", False), False     # the fast path's count
     try:
-        with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        with FlopCounterMode(display=False, custom_mapping=flop_mapping()) as counter:
             ism.saturation_mutagenesis(seqs)
     finally:
         ism.naive_when_cheaper = cheaper
     macs = counter.get_total_flops() / 2
     edits = (ism.num_chars - 1) * length * n
     return {"total": int(macs), "per_mutation": macs / edits, "edits": edits}
+
+
+def flop_mapping() -> dict:
+    """``FlopCounterMode``'s extra formulas: the incremental dense custom op, oneDNN's dense products and pooling
+    (one op per output and window element), so that executed MACs count what :func:`mac_summary` counts."""
+    aten = torch.ops.aten
+    mapping = {torch.ops.fastism.inc_linear: _inc_linear_flops, aten.max_pool1d: _pool_flops,
+               aten.max_pool2d_with_indices: _pool_flops, aten.avg_pool1d: _pool_flops, aten.avg_pool2d: _pool_flops,
+               aten.max_pool2d: _pool_flops}
+    if hasattr(torch.ops.mkldnn, "_linear_pointwise"):          # kernels.linear: oneDNN's dense products
+        mapping[torch.ops.mkldnn._linear_pointwise] = _onednn_linear_flops
+    return mapping
 
 
 def _pool_flops(x_shape, kernel_size, *args, out_shape=None, **kwargs) -> int:

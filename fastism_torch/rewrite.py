@@ -33,11 +33,13 @@ from .rules.registry import apply_peepholes
 @dataclass(frozen=True)
 class EditInput:
     """One input (placeholder) of the edit graph: its keyword ``name``, what it holds (``role``), and the plan
-    gather (index ``gather``) or node (``node``) it belongs to.  The executor feeds exactly these."""
+    gather (index ``gather``) or node (``node``, for the original node ``owner``) it belongs to.  The executor
+    feeds exactly these."""
     name: str
     role: InputRole
     gather: int | None = None
     node: str | None = None
+    owner: str | None = None
 
     @property
     def per_edit(self) -> bool:
@@ -111,14 +113,15 @@ class _Builder:
         self.root.add_submodule(name, mod)
         return name
 
-    def input(self, name: str, role: InputRole, gather: int | None = None, node: str | None = None) -> fx.Node:
+    def input(self, name: str, role: InputRole, gather: int | None = None, node: str | None = None,
+              owner: str | None = None) -> fx.Node:
         """A new input of the edit graph, listed for the executor (:class:`EditInput`)."""
-        self.inputs.append(EditInput(name, role, gather, node))
+        self.inputs.append(EditInput(name, role, gather, node, owner))
         return self.graph.placeholder(name)
 
     def node_input(self, role: InputRole, owner: str, node: str | None = None) -> fx.Node:
         """An input of ``role`` for the original node ``owner``, holding values of ``node`` (default ``owner``)."""
-        return self.input(f"{NODE_INPUT_PREFIX[role]}_{owner}", role, node=node or owner)
+        return self.input(f"{NODE_INPUT_PREFIX[role]}_{owner}", role, node=node or owner, owner=owner)
 
     def value(self, node: fx.Node) -> fx.Node:
         return self.env[node]
