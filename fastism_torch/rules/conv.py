@@ -35,17 +35,27 @@ def sliding(ctx: RuleContext, x, window: Window, emit, out_laxis=None, delta=Non
     lax = ctx.laxis(x) if out_laxis is None else out_laxis
     return Decision(Kind.SLIDING, laxis=lax, length=out[lax], reads={x: Read(window, ctx.laxis(x))}, emit=emit,
                     delta=delta if window.stride == 1 else None, macs=macs,
-                    delta_cost=DELTA_COST_DILATED if dilation > 1 else DELTA_COST)
+                    delta_cost=dilated_delta_cost() if dilation > 1 else DELTA_COST)
 
 
 # Time per multiply-add of the delta form (a transposed convolution of the changed columns) relative to the
-# recomputing convolution, measured per layer on the CPU (AMD EPYC, 1 thread, oneDNN, 2026-12-06): Basset's conv2
-# (300 -> 200, k=11; 7 changed columns) 97.7 ms for 1/2.43 of the MACs of 222.5 ms recomputed (1.07); BPNet's
-# dilated layers (64 -> 64, k=3): 1.5-1.6 with oneDNN's dilated transposed kernels, 1.2-1.3 for the wide changes
-# of dilation 32-256 as shifted products (:func:`_shifted_products`), so the deep layers propagate the change
-# and the shallow ones (narrow changes, small dilations) recompute.
+# recomputing convolution, measured per layer on the CPU (AMD EPYC, oneDNN, 2026-12-06): Basset's conv2 (300 -> 200,
+# k=11; 7 changed columns) 97.7 ms for 1/2.43 of the MACs of 222.5 ms recomputed (1.07, 1 thread).  BPNet's dilated
+# layers (64 -> 64, k=3): 1.5-1.6 with oneDNN's dilated transposed kernels, 1.2-1.3 at one thread for the wide
+# changes of dilation 32-256 as shifted products (:func:`_shifted_products`); but the delta path's extra small ops
+# (forming the change, the shifted adds, adding to the reference window) scale worse over threads than the
+# recomputing convolution: at 2 threads BPNet ran 1.3x faster than at 1 with deltas and 1.65x recomputing, its
+# delta plan (L=1000) 9-25% slower than recomputing where it was 4-11% faster at one thread.  So dilated layers
+# propagate the change at one thread and recompute at several.
 DELTA_COST = 1.1
-DELTA_COST_DILATED = 1.3
+DELTA_COST_DILATED = 1.3              # one thread
+DELTA_COST_DILATED_THREADS = 1.65     # several threads
+
+
+def dilated_delta_cost() -> float:
+    """The time per multiply-add of a dilated convolution's delta form relative to recomputing, at the current
+    number of threads (read when the model is analysed)."""
+    return DELTA_COST_DILATED if torch.get_num_threads() == 1 else DELTA_COST_DILATED_THREADS
 
 
 def emit_module(new_module):
