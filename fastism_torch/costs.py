@@ -20,10 +20,11 @@ NAIVE_OP_S = 15e-6
 LAZY_MARGIN = 1.5
 #: edits of the first, timed naive batch of a lazy engine's call (the naive cost estimate)
 LAZY_PROBE = 64
-#: naive ISM's time per edit is taken to be at least this share of a lone sequence's forward pass (batching
-#: gains at most 20x): a lazy engine whose call cannot fit its budget even so builds without a naive probe batch
-#: (64 forward passes of a large model would cost more than the build)
-NAIVE_BATCH_GAIN = 0.05
+#: naive ISM's time per edit is taken to be at least this share of a lone sequence's first forward pass (batching
+#: and warm caches gain at most 50x): a lazy engine whose probe batches alone would not fit its budget even so builds
+#: without them (64 forward passes of a large model would cost more than the build; gReLU's ConvGRU's cold first
+#: pass, 30-50 ms, must not count as large)
+NAIVE_BATCH_GAIN = 0.02
 
 
 class PlanCosts(NamedTuple):

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from . import costs
+from .common import gc_paused
 from .base import Inputs, ISMBase, is_out_of_memory, log
 from .execute import Batching, as_output_list
 from .kernels import onednn_dense
@@ -186,7 +187,8 @@ class FastISM(ISMBase):
         against the model on the first reference pass (:meth:`_reference`)."""
         from .capture import capture, is_one_op
         self._example = [a[:2] if isinstance(a, torch.Tensor) else a for a in inp.args]
-        self._analyse(capture(self.model, self._example, check=False))
+        with gc_paused():
+            self._analyse(capture(self.model, self._example, check=False))
         self._trace_checked = is_one_op(self.gm)
         if self._test_correctness:
             self.check_correctness(inp)
@@ -205,31 +207,36 @@ class FastISM(ISMBase):
         return self._engine(tuple(tuple(r) for r in ranges)).plan
 
     def _engine(self, ranges):
-        from .execute import Executor
-        from .plan import build_plan
-        from .rewrite import build_edit_module
         if self.gm is None and self._lazy:
             self._build_on_example()
         if self.gm is None:
             raise RuntimeError("this model takes inputs besides the sequence: call the FastISM object once "
                                "(or .predict) with all its inputs before reading its plan")
         if ranges not in self._engines:
-            plan = build_plan(self.gm, self.infos, self.seq_node, ranges, delta=self.delta)
-            # GPUs and torch.compile get the kernels that never read tensor values on the host
-            static = self.static_kernels
-            if static is None:
-                static = self.device.type != "cpu" or bool(self.compile)
-            edit = build_edit_module(self.gm, self.infos, plan, self.seq_node, static=static)
-            mode = self.compile if isinstance(self.compile, str) else None
-            if self.compile:
-                edit.module = _compiled(edit.module, mode)
-            ex = Executor(self.gm, plan, edit, self.device, self.length_axis)
-            ex.mark_step = mode is not None and "reduce-overhead" in mode
-            if self.compile and any(abs(g.window.stride) > 1 for g in plan.gathers):
-                ex.width_classes = self.compiled_width_classes     # a graph per class: pooling guards on widths
-            ex.min_batch = MIN_BATCH if self.compile else 1
-            self._engines[ranges] = ex
+            with gc_paused():
+                self._engines[ranges] = self._new_engine(ranges)
         return self._engines[ranges]
+
+    def _new_engine(self, ranges):
+        """The executor for ``ranges``: its plan and edit graph (static kernels on GPUs and with ``compile``, which
+        compiles it)."""
+        from .execute import Executor
+        from .plan import build_plan
+        from .rewrite import build_edit_module
+        plan = build_plan(self.gm, self.infos, self.seq_node, ranges, delta=self.delta)
+        static = self.static_kernels
+        if static is None:
+            static = self.device.type != "cpu" or bool(self.compile)
+        edit = build_edit_module(self.gm, self.infos, plan, self.seq_node, static=static)
+        mode = self.compile if isinstance(self.compile, str) else None
+        if self.compile:
+            edit.module = _compiled(edit.module, mode)
+        ex = Executor(self.gm, plan, edit, self.device, self.length_axis)
+        ex.mark_step = mode is not None and "reduce-overhead" in mode
+        if self.compile and any(abs(g.window.stride) > 1 for g in plan.gathers):
+            ex.width_classes = self.compiled_width_classes     # a graph per class: pooling guards on widths
+        ex.min_batch = MIN_BATCH if self.compile else 1
+        return ex
 
     @property
     def _deferred(self) -> bool:
@@ -419,16 +426,17 @@ class FastISM(ISMBase):
         self._naive._run_edits(inp, ranges, edits, sinks, bar)
 
     def _run_lazy(self, inp, ranges, edits, sinks, bar) -> None:
-        """A call before the graph is built.  Where naive ISM cannot fit the budget (:data:`.costs.LAZY_MARGIN`
-        times the estimated set-up, :func:`.costs.setup_estimate`, less the naive ISM run so far) even at
-        :data:`.costs.NAIVE_BATCH_GAIN` of the reference pass's time per sequence per edit, build at once.
+        """A call before the graph is built.  Where even the naive probe batches cannot fit the budget
+        (:data:`.costs.LAZY_MARGIN` times the estimated set-up, :func:`.costs.setup_estimate`, less the naive ISM
+        run so far) at :data:`.costs.NAIVE_BATCH_GAIN` of the reference pass's time per sequence per edit, build
+        at once (a large model).
         Otherwise two batches of half :data:`.costs.LAZY_PROBE` edits by naive ISM, the second timed (the first
         pays the shapes' first-use costs, which a build would pay too), and the rest by naive ISM too if it fits.
         A build runs the rest in chunks of the engine's own size."""
         n = len(edits.seq)
         budget = costs.LAZY_MARGIN * costs.setup_estimate(self.model)
         done = 0
-        if self._naive_spent + self._ref_s_per_seq * costs.NAIVE_BATCH_GAIN * n < budget:
+        if self._naive_spent + self._ref_s_per_seq * costs.NAIVE_BATCH_GAIN * min(n, costs.LAZY_PROBE) < budget:
             half = costs.LAZY_PROBE // 2
             for lo, hi in ((0, min(n, half)), (min(n, half), min(n, 2 * half)), (min(n, 2 * half), n)):
                 if hi == lo:
@@ -445,8 +453,10 @@ class FastISM(ISMBase):
                     break
             if done == n:
                 return
-        self._pattern = tuple(a is None for a in inp.args)
-        self._build(inp)
+        self._build_on_example()                  # as the constructor would have (two random sequences)
+        if self.gm is None:                       # (a model that needs its other inputs: built on this call's)
+            self._pattern = tuple(a is None for a in inp.args)
+            self._build(inp)
         edits = edits.subset(np.arange(done, n))
         for lo, hi, chunk in self._chunks(inp):
             mine = np.flatnonzero((edits.seq >= lo) & (edits.seq < hi))

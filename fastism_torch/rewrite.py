@@ -304,6 +304,13 @@ def _mean_of(node, new: fx.Node, laxis: int) -> bool:
                     for k in ("prefix", "seq_idx", "start", "ref_out")))
 
 
+def _keeps(node: fx.Node) -> bool:
+    """Whether dead-code elimination keeps ``node`` unused: the graph's inputs and output, and in-place ops (our
+    kernels mutate nothing).  fx's own test imports ``torch._higher_order_ops`` on its first use in a process,
+    0.2 s of a small model's first build."""
+    return node.op in ("placeholder", "output") or str(getattr(node.target, "__name__", node.target)).endswith("_")
+
+
 def split_segments(module: fx.GraphModule) -> fx.GraphModule:
     """One submodule per segment: each gather starts a segment that runs up to the next gather, in graph order.
 
@@ -319,7 +326,7 @@ def split_segments(module: fx.GraphModule) -> fx.GraphModule:
                 with g.inserting_before(u):
                     twin = g.node_copy(n)
                 u.replace_input_with(n, twin)
-    g.eliminate_dead_code()
+    g.eliminate_dead_code(is_impure_node=_keeps)
     seg: dict = {}
     current = 0
     for n in g.nodes:

@@ -341,3 +341,26 @@ def test_lazy_engine_builds_without_a_probe_where_naive_is_plainly_too_slow(monk
     got = fast.saturation_mutagenesis(x)
     assert fast.gm is not None and runs == []
     torch.testing.assert_close(got, ft.NaiveISM(m, 40).saturation_mutagenesis(x), rtol=1e-5, atol=1e-5)
+
+
+def test_building_pauses_the_garbage_collector_and_restores_the_callers_setting():
+    """The build runs with the cyclic collector off (a full collection over torch's heap cost a small model's first
+    build 0.2 s) and leaves it as the caller had it: on stays on, off stays off."""
+    import gc
+    from fastism_torch import models
+    seen = []
+    real = ft.FastISM._analyse
+
+    def spy(self, gm):
+        seen.append(gc.isenabled())
+        return real(self, gm)
+    for enabled in (True, False):
+        (gc.enable if enabled else gc.disable)()
+        try:
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(ft.FastISM, "_analyse", spy)
+                ft.FastISM(models.tiny(seq_len=40), 40, test_correctness=False).plan
+            assert gc.isenabled() == enabled
+        finally:
+            gc.enable()
+    assert seen == [False, False]
