@@ -16,8 +16,10 @@ FAST_CALL_S = 2e-3
 FAST_OP_S = 30e-6
 NAIVE_OP_S = 15e-6
 #: a lazy engine builds once naive ISM would spend this many times the estimated set-up (:func:`setup_estimate`):
-#: calls cheaper than that run as naive ISM and never pay for a build
-LAZY_MARGIN = 1.5
+#: calls cheaper than that run as naive ISM and never pay for a build.  At 1.5 a second full-saturation call of
+#: gReLU's ConvGRU or Basenji2 (0.04-0.09 s of naive ISM) paid for the build (0.47-0.54x naive); at 3 the loss of a
+#: user's many mid-sized calls before the build is at most ~3 set-ups (0.1-0.5 s)
+LAZY_MARGIN = 3.0
 #: edits of the first, timed naive batch of a lazy engine's call (the naive cost estimate)
 LAZY_PROBE = 64
 #: naive ISM's time per edit is taken to be at least this share of a lone sequence's first forward pass (batching
