@@ -15,7 +15,6 @@ import pytest
 import fastism_torch as ft
 from fastism_torch import models
 from fastism_torch.kinds import InputRole
-from fastism_torch.static_batches import layout
 from fastism_torch.static_macs import static_executed_macs
 
 
