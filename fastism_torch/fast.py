@@ -158,6 +158,7 @@ class FastISM(ISMBase):
         self._naive_spent = 0.0
         self._ref_s_per_seq = 0.0         # a lazy engine's last plain reference pass, seconds per sequence
         self._warm = False                # a lazy engine's naive ISM has run once (first uses paid)
+        self._naive_edits = 0             # edits in _naive_spent (naive ISM timed warm)
         params = inspect.signature(self.model.forward).parameters.values()
         n_required = sum(p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
                          for p in params)
@@ -430,29 +431,37 @@ class FastISM(ISMBase):
         (:data:`.costs.LAZY_MARGIN` times the estimated set-up, :func:`.costs.setup_estimate`, less the naive ISM
         run so far) at :data:`.costs.NAIVE_BATCH_GAIN` of the reference pass's time per sequence per edit, build
         at once (a large model).
-        Otherwise two batches of half :data:`.costs.LAZY_PROBE` edits by naive ISM, the second timed (the first
-        pays the shapes' first-use costs, which a build would pay too), and the rest by naive ISM too if it fits.
-        A build runs the rest in chunks of the engine's own size."""
+        Until naive ISM has been timed warm, a call runs two batches of half :data:`.costs.LAZY_PROBE` edits by
+        naive ISM, the second timed (the first pays the shapes' first-use costs, which a build would pay too), and
+        the rest by naive ISM too if it fits; once timed, a call that fits runs by naive ISM whole, in naive ISM's
+        own batches.  A build runs the rest in chunks of the engine's own size."""
         n = len(edits.seq)
         budget = costs.LAZY_MARGIN * costs.setup_estimate(self.model)
-        done = 0
-        if self._naive_spent + self._ref_s_per_seq * costs.NAIVE_BATCH_GAIN * min(n, costs.LAZY_PROBE) < budget:
+        if self._naive_edits:
+            fits = self._naive_spent * (1 + n / self._naive_edits) < budget
+            parts = [(0, n)] if fits else []
+        elif self._naive_spent + self._ref_s_per_seq * costs.NAIVE_BATCH_GAIN * min(n, costs.LAZY_PROBE) < budget:
             half = costs.LAZY_PROBE // 2
-            for lo, hi in ((0, min(n, half)), (min(n, half), min(n, 2 * half)), (min(n, 2 * half), n)):
-                if hi == lo:
-                    continue
-                t0 = time.perf_counter()
-                self._run_naive(inp, ranges, edits.subset(np.arange(lo, hi)), sinks, bar,
-                                "naive ISM is cheaper for this call than building the fast engine (few edits or a "
-                                "small model)")
-                spent = time.perf_counter() - t0
-                if self._warm:                             # (the engine's first batch pays for first uses)
-                    self._naive_spent += spent
-                self._warm, done = True, hi
-                if hi < n and lo > 0 and self._naive_spent + spent / (hi - lo) * (n - hi) >= budget:
-                    break
-            if done == n:
-                return
+            parts = [(0, min(n, half)), (min(n, half), min(n, 2 * half)), (min(n, 2 * half), n)]
+        else:
+            parts = []
+        done = 0
+        for lo, hi in parts:
+            if hi == lo:
+                continue
+            t0 = time.perf_counter()
+            self._run_naive(inp, ranges, edits.subset(np.arange(lo, hi)), sinks, bar,
+                            "naive ISM is cheaper for this call than building the fast engine (few edits or a "
+                            "small model)")
+            spent = time.perf_counter() - t0
+            if self._warm:                             # (the engine's first batch pays for first uses)
+                self._naive_spent += spent
+                self._naive_edits += hi - lo
+            self._warm, done = True, hi
+            if hi < n and lo > 0 and self._naive_spent + spent / (hi - lo) * (n - hi) >= budget:
+                break
+        if done == n:
+            return
         self._build_on_example()                  # as the constructor would have (two random sequences)
         if self.gm is None:                       # (a model that needs its other inputs: built on this call's)
             self._pattern = tuple(a is None for a in inp.args)

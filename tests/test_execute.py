@@ -311,6 +311,25 @@ def test_lazy_engine_runs_small_calls_naive_and_builds_when_it_pays(monkeypatch)
     assert ft.FastISM(m, 60, test_correctness=False).plan is not None          # reading the plan builds
 
 
+def test_warm_lazy_engine_runs_a_call_as_one_naive_call(monkeypatch):
+    """Once a lazy engine has timed naive ISM, a later call that fits its budget runs as one naive call (naive
+    ISM's own batches), not split into probe batches again: three batches cost 1.5-2x one on a small model."""
+    from fastism_torch import costs, models
+    monkeypatch.setattr(ft.FastISM, "naive_when_cheaper", True)
+    monkeypatch.setattr(costs, "setup_estimate", lambda model: 1e6)       # building never pays
+    m, x = models.tiny(seq_len=60), models.random_onehot(2, 60)
+    runs = []
+    real = ft.FastISM._run_naive
+    monkeypatch.setattr(ft.FastISM, "_run_naive", lambda self, *a: runs.append(len(a[2].seq)) or real(self, *a))
+    lazy = ft.FastISM(m, 60, test_correctness=False)
+    lazy.saturation_mutagenesis(x)
+    assert runs[:2] == [costs.LAZY_PROBE // 2] * 2                 # the first call probes (then the rest)
+    runs.clear()
+    got = lazy.saturation_mutagenesis(x)
+    assert runs == [2 * 60 * 3] and lazy.gm is None
+    torch.testing.assert_close(got, ft.NaiveISM(m, 60).saturation_mutagenesis(x))
+
+
 def test_self_check_checks_the_fast_path_even_where_naive_is_cheaper(monkeypatch):
     """The cost model must not route the self-check's own edits to naive ISM (it would compare naive with
     itself): a fast path broken on purpose is caught on a model small enough for the cost model to prefer naive."""
