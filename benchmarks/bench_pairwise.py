@@ -181,6 +181,7 @@ def naive_macs_per_s(model, x: torch.Tensor, full_macs: float, n_positions: int 
     """Naive ISM's multiply-adds per second on ``x``: NaiveISM (measured batch size) over ``n_positions``."""
     import fastism_torch as ft
     L = x.shape[-1]
+    n_positions = min(n_positions, L)
     lo = (L - n_positions) // 2
     naive = ft.NaiveISM(model, L, change_ranges=[(p, p + 1) for p in range(lo, lo + n_positions)])
     naive(x)                                                          # (measures its batch size)
