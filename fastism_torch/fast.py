@@ -9,12 +9,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import costs
 from .common import gc_paused
 from .base import Inputs, ISMBase, is_out_of_memory, log
 from .execute import Batching, as_output_list
 from .kernels import onednn_dense
 from .kinds import State
+from .routing import NaiveRouting
 from .selfcheck import check_against_naive, default_rtol, random_onehot
 from .sizing import batch_for, per_edit_bytes
 from .static_batches import MIN_BATCH
@@ -53,7 +53,7 @@ MAX_BATCH_WITH_TAIL = 512   # a tail in chunks frees memory, but a batch spans b
 #                             share one width (the widest): larger groups recompute more at the edges
 
 
-class FastISM(ISMBase):
+class FastISM(NaiveRouting, ISMBase):
     """Fast, exact ISM: recompute only the positions each mutation can reach.
 
     The model is captured as a ``torch.fx`` graph (:mod:`fastism_torch.capture`), every op is classified by
@@ -141,24 +141,14 @@ class FastISM(ISMBase):
         self.compiled_graphs = 0          # graphs torch.compile built for this engine (compile=True)
         self._test_correctness = test_correctness
         self._engines: dict = {}
-        self._costs: dict = {}            # executor -> (planned MACs per edit, full MACs, edit-graph nodes, model ops,
-        #                                   edits per batch): the cost model's inputs, computed once per engine
-        self._naive = None                # the naive engine sharing this model (cost model, deterministic mode)
-        self._told: set = set()           # reasons for running naive ISM already logged
-        self._naive_ranges: set = set()   # ranges whose last call ran as naive ISM (their reference: a plain pass)
         self._pattern = None
         self.gm = None
         self._example = None              # the inputs the graph was captured for (two sequences)
         self._trace_checked = False       # the trace compared with the model (on the first reference pass)
         self._pending = None              # (sequences, ranges, Reference) of the last reference pass
-        # lazy: build at the first call that pays for it (CPU eager, no self-check); _naive_spent: seconds of
-        # naive ISM run so far instead of building
-        self._lazy = (self.naive_when_cheaper and not test_correctness and not strict and not compile
-                      and self.device.type == "cpu" and self.static_kernels is not True)
-        self._naive_spent = 0.0
-        self._ref_s_per_seq = 0.0         # a lazy engine's last plain reference pass, seconds per sequence
-        self._warm = False                # a lazy engine's naive ISM has run once (first uses paid)
-        self._naive_edits = 0             # edits in _naive_spent (naive ISM timed warm)
+        # lazy (CPU eager, no self-check): build at the first call that pays for it (:mod:`.routing`)
+        self._init_routing(lazy=not test_correctness and not strict and not compile and self.device.type == "cpu"
+                           and self.static_kernels is not True)
         params = inspect.signature(self.model.forward).parameters.values()
         n_required = sum(p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
                          for p in params)
@@ -238,11 +228,6 @@ class FastISM(ISMBase):
             ex.width_classes = self.compiled_width_classes     # a graph per class: pooling guards on widths
         ex.min_batch = MIN_BATCH if self.compile else 1
         return ex
-
-    @property
-    def _deferred(self) -> bool:
-        """Not built, and building waits for a call that pays for it (:meth:`_run_lazy`)."""
-        return self.gm is None and self._lazy and self.naive_when_cheaper
 
     @property
     def plan(self):
@@ -414,77 +399,6 @@ class FastISM(ISMBase):
             if self.compile:
                 self.compiled_graphs += _compiled_graphs() - graphs
                 log.info("torch.compile: %d graph(s) compiled so far for this engine", self.compiled_graphs)
-
-    def _run_naive(self, inp, ranges, edits, sinks, bar, why: str) -> None:
-        """``edits`` by naive ISM (the model's own ops, sharing this engine's model), saying why once."""
-        from .naive import NaiveISM
-        if why not in self._told:
-            self._told.add(why)
-            log.warning("FastISM: %s; %d edits run by naive ISM instead (said once per engine)", why, len(edits.seq))
-        if self._naive is None:
-            self._naive = NaiveISM(self.model, self.seq_len, copy_model=False, batch_size=self.batch_size,
-                                   **self.settings())
-        self._naive._run_edits(inp, ranges, edits, sinks, bar)
-
-    def _run_lazy(self, inp, ranges, edits, sinks, bar) -> None:
-        """A call before the graph is built.  Where even the naive probe batches cannot fit the budget
-        (:data:`.costs.LAZY_MARGIN` times the estimated set-up, :func:`.costs.setup_estimate`, less the naive ISM
-        run so far) at :data:`.costs.NAIVE_BATCH_GAIN` of the reference pass's time per sequence per edit, build
-        at once (a large model).
-        Until naive ISM has been timed warm, a call runs two batches of half :data:`.costs.LAZY_PROBE` edits by
-        naive ISM, the second timed (the first pays the shapes' first-use costs, which a build would pay too), and
-        the rest by naive ISM too if it fits; once timed, a call that fits runs by naive ISM whole, in naive ISM's
-        own batches.  A build runs the rest in chunks of the engine's own size."""
-        n = len(edits.seq)
-        budget = costs.LAZY_MARGIN * costs.setup_estimate(self.model)
-        if self._naive_edits:
-            fits = self._naive_spent * (1 + n / self._naive_edits) < budget
-            parts = [(0, n)] if fits else []
-        elif self._naive_spent + self._ref_s_per_seq * costs.NAIVE_BATCH_GAIN * min(n, costs.LAZY_PROBE) < budget:
-            half = costs.LAZY_PROBE // 2
-            parts = [(0, min(n, half)), (min(n, half), min(n, 2 * half)), (min(n, 2 * half), n)]
-        else:
-            parts = []
-        done = 0
-        for lo, hi in parts:
-            if hi == lo:
-                continue
-            t0 = time.perf_counter()
-            self._run_naive(inp, ranges, edits.subset(np.arange(lo, hi)), sinks, bar,
-                            "naive ISM is cheaper for this call than building the fast engine (few edits or a "
-                            "small model)")
-            spent = time.perf_counter() - t0
-            if self._warm:                             # (the engine's first batch pays for first uses)
-                self._naive_spent += spent
-                self._naive_edits += hi - lo
-            self._warm, done = True, hi
-            if hi < n and lo > 0 and self._naive_spent + spent / (hi - lo) * (n - hi) >= budget:
-                break
-        if done == n:
-            return
-        self._build_on_example()                  # as the constructor would have (two random sequences)
-        if self.gm is None:                       # (a model that needs its other inputs: built on this call's)
-            self._pattern = tuple(a is None for a in inp.args)
-            self._build(inp)
-        edits = edits.subset(np.arange(done, n))
-        for lo, hi, chunk in self._chunks(inp):
-            mine = np.flatnonzero((edits.seq >= lo) & (edits.seq < hi))
-            if len(mine):
-                part = edits.subset(mine)
-                self._reference(chunk, ranges)           # the engine's caches (and the trace check)
-                self._run_edits(chunk, ranges, part._replace(seq=part.seq - lo), sinks, bar)
-
-    def _naive_is_cheaper(self, ex, n_edits: int) -> bool:
-        """The cost model (CPU eager only, :func:`.costs.naive_is_cheaper`)."""
-        if self.device.type != "cpu" or self.compile or ex.edit.static:
-            return False
-        if ex not in self._costs:
-            from .macs import mac_summary
-            macs = mac_summary(self.gm, self.infos, ex.plan)
-            nodes = sum(len(m.graph.nodes) for m in ex.edit.module.modules() if isinstance(m, torch.fx.GraphModule))
-            self._costs[ex] = costs.PlanCosts(macs["planned_macs_per_mutation"], macs["full_macs"], nodes,
-                                              len(self.gm.graph.nodes), self._auto_batch(ex))
-        return costs.naive_is_cheaper(self._costs[ex], n_edits, self.default_batch_size, torch.get_num_threads())
 
     # --------------------------------------------------------------- checks
     def check_correctness(self, inp: Inputs | None = None, n_seqs: int = 2, n_ranges: int = 24,

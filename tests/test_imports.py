@@ -24,7 +24,7 @@ FLOORS = [
     ("graph capture and the per-op rules", ["functional", "shapes", "capture", "rules", "rules.*"]),
     ("analysis and the plan", ["analysis", "plan", "macs", "sizing", "costs", "static_batches"]),
     ("the edit graph and its executor", ["rewrite", "execute", "static_macs"]),
-    ("the fast engine", ["fast", "selfcheck"]),
+    ("the fast engine", ["fast", "routing", "selfcheck"]),
     ("the public API and the importers",
      ["", "compat", "engine_cache", "dependency", "far_pairs", "importers", "importers.*"]),
     ("files, scores and models around the API",
