@@ -112,6 +112,7 @@ def split(ism, inp: Inputs, positions: np.ndarray, first: np.ndarray):
     from .fast import FastISM
     head = FastISM(fx.GraphModule(gm, head_graph), ism.seq_len, test_correctness=False, copy_model=False,
                    batch_size=ism.batch_size, delta=ism.delta, **ism.settings())
+    head.naive_when_cheaper = False      # one saturation scan of every position: build at its call, no naive probe
     rows = int(np.clip(ism.memory_budget // max(1, _bytes_per_row(list(post) + cut)), 1, MAX_TAIL_ROWS))
     return Split(head, fx.GraphModule(gm, tail_graph), far, rows)
 
