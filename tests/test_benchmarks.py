@@ -80,3 +80,13 @@ def test_bench_long_tiny(tmp_path):
     assert res["fast"]["stops"] and all("einsum" in s for s in res["fast"]["stops"])   # the conv tower is windowed
     text = out.read_text()
     assert "FastISM x naive:" in text and "| FastISM |" in text and "machine:" in text and "commit" in text
+
+
+def test_bench_dilated_delta_tiny(tmp_path):
+    """The tap-clipped prototype computes the same window as FastISM's delta path (it skips only products whose
+    outputs land outside the window), and executes fewer multiply-adds than recomputing."""
+    from benchmarks import bench_dilated_delta
+    rows = bench_dilated_delta.run(200, [4, 32], threads=1)
+    assert [r[1] for r in rows] == [4, 32]
+    assert all(float(r[-1]) < 1e-4 for r in rows)
+    assert all(0 < r[8] < 1 for r in rows)
