@@ -366,8 +366,9 @@ def multi_edits(ism, seqs, edits, *, span: int | None = None, target=None, reduc
     N, E, out = len(inp.seq), len(jobs), None
     wide = ism.num_chars * float(np.mean([j.width for j in jobs]))
     with progress(ism, N * E, verbose, "multi_edits") as bar:
-        lo, step = 0, 1
-        while lo < N:
+        probe = ism._reference(_chunk_inputs(ism, inp, 0, 1)) if N > 1 else []     # the outputs' sizes
+        step = _chunk_size(ism, sum(math.prod(r.shape[1:]) for r in probe) + int(wide), E)
+        for lo in range(0, N, step):
             hi = min(N, lo + step)
             chunk = _chunk_inputs(ism, inp, lo, hi)
             ref = [r.cpu() for r in ism._reference(chunk, ranges)]      # (FastISM: the pass of the first call)
@@ -382,5 +383,4 @@ def multi_edits(ism, seqs, edits, *, span: int | None = None, target=None, reduc
             call = _Call(chunk, ref, select, out, lo, bar)
             _run_hulls(ism, call, jobs, hulls)
             _run_mutants(ism, call, jobs, leads)
-            lo, step = hi, _chunk_size(ism, sum(math.prod(r.shape[1:]) for r in ref) + int(wide), E)
     return ism._finish(out, inp)
