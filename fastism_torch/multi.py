@@ -246,11 +246,14 @@ def _run_hulls(ism, call: _Call, jobs: list, widths: list) -> None:
     that change nothing in a sequence keep its reference."""
     own = ism.rows(call.inp.seq).cpu()                                           # (n, L, C)
     n = len(own)
+    by_width: dict = {}
+    for e, j in enumerate(jobs):
+        if j.lead == -1 and j.run:
+            by_width.setdefault(j.width, []).append(e)
     for width in widths:
         tasks, same = [], 0
-        for e, j in enumerate(jobs):
-            if j.lead != -1 or j.width != width or not j.run:
-                continue
+        for e in by_width[width]:
+            j = jobs[e]
             old = own[:, j.start:j.start + width]
             v = _written(old, j.run, j.start)
             real = np.flatnonzero(~(v == old).flatten(1).all(1).numpy())
