@@ -88,7 +88,8 @@ def bench_model(name: str, args) -> list:
 
 
 def main(argv=None) -> list:
-    common.reexec_with_malloc_env("benchmarks.bench_multi")
+    if argv is None:                                    # (from the command line, not from a test)
+        common.reexec_with_malloc_env("benchmarks.bench_multi")
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = []
