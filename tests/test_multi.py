@@ -282,3 +282,21 @@ def test_bad_edits_raise_one_line_errors():
         ft.multi_edits(model, x, [[(3, 1)]])
     with pytest.raises(ValueError, match=r"GiB.*target="):
         ism.multi_edits(x, [[(3, 1)]], max_bytes=4)
+
+
+def test_readme_example_motif_pair(monkeypatch):
+    """The README's example on the bundled example model, against the naive loop."""
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    monkeypatch.syspath_prepend(os.path.join(root, "examples"))
+    from example_model import make_model
+
+    from fastism_torch import inputs
+    x = inputs.load_sequences(os.path.join(root, "examples", "example.fa")).onehot[:1].astype("float32")
+    model = make_model()
+    edits = [[], [(60, "GATAAG")], [(120, "CACGTG")], [(60, "GATAAG"), (120, "CACGTG")], [(182, 1), (184, 2)],
+             [(180, np.full((6, 4), 0.25))]]
+    y = ft.FastISM(model, seq_len=300).multi_edits(x, edits, alphabet="ACGT")
+    assert isinstance(y, np.ndarray) and y.shape == (1, 6, 3)
+    assert_close(y, naive_multi(model, torch.from_numpy(x), edits))
+    assert float(np.abs(y[0, 3] - y[0, 0]).max()) > 0.5           # the motifs move the outputs
