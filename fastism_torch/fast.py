@@ -494,7 +494,11 @@ class FastISM(ISMBase):
         (:func:`.macs.mac_summary`); the costs :func:`fastism_torch.multi.multi_edits` chooses its forms by."""
         from .macs import mac_summary
         w = int(width)
-        s = mac_summary(self.gm, self.infos, self.plan_for(tuple((p, p + w) for p in range(self.seq_len - w + 1))))
+        ex = self._engine(tuple((p, p + w) for p in range(self.seq_len - w + 1)))      # (builds a lazy engine)
+        known = self.__dict__.setdefault("_window_macs", {})         # executor -> its MAC summary
+        if ex not in known:
+            known[ex] = mac_summary(self.gm, self.infos, ex.plan)
+        s = known[ex]
         return float(s["planned_macs_per_mutation"]), float(s["full_macs"])
 
     def mac_summary(self) -> dict:

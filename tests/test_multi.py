@@ -300,3 +300,15 @@ def test_readme_example_motif_pair(monkeypatch):
     assert isinstance(y, np.ndarray) and y.shape == (1, 6, 3)
     assert_close(y, naive_multi(model, torch.from_numpy(x), edits))
     assert float(np.abs(y[0, 3] - y[0, 0]).max()) > 0.5           # the motifs move the outputs
+
+
+def test_window_macs_builds_a_lazy_engine(monkeypatch):
+    """``FastISM.window_macs`` (the form choice's costs) on an engine that has not been built yet (the default
+    without the self-check): it builds, and gives the built engine's numbers; wider windows cost more."""
+    model = _model("dilated_residual")
+    built = ft.FastISM(model, L, test_correctness=False)
+    monkeypatch.setattr(ft.FastISM, "naive_when_cheaper", True)
+    lazy = ft.FastISM(model, L, test_correctness=False)
+    assert lazy.gm is None
+    assert lazy.window_macs(3) == built.window_macs(3)
+    assert built.window_macs(1)[0] < built.window_macs(8)[0] < built.window_macs(8)[1]
