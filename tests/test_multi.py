@@ -312,3 +312,27 @@ def test_window_macs_builds_a_lazy_engine(monkeypatch):
     assert lazy.gm is None
     assert lazy.window_macs(3) == built.window_macs(3)
     assert built.window_macs(1)[0] < built.window_macs(8)[0] < built.window_macs(8)[1]
+
+
+@pytest.mark.parametrize("engine", [ft.FastISM, ft.NaiveISM])
+def test_chunks_of_sequences_blocks_of_copies_and_progress(engine, monkeypatch):
+    """Sequences in chunks of one and copies in blocks of two (several engine calls per form), against the
+    naive loop; the progress bar counts every (sequence, edit) once."""
+    import fastism_torch.multi as multi
+    bars = []
+
+    def progress(ism, total, verbose, desc):
+        bars.append(multi_progress(ism, total, True, desc))
+        return bars[-1]
+    multi_progress = multi.progress
+    monkeypatch.setattr(multi, "progress", progress)
+    monkeypatch.setattr(multi, "_chunk_size", lambda *a: 1)
+    model, x = _model("pooling_dense"), random_onehot(3, L, seed=9)
+    edits = _edits(x)
+    kw = {"test_correctness": False} if engine is ft.FastISM else {}
+    ism = engine(model, L, **kw)
+    monkeypatch.setattr(ism, "_seq_chunk", lambda: 2)
+    want = naive_multi(model, x, edits)
+    for span in (0, L):
+        assert_close(ism.multi_edits(x, edits, span=span, alphabet=ACGT), want)
+        assert bars[-1].n == bars[-1].total == 3 * len(edits)
