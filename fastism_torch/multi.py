@@ -122,10 +122,11 @@ def parse_edits(edits, num_chars: int, seq_len: int, alphabet: str | None = None
 
 
 # --------------------------------------------------------------------------------------------- forms
-def width_class(width: int, seq_len: int) -> int:
-    """``width`` rounded up to one of 4 widths per power of two (at most ``seq_len``): hulls of nearby widths
-    share one engine call and its reference pass, at most a quarter wider than they are."""
-    step = 1 << max(0, int(width).bit_length() - 3)
+def width_class(width: int, seq_len: int, per_octave: int = 4) -> int:
+    """``width`` rounded up to one of ``per_octave`` widths (a power of two) per power of two, at most
+    ``seq_len``: hulls of nearby widths share one engine call and its reference pass (4: at most a quarter
+    wider than they are; an engine built with ``compile`` gets 1, as each width compiles its own graph)."""
+    step = 1 << max(0, int(width).bit_length() - int(per_octave).bit_length())
     return min(seq_len, -(-int(width) // step) * step)
 
 
@@ -135,8 +136,8 @@ def every_window(width: int, seq_len: int) -> tuple:
     return tuple((p, p + width) for p in range(seq_len - width + 1))
 
 
-def _job(lead: int, run: tuple, seq_len: int) -> Job:
-    width = width_class(run[-1].end - run[0].start, seq_len)
+def _job(lead: int, run: tuple, seq_len: int, per_octave: int) -> Job:
+    width = width_class(run[-1].end - run[0].start, seq_len, per_octave)
     return Job(lead, run, min(run[0].start, seq_len - width), width)
 
 
@@ -165,7 +166,7 @@ def _costs(ism) -> Callable | None:
 def plan_jobs(ism, windows: list, span: int | None) -> tuple[list, list]:
     """The :class:`Job` of every edit (of :class:`Window` lists ``windows``) and the window lists of the copies
     they run on (``leads``); the form by ``span`` or by the plan's costs (module docstring)."""
-    L = ism.seq_len
+    L, per_octave = ism.seq_len, 1 if getattr(ism, "compile", False) else 4
     others = [[_key(ws[:i] + ws[i + 1:]) for i in range(len(ws))] for ws in windows]
     counts = Counter(k for keys in others if len(keys) > 1 for k in keys)
     cost = _costs(ism) if span is None else None
@@ -180,17 +181,17 @@ def plan_jobs(ism, windows: list, span: int | None) -> tuple[list, list]:
             if span is not None:
                 mutant = hull > span
             elif cost is not None:
-                mutant = cost(width_class(hull, L))[0] > cost(width_class(len(ws[i].rows), L))[0] + \
-                    cost(1)[1] / counts[keys[i]]
+                mutant = cost(width_class(hull, L, per_octave))[0] > \
+                    cost(width_class(len(ws[i].rows), L, per_octave))[0] + cost(1)[1] / counts[keys[i]]
             else:
                 mutant = False
             if mutant:
                 if keys[i] not in lead_of:
                     lead_of[keys[i]] = len(leads)
                     leads.append(ws[:i] + ws[i + 1:])
-                jobs.append(_job(lead_of[keys[i]], (ws[i],), L))
+                jobs.append(_job(lead_of[keys[i]], (ws[i],), L, per_octave))
                 continue
-        jobs.append(_job(-1, tuple(ws), L))
+        jobs.append(_job(-1, tuple(ws), L, per_octave))
     return jobs, leads
 
 

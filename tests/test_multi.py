@@ -157,6 +157,13 @@ def test_span_forces_each_form(engine):
     assert_close(got, naive_multi(model, x, edits))
 
 
+def test_width_classes():
+    got = [width_class(w, 1000) for w in (1, 2, 7, 8, 9, 11, 16, 17, 100, 200, 999)]
+    assert got == [1, 2, 7, 8, 10, 12, 16, 20, 112, 224, 1000]
+    assert [width_class(w, 1000, 1) for w in (1, 3, 5, 9, 100, 600)] == [1, 4, 8, 16, 128, 1000]
+    assert all(w <= width_class(w, 1000) < 1.25 * w + 1 for w in range(1, 1001))
+
+
 def test_plan_costs_choose_the_form():
     """Default: a hull while its planned MACs per edit are at most the run window's plus its share of the copy's
     reference pass: close pairs run as hulls, many far pairs sharing one window run on that window's copy."""
