@@ -82,10 +82,12 @@ def test_bench_long_tiny(tmp_path):
     assert "FastISM x naive:" in text and "| FastISM |" in text and "machine:" in text and "commit" in text
 
 
-def test_bench_multi_tiny(tmp_path):
+@pytest.mark.parametrize("scenario,edits", [("snps", 40), ("scan", 24)])
+def test_bench_multi_tiny(tmp_path, scenario, edits):
     from benchmarks import bench_multi
     out = tmp_path / "RESULTS.md"
     rows = bench_multi.main(["--models", "tiny", "--length", "60", "--edits", "40", "--max-distance", "20",
-                             "--threads", "1", "--repeat", "1", "--naive-batch", "16", "--out", str(out)])
+                             "--scenario", scenario, "--threads", "1", "--repeat", "1", "--naive-batch", "16",
+                             "--out", str(out)])
     assert len(rows) == 1 and float(rows[0][-1]) < 1e-4          # every method agrees with the naive loop
-    assert "| tiny | 60 | 40 | 16 |" in out.read_text()
+    assert f"| tiny | 60 | {edits} | 16 |" in out.read_text()
