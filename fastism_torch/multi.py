@@ -16,8 +16,8 @@ Which form: with ``span``, an edit whose hull is at most ``span`` positions wide
 in the mutant-sequence form.  By default the plan decides: with ``m(w)`` the planned MACs per edit of a
 ``w``-wide window (averaged over positions, :meth:`FastISM.window_macs <fastism_torch.FastISM.window_macs>`)
 and ``F`` those of a full forward pass, an edit runs as a hull where ``m(hull) <= m(run window) + F / k``,
-``k`` the number of edits that share its copy.  An engine without a plan (NaiveISM, or a FastISM that has not
-been built yet) runs every edit as a hull: one forward pass per edit either way.  An edit of one window is
+``k`` the number of edits that share its copy.  An engine without a plan (NaiveISM; a FastISM not built yet,
+unless at least :data:`SHARED_BUILD` edits share one copy) runs every edit as a hull.  An edit of one window is
 a hull; an empty edit is the reference.  Hull edits that change nothing in a sequence are its reference.
 """
 from __future__ import annotations
@@ -145,10 +145,17 @@ def _key(wins) -> tuple:
     return tuple((w.start, w.rows.numpy().tobytes()) for w in wins)
 
 
-def _costs(ism) -> Callable | None:
-    """``cost(width) -> (MACs per edit, MACs of a full pass)`` from ``ism``'s plans; None without plans."""
+#: a FastISM not built yet (lazy) is built for the form choice when this many edits (over all sequences) share
+#: one mutant copy (a lazy engine's first probe, :data:`fastism_torch.costs.LAZY_PROBE`); otherwise every edit
+#: runs as a hull, as cheap as a copy where no edits share one
+SHARED_BUILD = 64
+
+
+def _costs(ism, build: bool) -> Callable | None:
+    """``cost(width) -> (MACs per edit, MACs of a full pass)`` from ``ism``'s plans; None without plans (a lazy
+    engine not built yet: built with ``build``)."""
     window_macs = getattr(ism, "window_macs", None)
-    if window_macs is None or getattr(ism, "_deferred", False):
+    if window_macs is None or (getattr(ism, "_deferred", False) and not build):
         return None
     cache: dict = {}
 
@@ -163,13 +170,15 @@ def _costs(ism) -> Callable | None:
     return cost
 
 
-def plan_jobs(ism, windows: list, span: int | None) -> tuple[list, list]:
-    """The :class:`Job` of every edit (of :class:`Window` lists ``windows``) and the window lists of the copies
-    they run on (``leads``); the form by ``span`` or by the plan's costs (module docstring)."""
+def plan_jobs(ism, windows: list, span: int | None, n_seqs: int = 1) -> tuple[list, list]:
+    """The :class:`Job` of every edit (of :class:`Window` lists ``windows``, applied to ``n_seqs`` sequences)
+    and the window lists of the copies they run on (``leads``); the form by ``span`` or by the plan's costs
+    (module docstring)."""
     L, per_octave = ism.seq_len, 1 if getattr(ism, "compile", False) else 4
     others = [[_key(ws[:i] + ws[i + 1:]) for i in range(len(ws))] for ws in windows]
     counts = Counter(k for keys in others if len(keys) > 1 for k in keys)
-    cost = _costs(ism) if span is None else None
+    shared = max(counts.values(), default=0) * n_seqs >= SHARED_BUILD
+    cost = _costs(ism, shared) if span is None else None
     jobs, leads, lead_of = [], [], {}
     for ws, keys in zip(windows, others):
         if not ws:
@@ -363,7 +372,7 @@ def multi_edits(ism, seqs, edits, *, span: int | None = None, target=None, reduc
     select = make_select(target, reduce)
     windows = parse_edits(edits, ism.num_chars, ism.seq_len, alphabet or getattr(ism, "alphabet", None))
     inp = ism.inputs(seqs)
-    jobs, leads = plan_jobs(ism, windows, span)
+    jobs, leads = plan_jobs(ism, windows, span, len(inp.seq))
     hulls = sorted({j.width for j in jobs if j.lead == -1 and j.run})
     first = hulls[0] if hulls else min((j.width for j in jobs if j.run), default=None)
     ranges = None if first is None else every_window(first, ism.seq_len)

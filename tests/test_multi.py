@@ -343,3 +343,22 @@ def test_chunks_of_sequences_blocks_of_copies_and_progress(engine, monkeypatch):
     for span in (0, L):
         assert_close(ism.multi_edits(x, edits, span=span, alphabet=ACGT), want)
         assert bars[-1].n == bars[-1].total == 3 * len(edits)
+
+
+def test_a_lazy_engine_builds_when_many_edits_share_a_copy(monkeypatch):
+    """An engine not built yet (no self-check, the cost model on) runs every edit as a hull, unless enough edits
+    share one copy (a motif pair scan) for the mutant form to matter: then it builds and chooses by the plan."""
+    import fastism_torch.multi as multi
+    monkeypatch.setattr(ft.FastISM, "naive_when_cheaper", True)
+    model = _model("dilated_residual")
+    scan = [[(2, "GATA"), (p, "CA")] for p in range(8, L - 2)]                 # 54 edits share (2, GATA)
+    windows = parse_edits(scan, 4, L, ACGT)
+    few = ft.FastISM(model, L, test_correctness=False)
+    jobs, _ = plan_jobs(few, windows, None, n_seqs=1)                           # 54 < SHARED_BUILD: hulls
+    assert few.gm is None and all(j.lead == -1 for j in jobs)
+    many = ft.FastISM(model, L, test_correctness=False)
+    jobs, leads = plan_jobs(many, windows, None, n_seqs=2)                      # 108 >= SHARED_BUILD: built
+    assert multi.SHARED_BUILD == 64 and many.gm is not None
+    assert [w.start for w in leads[0]] == [2] and sum(j.lead == 0 for j in jobs) > 40    # the far ones share it
+    x = random_onehot(2, L, seed=10)
+    assert_close(many.multi_edits(x, scan, alphabet=ACGT), naive_multi(model, x, scan))
