@@ -91,7 +91,17 @@ def layer_case(L: int, d: int, p0: int, gen: torch.Generator):
 
 
 def run(L: int, dilations, threads: int) -> list:
+    """The table's rows at ``threads`` torch threads (the caller's setting is restored)."""
+    before = torch.get_num_threads()
     torch.set_num_threads(threads)
+    try:
+        return _rows(L, dilations)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _rows(L: int, dilations) -> list:
+    threads = torch.get_num_threads()
     gen = torch.Generator().manual_seed(0)
     weight = torch.randn(CHANNELS, CHANNELS, KERNEL, generator=gen) / 8
     rows = []

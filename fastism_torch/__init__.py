@@ -9,6 +9,8 @@ Public API::
     pw = ism.pairwise(seqs, 100, 150)                    # (N, 50, 4, 50, 4, *output_shape) double mutants
     eps = fastism_torch.epistasis(pw, single, reference) # y(ij) - y(i) - y(j) + y(ref)
     dm = fastism_torch.dependency_map(model, seqs, start=100, end=150)   # tangermeme's, (N, L, 50)
+    y = ism.multi_edits(seqs, [[(100, 2), (140, 0)], [(200, "TGATAA"), (260, "CACGTG")]], alphabet="ACGT")
+                                                         # (N, 2, *output_shape): edits of several windows
 
     ism = fastism_torch.from_keras("model.h5")           # Keras 2/3 files, SavedModel, keras.Model
     ism = fastism_torch.from_onnx("model.onnx")
@@ -19,6 +21,7 @@ from .compat import saturation_mutagenesis
 from .dependency import dependency_map
 from .fast import FastISM
 from .naive import NaiveISM
+from .multi import multi_edits
 from .pairwise import epistasis, pairwise
 
 __version__ = "0.1.0"
@@ -36,5 +39,5 @@ def from_onnx(*args, **kwargs):
     return _from_onnx(*args, **kwargs)
 
 
-__all__ = ["FastISM", "NaiveISM", "dependency_map", "epistasis", "from_keras", "from_onnx", "pairwise",
-           "saturation_mutagenesis", "__version__"]
+__all__ = ["FastISM", "NaiveISM", "dependency_map", "epistasis", "from_keras", "from_onnx", "multi_edits",
+           "pairwise", "saturation_mutagenesis", "__version__"]

@@ -154,6 +154,13 @@ class ISMBase:
         return pairwise(self, seqs, start, end, **options)
 
     @torch.no_grad()
+    def multi_edits(self, seqs, edits, **options):
+        """Outputs ``(N, E, *out)`` of ``E`` edits that each set one or more disjoint windows of every sequence;
+        see :func:`fastism_torch.multi.multi_edits` for ``edits``, ``options`` and the result."""
+        from .multi import multi_edits
+        return multi_edits(self, seqs, edits, **options)
+
+    @torch.no_grad()
     def predict(self, seqs):
         """Reference outputs ``(N, *out)`` per model output (a tuple for several outputs)."""
         inp = self._inputs(seqs)

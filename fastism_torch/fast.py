@@ -411,6 +411,19 @@ class FastISM(NaiveRouting, ISMBase):
         """
         return check_against_naive(self, inp, n_seqs=n_seqs, n_ranges=n_ranges, rtol=rtol, seed=seed)
 
+    def window_macs(self, width: int) -> tuple[float, float]:
+        """``(planned MACs per edit, MACs of a full forward pass)`` for edits of ``width`` positions: the plan's
+        per-layer choice at each edit's exact widths, averaged over every ``width``-wide window of the sequence
+        (:func:`.macs.mac_summary`); the costs :func:`fastism_torch.multi.multi_edits` chooses its forms by."""
+        from .macs import mac_summary
+        w = int(width)
+        ex = self._engine(tuple((p, p + w) for p in range(self.seq_len - w + 1)))      # (builds a lazy engine)
+        known = self.__dict__.setdefault("_window_macs", {})         # executor -> its MAC summary
+        if ex not in known:
+            known[ex] = mac_summary(self.gm, self.infos, ex.plan)
+        s = known[ex]
+        return float(s["planned_macs_per_mutation"]), float(s["full_macs"])
+
     def mac_summary(self) -> dict:
         """MACs of one full forward pass vs the MACs the plan recomputes per mutation (averaged)."""
         from .macs import mac_summary

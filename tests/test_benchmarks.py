@@ -90,3 +90,14 @@ def test_bench_dilated_delta_tiny(tmp_path):
     assert [r[1] for r in rows] == [4, 32]
     assert all(float(r[-1]) < 1e-4 for r in rows)
     assert all(0 < r[8] < 1 for r in rows)
+
+
+@pytest.mark.parametrize("scenario,edits", [("snps", 40), ("scan", 24)])
+def test_bench_multi_tiny(tmp_path, scenario, edits):
+    from benchmarks import bench_multi
+    out = tmp_path / "RESULTS.md"
+    rows = bench_multi.main(["--models", "tiny", "--length", "60", "--edits", "40", "--max-distance", "20",
+                             "--scenario", scenario, "--threads", "1", "--repeat", "1", "--naive-batch", "16",
+                             "--out", str(out)])
+    assert len(rows) == 1 and float(rows[0][-1]) < 1e-4          # every method agrees with the naive loop
+    assert f"| tiny | 60 | {edits} | 16 |" in out.read_text()

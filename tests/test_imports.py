@@ -19,8 +19,8 @@ FLOORS = [
     ("ground: shared words, errors, enums, range arithmetic, input checks, global settings",
      ["errors", "common", "kinds", "ranges", "validate", "precision", "deferred_dynamo"]),
     ("kernels: the edit graph's custom ops (plain torch)", ["kernels", "kernels.*"]),
-    ("the engines' front end and the oracle (naive ISM); double mutants over any engine",
-     ["base", "naive", "pairwise"]),
+    ("the engines' front end and the oracle (naive ISM); double mutants and edits of several windows over any "
+     "engine", ["base", "naive", "pairwise", "multi"]),
     ("graph capture and the per-op rules", ["functional", "shapes", "capture", "rules", "rules.*"]),
     ("analysis and the plan", ["analysis", "plan", "macs", "sizing", "costs", "static_batches"]),
     ("the edit graph and its executor", ["rewrite", "execute", "static_macs"]),
