@@ -18,6 +18,21 @@ class Lambda(nn.Module):
         return self.fn(x)
 
 
+class Attention(nn.Module):
+    """Conv, then single-head self-attention over the length (a stop), mean, dense."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 8, 5, padding=2)
+        self.q, self.k, self.v = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+        self.out = nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x)).transpose(1, 2)                             # (N, L, 8)
+        a = torch.softmax(self.q(h) @ self.k(h).transpose(1, 2) / 8 ** 0.5, -1)
+        return self.out((a @ self.v(h)).mean(1))
+
+
 def scale_weights(model: nn.Module, seed: int = 0) -> nn.Module:
     """Kaiming-scaled weights and non-trivial BatchNorm statistics, so mutations move the outputs."""
     g = torch.Generator().manual_seed(seed)
