@@ -170,8 +170,8 @@ def report(args, rows: list) -> None:
             "one window of its hull (span=L), mutant = every edit a single edit of a mutant copy (span=0). Set-up = "
             "construction + the first call's plans. Max rel diff: every method against the naive loop.\n\n")
     body += common.markdown_table(heads + ["max rel diff"], rows)
-    body += ("\n\nCaveat: a 2-core machine shared with other agents' jobs (the lead benchmarks at the same time); "
-             "ratios are taken within one process, but contention varies during the run: the numbers are noisy.\n")
+    body += ("\n\nCaveat: a 2-core machine; the load average above says whether other work competed. Ratios are "
+             "taken within one process, but contention varies during a run.\n")
     if args.out:
         print(common.append_results(args.out, f"Edits of several windows (multi_edits, {args.scenario}), CPU, "
                                     f"L={args.length}", CPU, body))
