@@ -27,6 +27,14 @@ BATCH_STATS = ("normalises with the statistics of the batch (no running statisti
                "(track_running_stats=True) or use it in training mode only")
 
 
+def refuse_batch_statistics(model: nn.Module) -> None:
+    """``ISMUndefinedError`` for a BatchNorm module of ``model`` without running statistics, found from its modules
+    alone (a lazy engine runs naive ISM before any capture, so the graph's own check has not run yet)."""
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.running_mean is None:
+            raise ISMUndefinedError(f"{name}: {BATCH_STATS}")
+
+
 @dataclass(frozen=True)
 class NodeInfo:
     state: State

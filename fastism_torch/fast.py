@@ -149,6 +149,9 @@ class FastISM(NaiveRouting, ISMBase):
         # lazy (CPU eager, no self-check): build at the first call that pays for it (:mod:`.routing`)
         self._init_routing(lazy=not test_correctness and not strict and not compile and self.device.type == "cpu"
                            and self.static_kernels is not True)
+        if self._lazy:                    # (a built engine refuses them in its analysis)
+            from .analysis import refuse_batch_statistics
+            refuse_batch_statistics(self.model)
         params = inspect.signature(self.model.forward).parameters.values()
         n_required = sum(p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
                          for p in params)

@@ -330,6 +330,19 @@ def test_warm_lazy_engine_runs_a_call_as_one_naive_call(monkeypatch):
     torch.testing.assert_close(got, ft.NaiveISM(m, 60).saturation_mutagenesis(x))
 
 
+def test_lazy_engine_refuses_batch_statistics_as_a_built_one_does(monkeypatch):
+    """A BatchNorm without running statistics makes ISM undefined: a lazy engine (which runs naive ISM before any
+    analysis) refuses it at construction with the built engine's error, instead of returning batch-dependent
+    numbers."""
+    from fastism_torch import errors
+    monkeypatch.setattr(ft.FastISM, "naive_when_cheaper", True)
+    m = nn.Sequential(nn.Conv1d(4, 4, 3, padding=1), nn.BatchNorm1d(4, track_running_stats=False), nn.Flatten(),
+                      nn.Linear(4 * 20, 1))
+    for check in (False, True):                               # lazy, then built (with the self-check)
+        with pytest.raises(errors.ISMUndefinedError, match="1: normalises with the statistics of the batch"):
+            ft.FastISM(m, 20, test_correctness=check)
+
+
 def test_self_check_checks_the_fast_path_even_where_naive_is_cheaper(monkeypatch):
     """The cost model must not route the self-check's own edits to naive ISM (it would compare naive with
     itself): a fast path broken on purpose is caught on a model small enough for the cost model to prefer naive."""

@@ -5,8 +5,8 @@ stride / dilation / group setting, functional and depthwise-separable ones, pool
 in place), residuals with crops by shape arithmetic, constant crops, channel and batch concatenation, channel-wise
 Linear/LayerNorm, reverse-complement flips and weight sharing, squeeze-excite gates, attention pooling, strided
 transposed-conv upsampling, recurrent and attention layers, flatten / pooling / profile / dict / tuple heads);
-:mod:`fuzz.harness` runs a seed and names its outcome.  Each seed compares every position zeroed (and full saturation for every 4th seed) on random
-one-hot input.  The default run is :data:`fuzz.harness.SEEDS_PER_RUN` seeds (0-1999) in chunks of
+:mod:`fuzz.harness` runs a seed and names its outcome.  Each seed compares every position zeroed (and full saturation for every 4th seed,
+edits of several windows, ``multi_edits``, for every 8th) on random one-hot input.  The default run is :data:`fuzz.harness.SEEDS_PER_RUN` seeds (0-1999) in chunks of
 :data:`CHUNK`, one test case each; a failing seed prints its architecture and a one-line replay command.
 
 Environment:

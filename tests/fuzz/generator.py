@@ -175,5 +175,5 @@ def build(seed: int):
         model = scale_weights(model, seed)
     ops = ([f"input (N, L={g.L0}, 4) -> transpose"] if layout == "NLC" else [f"input (N, 4, L={g.L0})"]) \
         + g.ops + [f"head: {hdesc}"]
-    settings = dict(n=r.choice([1, 2, 2]), saturation=seed % 4 == 0, static=r.random() < 0.5)
+    settings = dict(n=r.choice([1, 2, 2]), saturation=seed % 4 == 0, static=r.random() < 0.5, multi=seed % 8 == 5)
     return model, g.L0, layout, ops, settings

@@ -27,6 +27,7 @@ import time
 import traceback
 import warnings
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -144,10 +145,30 @@ class _Float64(nn.Module):
         return self.m(x.double())
 
 
+def multi_edits_of(seed: int, L: int) -> tuple:
+    """``(edits, span)`` for :meth:`FastISM.multi_edits` on seed ``seed``: double mutants near and far apart, both
+    sequence ends, an N window, three windows; ``span`` cycles through the plan's choice, all mutant copies and all
+    hulls."""
+    r = np.random.default_rng(seed)
+    base = lambda: int(r.integers(4))              # noqa: E731
+    a = int(r.integers(0, max(1, L - 2)))
+    edits = [[(a, base()), (min(L - 1, a + 1 + int(r.integers(0, 3))), base())], [(0, base()), (L - 1, base())],
+             [(int(r.integers(0, L - 1)), np.full((2, 4), 0.25))]]
+    if L >= 6:
+        p = sorted(r.choice(L, 3, replace=False).tolist())
+        edits.append([(int(q), base()) for q in p])
+    return edits, (None, 0, L)[seed % 3]
+
+
 def _rounding_only(model, L, layout, x, fast_out, saturation) -> bool:
     """A difference that float32 rounding explains: FastISM is no further from float64 naive ISM than float32
-    naive ISM is (ill-conditioned models, e.g. a LayerNorm over 2 channels, amplify 1-ulp differences)."""
-    run = (lambda e: e.saturation_mutagenesis(x)) if saturation else (lambda e: e(x))
+    naive ISM is (ill-conditioned models, e.g. a LayerNorm over 2 channels, amplify 1-ulp differences).
+    ``saturation``: True (saturation mutagenesis), False (every position zeroed) or ``(edits, span)``
+    (:meth:`FastISM.multi_edits`)."""
+    if isinstance(saturation, tuple):
+        run = lambda e: e.multi_edits(x, saturation[0])                      # noqa: E731
+    else:
+        run = (lambda e: e.saturation_mutagenesis(x)) if saturation else (lambda e: e(x))
     try:
         naive = run(ft.NaiveISM(model, L, layout=layout))
         exact = run(ft.NaiveISM(_Float64(model), L, layout=layout))
@@ -176,14 +197,17 @@ def _refused(e: BaseException, phase: str) -> bool:
     return not ran_graph and not (isinstance(e, RuntimeError) and _raised_in_fastism(e))
 
 
-def _outcome(model, L, layout, x, st, fast_out, naive_out) -> tuple[str, str]:
-    """(outcome, detail) of a seed whose engines both ran; ``*_out``: (ism, saturation or None)."""
-    diff, phase = _compare(fast_out[0], naive_out[0]), "ism, zeroed positions"
+def _outcome(model, L, layout, x, st, fast_out, naive_out, multi=None) -> tuple[str, str]:
+    """(outcome, detail) of a seed whose engines both ran; ``*_out``: (ism, saturation or None, multi_edits or
+    None); ``multi``: the seed's ``(edits, span)`` (:func:`multi_edits_of`)."""
+    diff, phase, k = _compare(fast_out[0], naive_out[0]), "ism, zeroed positions", 0
     if diff is None and fast_out[1] is not None:
-        diff, phase = _compare(fast_out[1], naive_out[1]), "saturation_mutagenesis"
+        diff, phase, k = _compare(fast_out[1], naive_out[1]), "saturation_mutagenesis", 1
+    if diff is None and fast_out[2] is not None:
+        diff, phase, k = _compare(fast_out[2], naive_out[2]), "multi_edits", 2
     if diff is not None:
-        sat = phase == "saturation_mutagenesis"
-        noisy = _rounding_only(model, L, layout, x, fast_out[sat], sat)
+        how = (False, True, multi)[k]
+        noisy = _rounding_only(model, L, layout, x, fast_out[k], how)
         return ("noisy" if noisy else "WRONG"), f"[{phase}] {diff}"
     moved = spread(naive_out[0], relative=True)
     if moved < MIN_SPREAD:
@@ -205,7 +229,9 @@ def run_seed(seed: int) -> dict:
             fast.static_kernels = st["static"]
             try:           # the oracle runs the model itself: FastISM's private copy leaves it untouched
                 naive = ft.NaiveISM(model, L, layout=layout, copy_model=False)
-                naive_out = (naive(x), naive.saturation_mutagenesis(x) if st["saturation"] else None)
+                multi = multi_edits_of(seed, L) if st.get("multi") and L >= 4 else None
+                naive_out = (naive(x), naive.saturation_mutagenesis(x) if st["saturation"] else None,
+                             naive.multi_edits(x, multi[0]) if multi else None)
             except Exception as e:
                 res.update(outcome="NAIVE_ERROR", detail=_first_line(e), where=_where(e), tb=traceback.format_exc(),
                            t=time.perf_counter() - t0)
@@ -213,14 +239,17 @@ def run_seed(seed: int) -> dict:
             phase = "ism"
             a = fast(x)
             phase = "saturation_mutagenesis"
-            fast_out = (a, fast.saturation_mutagenesis(x) if st["saturation"] else None)
+            b = fast.saturation_mutagenesis(x) if st["saturation"] else None
+            phase = "multi_edits"
+            fast_out = (a, b, fast.multi_edits(x, multi[0], span=multi[1]) if multi else None)
         except Exception as e:          # construction / capture / analysis, or planning / rewriting / executing
-            res.update(outcome="unsupported" if _refused(e, phase) else "INTERNAL",
+            refused = _refused(e, phase) and phase != "multi_edits"      # (its single-window calls just ran)
+            res.update(outcome="unsupported" if refused else "INTERNAL",
                        detail=("" if phase == "construction" else f"[{phase}] ") + _first_line(e), where=_where(e),
                        tb=traceback.format_exc(), stops=_stop_reasons(caught), t=time.perf_counter() - t0)
             return res
         res["stops"] = _stop_reasons(caught)
-    outcome, detail = _outcome(model, L, layout, x, st, fast_out, naive_out)
+    outcome, detail = _outcome(model, L, layout, x, st, fast_out, naive_out, multi)
     res.update(outcome=outcome, detail=detail, t=time.perf_counter() - t0)
     return res
 
