@@ -215,10 +215,20 @@ def bench_dmap(name: str, model, x: torch.Tensor, width: int, slow: bool = False
     return row
 
 
-def main(argv=None) -> None:
-    common.reexec_with_malloc_env("benchmarks.bench_pairwise")
+def main(argv=None) -> tuple[list, list]:
+    """Run the benchmark; returns the pairwise rows and the dependency-map rows (the thread count is restored)."""
+    if argv is None:                                    # (from the command line, not from a test)
+        common.reexec_with_malloc_env("benchmarks.bench_pairwise")
     args = parse_args(argv)
+    threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
+    try:
+        return _main(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _main(args) -> tuple[list, list]:
     rows, drows = [], []
     for name in args.models.split(","):
         model = make_model(name, args.length).eval()
@@ -258,6 +268,7 @@ def main(argv=None) -> None:
         print(common.append_results(args.out, f"Pairwise ISM, CPU, L={args.length}", torch.device("cpu"), body))
     else:
         print(body)
+    return rows, drows
 
 
 if __name__ == "__main__":

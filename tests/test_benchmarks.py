@@ -11,6 +11,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from benchmarks import bench_cpu, bench_gpu, profile_gpu  # noqa: E402
+from benchmarks.common import random_seqs as common_seqs  # noqa: E402
+
+import fastism_torch as ft  # noqa: E402
 
 HAS_TANGERMEME = importlib.util.find_spec("tangermeme") is not None
 
@@ -101,3 +104,27 @@ def test_bench_multi_tiny(tmp_path, scenario, edits):
                              "--out", str(out)])
     assert len(rows) == 1 and float(rows[0][-1]) < 1e-4          # every method agrees with the naive loop
     assert f"| tiny | 60 | {edits} | 16 |" in out.read_text()
+
+
+@pytest.mark.skipif(not HAS_TANGERMEME, reason="needs tangermeme")
+def test_bench_pairwise_tiny_and_its_exact_work_bound(tmp_path, monkeypatch):
+    """The pairwise and dependency-map tables on a tiny model; the exact-work bound lies between the reference
+    passes alone and those plus every double mutant as a full fast single edit, and the naive rate it is timed at
+    is naive ISM's: one full pass per edit of the window call."""
+    from benchmarks import bench_pairwise
+    out = tmp_path / "RESULTS.md"
+    rows, drows = bench_pairwise.main(["--models", "tiny", "--length", "40", "--widths", "4", "--dmap-width", "2",
+                                       "--threads", "1", "--naive-batch", "16", "--out", str(out)])
+    assert len(rows) == 1 and len(drows) == 1 and float(drows[0][-1]) < 1e-4
+    assert "exact-work bound" in out.read_text()
+    model = bench_pairwise.make_model("tiny", 40).eval()
+    bound, full = bench_pairwise.exact_work_macs(model, 40, 19, 21)
+    fast = ft.FastISM(model, 40, test_correctness=False).mac_summary()["fast_macs_per_mutation"]
+    assert 7 * full < bound <= 7 * full + 9 * 2 * 39 * fast
+    calls = []
+    real = ft.NaiveISM._run_edits
+    monkeypatch.setattr(ft.NaiveISM, "_run_edits", lambda self, inp, ranges, edits, *a:
+                        calls.append(len(edits.seq)) or real(self, inp, ranges, edits, *a))
+    monkeypatch.setattr(bench_pairwise.common, "timed", lambda fn, device: (fn(), 2.0))     # 2 s per call
+    rate = bench_pairwise.naive_macs_per_s(model, common_seqs(1, 40), full, n_positions=8)
+    assert calls[-1] == 8 and rate == 8 * full / 2.0      # the edits the timed call ran, one full pass each
