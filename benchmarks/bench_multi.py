@@ -71,40 +71,19 @@ def make_edits(x: torch.Tensor, args) -> list:
     return [[(int(i), int(a)), (int(j), int(b))] for i, a, j, b in pairs.T]
 
 
-@torch.inference_mode()
 def naive_loop(model, x: torch.Tensor, windows: list, batch: int) -> list:
     """Outputs of ``model`` on ``x`` (1, 4, L) with each edit's windows (:func:`fastism_torch.multi.parse_edits`)
-    written in, ``batch`` edited sequences per forward pass in a reused buffer: list per output ``(E, *out)``."""
-    E = len(windows)
-    buf = torch.empty((batch, *x.shape[1:]))
-    outs = None
-    for lo in range(0, E, batch):
-        n = min(batch, E - lo)
-        xb = buf[:n]
-        xb.copy_(x.expand(n, -1, -1))
-        for k, wins in enumerate(windows[lo:lo + n]):
+    written in (:func:`benchmarks.common.naive_edit_loop`): list per output ``(E, *out)``."""
+    def write(xb, lo):
+        for k, wins in enumerate(windows[lo:lo + len(xb)]):
             for w in wins:
                 xb[k, :, w.start:w.end] = w.rows.T
-        y = common.as_list(model(xb))
-        if outs is None:
-            outs = [torch.empty((E, *o.shape[1:])) for o in y]
-        for o, v in zip(outs, y):
-            o[lo:lo + n] = v
-    return outs
+    return common.naive_edit_loop(model, x, len(windows), batch, write)
 
 
 def best_batch(model, x, windows, choice: str) -> tuple[int, dict]:
-    """The naive loop's batch size: ``choice``, or with ``auto`` the fastest per edit of 8-128 (timed on twice
-    as many edits as the batch, after a warm-up)."""
-    if choice != "auto":
-        return int(choice), {}
-    per = {}
-    for size in (8, 16, 32, 64, 128):
-        sub = windows[:2 * size]
-        naive_loop(model, x, sub, size)
-        _, t = common.timed(lambda: naive_loop(model, x, sub, size), CPU)
-        per[size] = t / len(sub)
-    return min(per, key=per.get), per
+    """The naive loop's batch size (:func:`benchmarks.common.fastest_batch`)."""
+    return common.fastest_batch(lambda n, size: naive_loop(model, x, windows[:n], size), len(windows), choice)
 
 
 def _rel(got, want) -> float:

@@ -22,7 +22,6 @@ The process re-executes itself with glibc's allocator told to keep freed memory 
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import torch
@@ -66,39 +65,22 @@ def _pairs(x: torch.Tensor, start: int, end: int):
     return np.array(rows, dtype=np.int64).T
 
 
-@torch.inference_mode()
 def naive_pairwise(model, x: torch.Tensor, pairs: np.ndarray, batch: int):
-    """Outputs of ``model`` on the double mutants ``pairs`` of ``x`` (1, 4, L): list per output ``(E, *out)``."""
+    """Outputs of ``model`` on the double mutants ``pairs`` of ``x`` (1, 4, L)
+    (:func:`benchmarks.common.naive_edit_loop`): list per output ``(E, *out)``."""
     pi, a, pj, b = (torch.from_numpy(p) for p in pairs)
-    E, eye = pi.shape[0], torch.eye(4)
-    buf = torch.empty((batch, *x.shape[1:]))
-    outs = None
-    for lo in range(0, E, batch):
-        n = min(batch, E - lo)
-        xb = buf[:n]
-        xb.copy_(x.expand(n, -1, -1))
-        r = torch.arange(n)
+    eye = torch.eye(4)
+
+    def write(xb, lo):
+        n, r = len(xb), torch.arange(len(xb))
         xb[r, :, pi[lo:lo + n]] = eye[a[lo:lo + n]]
         xb[r, :, pj[lo:lo + n]] = eye[b[lo:lo + n]]
-        y = common.as_list(model(xb))
-        if outs is None:
-            outs = [torch.empty((E, *o.shape[1:])) for o in y]
-        for o, v in zip(outs, y):
-            o[lo:lo + n] = v
-    return outs
+    return common.naive_edit_loop(model, x, pi.shape[0], batch, write)
 
 
 def best_naive_batch(model, x, pairs, choice: str) -> tuple[int, dict]:
-    if choice != "auto":
-        return int(choice), {}
-    per = {}
-    for size in (8, 16, 32, 64, 128):
-        sub = pairs[:, :min(pairs.shape[1], 2 * size)]
-        naive_pairwise(model, x, sub, size)                  # warm
-        t0 = time.perf_counter()
-        naive_pairwise(model, x, sub, size)
-        per[size] = (time.perf_counter() - t0) / sub.shape[1]
-    return min(per, key=per.get), per
+    """The naive loop's batch size (:func:`benchmarks.common.fastest_batch`)."""
+    return common.fastest_batch(lambda n, size: naive_pairwise(model, x, pairs[:, :n], size), pairs.shape[1], choice)
 
 
 # ------------------------------------------------------------------------------------------- one row

@@ -119,6 +119,41 @@ def as_list(y) -> list[torch.Tensor]:
     return [y] if isinstance(y, torch.Tensor) else list(y)
 
 
+@torch.inference_mode()
+def naive_edit_loop(model, x: torch.Tensor, n_edits: int, batch: int, write) -> list[torch.Tensor]:
+    """The fastest naive loop of the pairwise and multi-window benches: ``model`` on ``n_edits`` edited copies of
+    ``x`` (1, ...), ``batch`` per forward pass in one reused input buffer; ``write(xb, lo)`` writes edits
+    ``lo .. lo + len(xb)`` into the copies ``xb``.  Returns ``(n_edits, *out)`` per model output."""
+    buf = torch.empty((batch, *x.shape[1:]))
+    outs = None
+    for lo in range(0, n_edits, batch):
+        n = min(batch, n_edits - lo)
+        xb = buf[:n]
+        xb.copy_(x.expand(n, *x.shape[1:]))
+        write(xb, lo)
+        y = as_list(model(xb))
+        if outs is None:
+            outs = [torch.empty((n_edits, *o.shape[1:])) for o in y]
+        for o, v in zip(outs, y):
+            o[lo:lo + n] = v
+    return outs
+
+
+def fastest_batch(run, n_edits: int, choice: str, sizes=(8, 16, 32, 64, 128)) -> tuple[int, dict]:
+    """A naive loop's batch size: ``choice``, or with ``auto`` the fastest per edit of ``sizes``, each timed on
+    up to twice as many edits as the batch after a warm-up run; ``run(n, size)`` runs the first ``n`` edits at
+    batch ``size``.  Returns the size and the seconds per edit of each."""
+    if choice != "auto":
+        return int(choice), {}
+    per = {}
+    for size in sizes:
+        n = min(n_edits, 2 * size)
+        run(n, size)
+        _, t = timed(lambda: run(n, size), torch.device("cpu"))
+        per[size] = t / n
+    return min(per, key=per.get), per
+
+
 @torch.no_grad()
 def naive_float64(model, seqs, device, batch_size: int = 256) -> list[torch.Tensor]:
     """Full saturation mutagenesis ``(N, 4, L, *out)`` per output in float64 (a float64 copy of the model, one
