@@ -141,6 +141,7 @@ class FastISM(NaiveRouting, ISMBase):
         self.compiled_graphs = 0          # graphs torch.compile built for this engine (compile=True)
         self._test_correctness = test_correctness
         self._engines: dict = {}
+        self._window_macs: dict = {}      # executor -> its MAC summary (:meth:`window_macs`)
         self._pattern = None
         self.gm = None
         self._example = None              # the inputs the graph was captured for (two sequences)
@@ -421,10 +422,9 @@ class FastISM(NaiveRouting, ISMBase):
         from .macs import mac_summary
         w = int(width)
         ex = self._engine(tuple((p, p + w) for p in range(self.seq_len - w + 1)))      # (builds a lazy engine)
-        known = self.__dict__.setdefault("_window_macs", {})         # executor -> its MAC summary
-        if ex not in known:
-            known[ex] = mac_summary(self.gm, self.infos, ex.plan)
-        s = known[ex]
+        if ex not in self._window_macs:
+            self._window_macs[ex] = mac_summary(self.gm, self.infos, ex.plan)
+        s = self._window_macs[ex]
         return float(s["planned_macs_per_mutation"]), float(s["full_macs"])
 
     def mac_summary(self) -> dict:

@@ -34,7 +34,6 @@ class NaiveRouting:
         """Not built, and building waits for a call that pays for it (:meth:`_run_lazy`)."""
         return self.gm is None and self._lazy and self.naive_when_cheaper
 
-
     def _run_naive(self, inp, ranges, edits, sinks, bar, why: str) -> None:
         """``edits`` by naive ISM (the model's own ops, sharing this engine's model), saying why once."""
         from .naive import NaiveISM

@@ -50,8 +50,8 @@ def matmul(ctx: RuleContext) -> Decision:
 
 
 mark_linear(*module_types(nn.Linear))
-mark_linear(*functions("linear", modules=(F,)), *functions("matmul", modules=(torch,)), ("function", operator.matmul),
-       *methods("matmul"), when=varying_first)
+mark_linear(*functions("linear", modules=(F,)), *functions("matmul", modules=(torch,)),
+            ("function", operator.matmul), *methods("matmul"), when=varying_first)
 
 
 def inc_linear_user(node: fx.Node, gm: fx.GraphModule, early: set) -> fx.Node | None:

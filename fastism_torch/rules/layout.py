@@ -251,9 +251,9 @@ def ndim_query(ctx: RuleContext) -> Decision:
 
 # every op above moves, copies or pads values (or reads only shapes): affine in the sequence
 mark_linear(*methods("size", "dim"), ("function", getattr),
-       *methods("permute", "transpose", "swapaxes", "unsqueeze", "view", "reshape", "squeeze", "flatten",
-                "unflatten", "narrow", "flip"),
-       *functions("permute", "transpose", "swapaxes", "unsqueeze", "reshape", "squeeze", "flatten", "unflatten",
-                  "narrow", "flip", modules=(torch,)),
-       *functions("pad", modules=(F,)), ("function", operator.getitem),
-       *module_types(nn.Flatten, nn.Unflatten, nn.ConstantPad1d, nn.ConstantPad2d, nn.ZeroPad1d, nn.ZeroPad2d))
+            *methods("permute", "transpose", "swapaxes", "unsqueeze", "view", "reshape", "squeeze", "flatten",
+                     "unflatten", "narrow", "flip"),
+            *functions("permute", "transpose", "swapaxes", "unsqueeze", "reshape", "squeeze", "flatten", "unflatten",
+                       "narrow", "flip", modules=(torch,)),
+            *functions("pad", modules=(F,)), ("function", operator.getitem),
+            *module_types(nn.Flatten, nn.Unflatten, nn.ConstantPad1d, nn.ConstantPad2d, nn.ZeroPad1d, nn.ZeroPad2d))

@@ -209,14 +209,15 @@ def relu_in_place_after_conv(g: fx.Graph, node: fx.Node, root: nn.Module) -> Non
 
 
 # ---------------------------------------------------------------- which of these are affine in the sequence
-mark_linear(*module_types(nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.BatchNorm1d,
-                     nn.BatchNorm2d),                                      # (eval mode: identity, affine)
-       *functions("dropout", "dropout1d", "dropout2d", "alpha_dropout", "neg", "add", "sub", "subtract",
-                  "cat", "concat", "concatenate"),
-       *[("function", f) for f in (operator.add, operator.sub, operator.neg, operator.iadd, operator.isub)],
-       *methods("add", "add_", "sub", "neg", "contiguous", "clone", "float", "double", "to", "type_as", "detach"))
+mark_linear(*module_types(nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout,
+                         nn.BatchNorm1d, nn.BatchNorm2d),                  # (eval mode: identity, affine)
+            *functions("dropout", "dropout1d", "dropout2d", "alpha_dropout", "neg", "add", "sub", "subtract",
+                       "cat", "concat", "concatenate"),
+            *[("function", f) for f in (operator.add, operator.sub, operator.neg, operator.iadd, operator.isub)],
+            *methods("add", "add_", "sub", "neg", "contiguous", "clone", "float", "double", "to", "type_as",
+                     "detach"))
 mark_linear(*functions("mul", "multiply"), *[("function", f) for f in (operator.mul, operator.imul)],
-       *methods("mul", "mul_"), when=one_varying)
-mark_linear(*functions("div", "divide", "true_divide"), *[("function", f) for f in (operator.truediv,
-                                                                                 operator.itruediv)],
-       *methods("div", "div_"), *functions("batch_norm", modules=(nn.functional,)), when=varying_first)
+            *methods("mul", "mul_"), when=one_varying)
+mark_linear(*functions("div", "divide", "true_divide"),
+            *[("function", f) for f in (operator.truediv, operator.itruediv)],
+            *methods("div", "div_"), *functions("batch_norm", modules=(nn.functional,)), when=varying_first)

@@ -122,4 +122,5 @@ def pool_module_macs(ctx: RuleContext) -> int:
 def pool_function_macs(ctx: RuleContext) -> int:
     return kernel_elements(ctx.arg(1, "kernel_size", 1))
 
+
 mark_linear(*module_types(nn.AvgPool1d, nn.AvgPool2d), *functions("avg_pool1d", modules=(F,)))     # (max: not affine)

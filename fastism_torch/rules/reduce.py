@@ -143,5 +143,6 @@ def einsum_macs(ctx: RuleContext) -> float:
     batch = ctx.out_shape[0] if ctx.out_shape else 1
     return math.prod(sizes.values()) / max(1, batch)
 
-mark_linear(*methods("mean", "sum"), *functions("mean", "sum", modules=(torch,)), *module_types(nn.AdaptiveAvgPool1d),
-       *functions("adaptive_avg_pool1d", modules=(F,)))
+
+mark_linear(*methods("mean", "sum"), *functions("mean", "sum", modules=(torch,)),
+            *module_types(nn.AdaptiveAvgPool1d), *functions("adaptive_avg_pool1d", modules=(F,)))
