@@ -27,11 +27,16 @@ BATCH_STATS = ("normalises with the statistics of the batch (no running statisti
                "(track_running_stats=True) or use it in training mode only")
 
 
+def _batch_statistics(mod: nn.Module) -> bool:
+    """A BatchNorm module without running statistics (it normalises with the batch's)."""
+    return isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.running_mean is None
+
+
 def refuse_batch_statistics(model: nn.Module) -> None:
     """``ISMUndefinedError`` for a BatchNorm module of ``model`` without running statistics, found from its modules
     alone (a lazy engine runs naive ISM before any capture, so the graph's own check has not run yet)."""
     for name, mod in model.named_modules():
-        if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.running_mean is None:
+        if _batch_statistics(mod):
             raise ISMUndefinedError(f"{name}: {BATCH_STATS}")
 
 
@@ -65,8 +70,7 @@ def _check_batch_independent(gm: fx.GraphModule) -> None:
     """Refuse a model whose predictions depend on the other sequences of their batch, wherever the op is."""
     for node in gm.graph.nodes:
         if node.op == "call_module":
-            mod = gm.get_submodule(node.target)
-            if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.running_mean is None:
+            if _batch_statistics(gm.get_submodule(node.target)):
                 raise ISMUndefinedError(f"{node.target}: {BATCH_STATS}")
         elif node.op == "call_function" and node.target is F.batch_norm:
             mean = node.args[1] if len(node.args) > 1 else node.kwargs.get("running_mean")

@@ -148,7 +148,6 @@ def dependency_map(model, X, args=None, start: int = 0, end: int = -1, func=None
     return (total / torch.from_numpy(counts)[:, :, None]).transpose(1, 2).float()
 
 
-
 def _head_singles(sp, ism, inp, every: np.ndarray, select):
     """Single mutants of every position through :mod:`.far_pairs`' head (one saturation scan) and tail: the head's
     reference and single mutants ``(N, L, C, ...)`` per head output, the model's raw reference outputs, and the

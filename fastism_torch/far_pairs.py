@@ -7,7 +7,7 @@ changes.  The model splits there into a *head* (sequence -> the values the nonli
 *tail* (those values -> outputs): the double mutant is ``tail(h(ref) + dh(i) + dh(j))``, exact up to
 rounding, and costs one pass of the tail (Basset: 1 M multiply-adds, against ~17 M for a fast edit of the
 whole model).  :func:`split` builds the two parts from a FastISM engine's graph; the single mutants come from
-one saturation scan of the head (:func:`head_singles`).
+one saturation scan of the head (:func:`fastism_torch.dependency._head_singles`).
 """
 from __future__ import annotations
 
