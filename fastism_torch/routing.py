@@ -28,6 +28,7 @@ class NaiveRouting:
         self._naive_edits = 0             # edits in _naive_spent
         self._ref_s_per_seq = 0.0         # a lazy engine's last plain reference pass, seconds per sequence
         self._warm = False                # a lazy engine's naive ISM has run once (first uses paid)
+        self._setup_s = None              # costs.setup_estimate of the model, once (a walk over its modules)
 
     @property
     def _deferred(self) -> bool:
@@ -55,7 +56,9 @@ class NaiveRouting:
         the rest by naive ISM too if it fits; once timed, a call that fits runs by naive ISM whole, in naive ISM's
         own batches.  A build runs the rest in chunks of the engine's own size."""
         n = len(edits.seq)
-        budget = costs.LAZY_MARGIN * costs.setup_estimate(self.model)
+        if self._setup_s is None:
+            self._setup_s = costs.setup_estimate(self.model)
+        budget = costs.LAZY_MARGIN * self._setup_s
         if self._naive_edits:
             fits = self._naive_spent * (1 + n / self._naive_edits) < budget
             parts = [(0, n)] if fits else []
