@@ -15,8 +15,9 @@ class NaiveISM(ISMBase):
     Same parameters and call API as :class:`FastISM` (``early_stop_layers`` and ``test_correctness`` do not
     apply).  On the CPU with ``batch_size=None`` the batch size is measured, not guessed: the first call with
     enough edits times real batches of each of :attr:`tune_sizes` (two in a row, the second timed: a new
-    shape's first batch pays its set-ups; their outputs are kept) and goes on with the fastest per edit.  Measured on a 2-core Zen 4, BPNet is fastest at 8-16 edits
-    per batch (its activations then stay in cache; 15-20% faster than 128) and Basset at 64-128.
+    shape's first batch pays its set-ups; their outputs are kept) and goes on with the fastest per edit.
+    Measured on a 2-core Zen 4, BPNet is fastest at 8-16 edits per batch (its activations then stay in cache;
+    15-20% faster than 128) and Basset at 64-128.
     """
 
     #: batch sizes timed on the CPU when ``batch_size`` is None (two batches each, the second timed)
