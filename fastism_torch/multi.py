@@ -12,11 +12,18 @@ The engine edits one window per edit.  An edit of several disjoint windows runs 
   does).  The copy's reference pass is shared by every edit with the same other windows; the run window is
   the one whose removal leaves the set of windows that the most edits share (the last one on ties).
 
+- *sum form*: where every two windows of the edit lie at least the plan's
+  :attr:`~fastism_torch.plan.Plan.additive_from` apart (counted from the last position of one to the first of
+  the next), their changes never meet at an op that is not affine in the sequence, so the edit's outputs are
+  the sum of its windows' single-window changes, ``y(ref) + sum_k (y(window k) - y(ref))``, exact up to
+  rounding.  Each distinct window runs once per call as a single-window edit, shared by every edit holding it.
+
 Which form: with ``span``, an edit whose hull is at most ``span`` positions wide runs as a hull and the others
 in the mutant-sequence form.  By default the plan decides: with ``m(w)`` the planned MACs per edit of a
 ``w``-wide window (averaged over positions, :meth:`FastISM.window_macs <fastism_torch.FastISM.window_macs>`)
 and ``F`` those of a full forward pass, an edit runs as a hull where ``m(hull) <= m(run window) + F / k``,
-``k`` the number of edits that share its copy.  An engine without a plan (NaiveISM; a FastISM not built yet,
+``k`` the number of edits that share its copy; an edit whose windows add runs as a sum where that costs least:
+``sum_k m(w_k) / u_k``, ``u_k`` the number of edits holding window ``k``.  An engine without a plan (NaiveISM; a FastISM not built yet,
 unless at least :data:`SHARED_BUILD` edits share one copy) runs every edit as a hull.  An edit of one window is
 a hull; an empty edit is the reference.  Hull edits that change nothing in a sequence are its reference.
 """
@@ -46,12 +53,16 @@ class Window(NamedTuple):
 class Job(NamedTuple):
     """How one edit runs: the single-window edit ``[start, start + width)`` of the sequence (``lead == -1``)
     or of its copy with the windows ``leads[lead]`` written in, whose values are that sequence's rows with
-    ``run`` written over them.  ``run == ()``: the reference (an empty edit)."""
+    ``run`` written over them; ``lead == SUM``: the sum of the single-window changes of the windows ``run``.
+    ``run == ()``: the reference (an empty edit)."""
     lead: int
     run: tuple
     start: int
     width: int
 
+
+#: :attr:`Job.lead` of an edit in the sum form
+SUM = -2
 
 # --------------------------------------------------------------------------------------------- validation
 def _rows(values, num_chars: int, alphabet: str | None, where: str) -> torch.Tensor:
@@ -170,6 +181,13 @@ def _costs(ism, build: bool) -> Callable | None:
     return cost
 
 
+def _additive_from(ism) -> int | None:
+    """The distance from which on single-position changes add exactly (the plan of every single-position window:
+    :attr:`fastism_torch.plan.Plan.additive_from`), or None (no plan, or none add)."""
+    plan_for = getattr(ism, "plan_for", None)
+    return None if plan_for is None else plan_for(every_window(1, ism.seq_len)).additive_from
+
+
 def plan_jobs(ism, windows: list, span: int | None, n_seqs: int = 1) -> tuple[list, list]:
     """The :class:`Job` of every edit (of :class:`Window` lists ``windows``, applied to ``n_seqs`` sequences)
     and the window lists of the copies they run on (``leads``); the form by ``span`` or by the plan's costs
@@ -179,6 +197,8 @@ def plan_jobs(ism, windows: list, span: int | None, n_seqs: int = 1) -> tuple[li
     counts = Counter(k for keys in others if len(keys) > 1 for k in keys)
     shared = max(counts.values(), default=0) * n_seqs >= SHARED_BUILD
     cost = _costs(ism, shared) if span is None else None
+    apart = _additive_from(ism) if cost is not None else None
+    uses = Counter(k for ws in windows if len(ws) > 1 for k in _key(ws)) if apart is not None else Counter()
     jobs, leads, lead_of = [], [], {}
     for ws, keys in zip(windows, others):
         if not ws:
@@ -190,8 +210,14 @@ def plan_jobs(ism, windows: list, span: int | None, n_seqs: int = 1) -> tuple[li
             if span is not None:
                 mutant = hull > span
             elif cost is not None:
-                mutant = cost(width_class(hull, L, per_octave))[0] > \
-                    cost(width_class(len(ws[i].rows), L, per_octave))[0] + cost(1)[1] / counts[keys[i]]
+                def m(width: int) -> float:
+                    return cost(width_class(width, L, per_octave))[0]
+                as_hull, as_copy = m(hull), m(len(ws[i].rows)) + cost(1)[1] / counts[keys[i]]
+                if apart is not None and all(b.start - (a.end - 1) >= apart for a, b in zip(ws, ws[1:])) and \
+                        sum(m(len(w.rows)) / uses[k] for w, k in zip(ws, _key(ws))) <= min(as_hull, as_copy):
+                    jobs.append(Job(SUM, tuple(ws), 0, 0))
+                    continue
+                mutant = as_hull > as_copy
             else:
                 mutant = False
             if mutant:
@@ -234,21 +260,27 @@ class _Task(NamedTuple):
     start: int
 
 
-def _run(ism, call: _Call, inp: Inputs, width: int, tasks: list) -> None:
-    """Run ``tasks`` (:class:`_Task`) as one engine call over :func:`every_window` of ``width`` and write their
-    selected outputs to the results."""
-    if not tasks:
-        return
+def _outputs(ism, call: _Call, inp: Inputs, width: int, tasks: list, bar) -> tuple:
+    """Run ``tasks`` (:class:`_Task`) as one engine call over :func:`every_window` of ``width``: ``(rows of the
+    chunk, edits, raw outputs per model output on the CPU)``, one row per task row."""
     seq, rows, e_idx = (np.concatenate([getattr(t, f) for t in tasks]) for f in ("seq", "row", "edit"))
     starts = np.concatenate([np.full(len(t.seq), t.start) for t in tasks])
     values = torch.cat([t.values for t in tasks]).to(ism.device)
     sinks = [torch.empty((len(seq), *r.shape[1:]), device=ism.device) for r in call.ref]
     ism._run_edits(inp, every_window(width, ism.seq_len), Edits(seq, starts, values, np.arange(len(seq))), sinks,
-                   call.bar)
-    r = torch.from_numpy(rows)
-    selected = call.select([s.cpu() for s in sinks], [f.index_select(0, r) for f in call.ref])
+                   bar)
+    return torch.from_numpy(rows), torch.from_numpy(e_idx), [s.cpu() for s in sinks]
+
+
+def _run(ism, call: _Call, inp: Inputs, width: int, tasks: list) -> None:
+    """Run ``tasks`` (:class:`_Task`) as one engine call over :func:`every_window` of ``width`` and write their
+    selected outputs to the results."""
+    if not tasks:
+        return
+    r, e_idx, raw = _outputs(ism, call, inp, width, tasks, call.bar)
+    selected = call.select(raw, [f.index_select(0, r) for f in call.ref])
     for o, v in zip(call.out, selected):
-        o[call.lo + r, torch.from_numpy(e_idx)] = v
+        o[call.lo + r, e_idx] = v
 
 
 def _run_hulls(ism, call: _Call, jobs: list, widths: list) -> None:
@@ -271,6 +303,65 @@ def _run_hulls(ism, call: _Call, jobs: list, widths: list) -> None:
             tasks.append(_Task(real, real, np.full(len(real), e), v[real], j.start))
         call.bar.update(same)
         _run(ism, call, call.inp, width, tasks)
+
+
+#: raw outputs of the distinct windows of the sum-form edits held at once (bytes, float32): more distinct
+#: windows run in blocks of edits
+SUM_BYTES = 256 << 20
+
+
+def _run_sums(ism, call: _Call, jobs: list) -> None:
+    """The sum-form edits of the chunk: each distinct window of a block of them runs once as a single-window
+    edit (one engine call per width class; a window that equals a sequence's own bases keeps its reference),
+    then every edit of the block is ``ref + sum_k (y_k - ref)`` of its windows' raw outputs, selected after the
+    sum (a ``reduce`` need not be linear)."""
+    sums = [e for e, j in enumerate(jobs) if j.lead == SUM]
+    if not sums:
+        return
+    own = ism.rows(call.inp.seq).cpu()                                           # (n, L, C)
+    n, L = len(own), ism.seq_len
+    per_octave = 1 if getattr(ism, "compile", False) else 4
+    per_window = 4 * n * sum(math.prod(r.shape[1:]) for r in call.ref)
+    block: list = []
+    index: dict = {}
+    for k, e in enumerate(sums):
+        for key, w in zip(_key(jobs[e].run), jobs[e].run):
+            index.setdefault(key, (len(index), w))
+        block.append(e)
+        if k == len(sums) - 1 or (len(index) + len(jobs[sums[k + 1]].run)) * per_window > SUM_BYTES:
+            _sum_block(ism, call, jobs, block, index, own, L, per_octave)
+            block, index = [], {}
+
+
+def _sum_block(ism, call: _Call, jobs: list, block: list, index: dict, own: torch.Tensor, L: int,
+               per_octave: int) -> None:
+    """:func:`_run_sums` for one block of edits whose distinct windows are ``index`` (key -> (row, window))."""
+    n = len(own)
+    raw = [r[None].repeat(len(index), *[1] * r.dim()) for r in call.ref]         # (U, n, *out): the reference
+    by_width: dict = {}
+    for u, w in index.values():
+        j = _job(-1, (w,), L, per_octave)
+        old = own[:, j.start:j.start + j.width]
+        v = _written(old, j.run, j.start)
+        real = np.flatnonzero(~(v == old).flatten(1).all(1).numpy())
+        if len(real):
+            by_width.setdefault(j.width, []).append(_Task(real, real, np.full(len(real), u), v[real], j.start))
+    for width, tasks in sorted(by_width.items()):
+        r, u_idx, outs = _outputs(ism, call, call.inp, width, tasks, None)
+        for dst, o in zip(raw, outs):
+            dst[u_idx, r] = o
+    by_count: dict = {}
+    for e in block:
+        by_count.setdefault(len(jobs[e].run), []).append(e)
+    for K, edits in by_count.items():
+        idx = torch.tensor([[index[key][0] for key in _key(jobs[e].run)] for e in edits])    # (E_K, K)
+        sums = [d[idx].sum(1) - (K - 1) * r for d, r in zip(raw, call.ref)]              # (E_K, n, *out)
+        refs = [r.expand(len(edits), *r.shape) for r in call.ref]
+        selected = call.select([v.flatten(0, 1) for v in sums], [v.flatten(0, 1) for v in refs])
+        e_idx = torch.tensor(edits)
+        for o, v in zip(call.out, selected):
+            o[call.lo:call.lo + n, e_idx] = v.reshape(len(edits), n, *v.shape[1:]).transpose(0, 1)
+        call.bar.update(n * len(edits))
 
 
 def _copies(ism, inp: Inputs, leads: list) -> Inputs:
@@ -374,7 +465,7 @@ def multi_edits(ism, seqs, edits, *, span: int | None = None, target=None, reduc
     inp = ism.inputs(seqs)
     jobs, leads = plan_jobs(ism, windows, span, len(inp.seq))
     hulls = sorted({j.width for j in jobs if j.lead == -1 and j.run})
-    first = hulls[0] if hulls else min((j.width for j in jobs if j.run), default=None)
+    first = hulls[0] if hulls else min((j.width for j in jobs if j.lead >= 0), default=None)
     ranges = None if first is None else every_window(first, ism.seq_len)
     N, E, out = len(inp.seq), len(jobs), None
     wide = ism.num_chars * float(np.mean([j.width for j in jobs]))
@@ -395,5 +486,6 @@ def multi_edits(ism, seqs, edits, *, span: int | None = None, target=None, reduc
             bar.update((hi - lo) * sum(not j.run for j in jobs))
             call = _Call(chunk, ref, select, out, lo, bar)
             _run_hulls(ism, call, jobs, hulls)
+            _run_sums(ism, call, jobs)
             _run_mutants(ism, call, jobs, leads)
     return ism._finish(out, inp)

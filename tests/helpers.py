@@ -113,3 +113,26 @@ def decision_of(model, x, laxis=2):
     infos = analyse(gm, seq, laxis, x.shape[laxis])
     out = next(n for n in gm.graph.nodes if n.op == "output").all_input_nodes[0]
     return infos[out].decision
+
+
+def short_field(head_relu: bool = False, pool: str = "mean"):
+    """A conv tower with a receptive field of 7 + global pooling + a dense head (``head_relu``: nonlinear)."""
+    glob = nn.AdaptiveAvgPool1d(1) if pool == "mean" else nn.AdaptiveMaxPool1d(1)
+    head = [nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)] if head_relu else [nn.Linear(8, 3)]
+    torch.manual_seed(0)
+    return scale_weights(nn.Sequential(nn.Conv1d(4, 8, 3, padding=1), nn.BatchNorm1d(8), nn.ReLU(),
+                                       nn.Conv1d(8, 8, 5, padding=2), nn.ReLU(), glob, nn.Flatten(), *head))
+
+
+def profile_head():
+    class Net(nn.Module):                  # a linear profile head and a mean + dense counts head
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv1d(4, 8, 3, padding=1), nn.Conv1d(8, 8, 3, padding=1)
+            self.profile, self.counts = nn.Conv1d(8, 2, 9, padding=4), nn.Linear(8, 2)
+
+        def forward(self, x):
+            h = torch.relu(self.c2(torch.relu(self.c1(x))))
+            return self.profile(h), self.counts(h.mean(-1))
+    torch.manual_seed(0)
+    return scale_weights(Net())

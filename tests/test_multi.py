@@ -9,9 +9,9 @@ from torch import nn
 
 import fastism_torch as ft
 from fastism_torch import models
-from fastism_torch.multi import Job, plan_jobs, parse_edits, width_class
+from fastism_torch.multi import SUM, Job, plan_jobs, parse_edits, width_class
 
-from helpers import Attention, random_onehot, scale_weights
+from helpers import Attention, profile_head, random_onehot, scale_weights, short_field
 
 L = 64
 ACGT = "ACGT"
@@ -149,9 +149,12 @@ def test_width_classes():
     assert all(w <= width_class(w, 1000) < 1.25 * w + 1 for w in range(1, 1001))
 
 
-def test_plan_costs_choose_the_form():
+def test_plan_costs_choose_the_form(monkeypatch):
     """Default: a hull while its planned MACs per edit are at most the run window's plus its share of the copy's
-    reference pass: close pairs run as hulls, many far pairs sharing one window run on that window's copy."""
+    reference pass: close pairs run as hulls, many far pairs sharing one window run on that window's copy.  With
+    the sum form allowed (this tower adds from 25 positions apart) the far pairs run as sums instead."""
+    import fastism_torch.multi as multi
+    monkeypatch.setattr(multi, "_additive_from", lambda ism: None)         # hulls and copies alone first
     model = _model("dilated_residual")
     ism = ft.FastISM(model, L, test_correctness=False)
     shared = [[(2, 1), (p, 0)] for p in range(30, 60)]
@@ -167,6 +170,11 @@ def test_plan_costs_choose_the_form():
     x = random_onehot(2, L, seed=4)
     assert_close(ism.multi_edits(x, edits), naive_multi(model, x, edits))
     assert all(j.lead == -1 for j in plan_jobs(ft.NaiveISM(model, L), parse_edits(edits, 4, L), None)[0])
+    monkeypatch.undo()
+    assert ism.plan_for(multi.every_window(1, L)).additive_from == 25
+    jobs, leads = plan_jobs(ism, parse_edits(edits, 4, L), None)
+    assert jobs[0].lead == -1 and {j.lead for j in jobs[1:]} == {SUM} and not leads
+    assert_close(ism.multi_edits(x, edits), naive_multi(model, x, edits))
 
 
 def test_hull_keeps_the_bases_between_windows():
@@ -344,6 +352,75 @@ def test_a_lazy_engine_builds_when_many_edits_share_a_copy(monkeypatch):
     many = ft.FastISM(model, L, test_correctness=False)
     jobs, leads = plan_jobs(many, windows, None, n_seqs=2)                      # 108 >= SHARED_BUILD: built
     assert multi.SHARED_BUILD == 64 and many.gm is not None
-    assert [w.start for w in leads[0]] == [2] and sum(j.lead == 0 for j in jobs) > 40    # the far ones share it
+    assert [w.start for w in leads[0]] == [2] and sum(j.lead == 0 for j in jobs) > 10    # the far ones share it
+    assert all(j.lead == SUM for j in jobs if j.run[-1].start >= 30)    # (or add, from 25 positions apart)
     x = random_onehot(2, L, seed=10)
     assert_close(many.multi_edits(x, scan, alphabet=ACGT), naive_multi(model, x, scan))
+
+
+# ------------------------------------------------------------------------------------ sum form
+FAR_EDITS = [[(5, 1), (30, 2)],                       # apart: a sum (both models' additive_from <= 7)
+             [(5, 1), (40, 3)],                       # shares window (5, C) with the first
+             [(5, "AC"), (40, 3), (60, 0)],           # three windows, one of two positions
+             [(0, 3), (63, 1)],                       # both ends
+             [(20, np.full((3, 4), 0.25)), (50, 2)],  # an N window
+             [(5, 1), (8, 2)],                        # closer than additive_from: they interact, a hull
+             []]
+
+
+@pytest.mark.parametrize("make", [short_field, profile_head])
+def test_sum_form_equals_naive_and_runs_each_window_once(make):
+    """Edits whose windows lie at least the plan's additive_from apart run as sums of single-window changes:
+    equal to the naive loop (raw outputs, a target, and a nonlinear reduce, which must apply after the sum);
+    each distinct window runs once per sequence; a pair closer than additive_from still runs whole."""
+    model, x = make(), random_onehot(3, L, seed=3)
+    ism = ft.FastISM(model, L, test_correctness=False)
+    jobs, _ = plan_jobs(ism, parse_edits(FAR_EDITS, 4, L, ACGT), None, n_seqs=3)
+    assert [j.lead for j in jobs] == [SUM] * 5 + [-1, -1]
+    seen = _calls(ism)
+    got = ism.multi_edits(x, FAR_EDITS, alphabet=ACGT)
+    want = naive_multi(model, x, FAR_EDITS)
+    assert_close(got, want)
+    distinct = {(s, tuple(_rows(v).flatten().tolist())) for edit in FAR_EDITS[:5] for s, v in edit}
+    assert len(distinct) == 9                                # of 11 windows in the sum-form edits
+
+    def changes(start, rows):                                # sequences a window changes (the others: reference)
+        return sum(bool((x[n, :, start:start + len(rows)] != rows.T).any()) for n in range(len(x)))
+    runs = sum(changes(s, torch.tensor(v).view(-1, 4)) for s, v in distinct)
+    runs += sum(bool((x[n, :, 5] != torch.eye(4)[1]).any() or (x[n, :, 8] != torch.eye(4)[2]).any())
+                for n in range(len(x)))                      # the close pair's hull
+    assert sum(e for _, _, e in seen) == runs               # each distinct window once per sequence it changes
+    flat = [w.flatten(0, 1) for w in _tuple(want)]
+    refs = [w[:, -1:].expand_as(w).flatten(0, 1) for w in _tuple(want)]
+
+    def reduce(outs, refs):                                  # a nonlinear reduction of every output
+        return torch.cat([(o - r).abs().flatten(1).sum(1, keepdim=True) for o, r in zip(outs, refs)], 1)
+    assert_close(ism.multi_edits(x, FAR_EDITS, alphabet=ACGT, reduce=reduce),
+                 reduce(flat, refs).view(3, len(FAR_EDITS), -1))
+    assert_close(ism.multi_edits(x, FAR_EDITS, alphabet=ACGT, target=1), flat_target(want, 1))
+    spread = max(float((w - w[:, -1:]).abs().max()) for w in _tuple(want))
+    assert spread > 1e-2, "outputs barely move under the edits: the test checks nothing"
+
+
+def flat_target(want, t: int) -> torch.Tensor:
+    """Output ``t`` of each row's outputs flattened and concatenated: ``(N, E)``."""
+    return torch.cat([w.flatten(2) for w in _tuple(want)], 2)[..., t]
+
+
+def test_sum_form_in_blocks_and_not_after_a_nonlinear_head(monkeypatch):
+    """Distinct windows beyond the block budget run in several blocks (same results, every edit counted once by
+    the progress bar); a model with a nonlinear op after the global pooling adds nothing: no sums."""
+    import fastism_torch.multi as multi
+    model, x = profile_head(), random_onehot(2, L, seed=4)
+    ism = ft.FastISM(model, L, test_correctness=False)
+    monkeypatch.setattr(multi, "SUM_BYTES", 1)                    # one edit per block
+    bars = []
+    real_progress = multi.progress
+    monkeypatch.setattr(multi, "progress", lambda *a: bars.append(real_progress(a[0], a[1], True, a[3])) or bars[-1])
+    assert_close(ism.multi_edits(x, FAR_EDITS, alphabet=ACGT), naive_multi(model, x, FAR_EDITS))
+    assert bars[-1].n == bars[-1].total == 2 * len(FAR_EDITS)
+    relu_head = short_field(head_relu=True)
+    nonlinear = ft.FastISM(relu_head, L, test_correctness=False)
+    jobs, _ = plan_jobs(nonlinear, parse_edits(FAR_EDITS, 4, L, ACGT), None, n_seqs=2)
+    assert SUM not in [j.lead for j in jobs]
+    assert_close(nonlinear.multi_edits(x, FAR_EDITS, alphabet=ACGT), naive_multi(relu_head, x, FAR_EDITS))

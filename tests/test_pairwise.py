@@ -10,7 +10,7 @@ from torch import nn
 import fastism_torch as ft
 from fastism_torch.pairwise import diagonal
 
-from helpers import Attention, random_onehot, scale_weights
+from helpers import Attention, profile_head, random_onehot, scale_weights, short_field
 
 L, START, END = 32, 12, 18
 W, C = END - START, 4
@@ -239,30 +239,7 @@ def profile_model(model):
 
 
 # ------------------------------------------------------------------------------------ additive shortcut
-def _short_field(head_relu: bool = False, pool: str = "mean"):
-    """A conv tower with a receptive field of 7 + global pooling + a dense head (``head_relu``: nonlinear)."""
-    glob = nn.AdaptiveAvgPool1d(1) if pool == "mean" else nn.AdaptiveMaxPool1d(1)
-    head = [nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)] if head_relu else [nn.Linear(8, 3)]
-    torch.manual_seed(0)
-    return scale_weights(nn.Sequential(nn.Conv1d(4, 8, 3, padding=1), nn.BatchNorm1d(8), nn.ReLU(),
-                                       nn.Conv1d(8, 8, 5, padding=2), nn.ReLU(), glob, nn.Flatten(), *head))
-
-
-def _profile_head():
-    class Net(nn.Module):                  # a linear profile head and a mean + dense counts head
-        def __init__(self):
-            super().__init__()
-            self.c1, self.c2 = nn.Conv1d(4, 8, 3, padding=1), nn.Conv1d(8, 8, 3, padding=1)
-            self.profile, self.counts = nn.Conv1d(8, 2, 9, padding=4), nn.Linear(8, 2)
-
-        def forward(self, x):
-            h = torch.relu(self.c2(torch.relu(self.c1(x))))
-            return self.profile(h), self.counts(h.mean(-1))
-    torch.manual_seed(0)
-    return scale_weights(Net())
-
-
-@pytest.mark.parametrize("make,distance", [(_short_field, 7), (_profile_head, 5)])
+@pytest.mark.parametrize("make,distance", [(short_field, 7), (profile_head, 5)])
 def test_additive_pairs_equal_explicit_and_naive(make, distance):
     """Pairs at least D apart are sums of single mutants: the shortcut equals the explicit computation and the
     naive double-mutant loop, and pairs closer than D do interact (so D is not too small to matter)."""
@@ -290,7 +267,7 @@ def test_additive_pairs_equal_explicit_and_naive(make, distance):
 @pytest.mark.parametrize("kw", [dict(head_relu=True), dict(pool="max")])
 def test_no_additive_pairs_after_a_nonlinear_full_op(kw):
     """A nonlinear op that sees every position (a ReLU in the dense head, a global max pool): no pair adds."""
-    model, x = _short_field(**kw), random_onehot(2, L, seed=3)
+    model, x = short_field(**kw), random_onehot(2, L, seed=3)
     ism = ft.FastISM(model, L, test_correctness=False)
     plan = ism.plan_for(tuple((p, p + 1) for p in range(6, 24)))
     assert plan.additive_from is None and "no pairs add exactly" in str(plan)
