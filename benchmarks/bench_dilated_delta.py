@@ -16,6 +16,12 @@ the range a single-base edit reaches there, the time to produce the layer's new 
   of the products), added straight into the window copied from the reference (no zero-filled change tensor,
   no second pass).  A prototype kept here, not in the library.
 
+- *delta, batch-last*: the layout a batch-last tower would keep, ``(C, positions, edits)`` per run of edits
+  with one placement: a layer's change is ``k`` large products ``W_t @ change`` (``(C, C) @ (C, w * edits)``),
+  each accumulated (``addmm_``) straight into a column range of the window (``(C, width * edits)``, gathered
+  from the reference in that layout), over chunks of columns that stay in cache.  The change is given in that
+  layout (a batch-last tower would hold it so), the window's gather is timed.
+
 Reported per form: milliseconds summed over the three places, and picoseconds per multiply-add executed.  A
 delta form pays where its time is below recompute's; its multiply-adds are ~0.5-0.6 of recompute's.
 """
@@ -62,6 +68,36 @@ def tap_clipped(cache, change, weight, dilation, seq_idx, start, shift, width, m
     return out
 
 
+#: output columns (positions x edits) of one chunk of the batch-last form: 64 x 8192 floats = 2 MiB
+BL_COLUMNS = 8192
+
+
+def batch_last(cache, runs_bl, weight, dilation, start, width, macs: list):
+    """The layer's new windows in the batch-last layout, one ``(C, width, edits)`` tensor per run of edits with
+    one placement (``runs_bl``: ``(r0, r1, shift, change (C, w, r1 - r0))``): the reference window gathered from
+    ``cache`` (sequence 0), then per chunk of output columns and tap ``t`` one ``addmm_`` of ``W_t @ change``
+    over the change columns landing in the chunk."""
+    c_out, c_in, k = weight.shape
+    taps = [weight[:, :, t].contiguous() for t in range(k)]
+    pos = torch.arange(width)
+    outs = []
+    for r0, r1, shift, change in runs_bl:
+        e = r1 - r0
+        w = change.shape[1]
+        out = cache[0][:, (start[r0:r1][None, :] + pos[:, None])]              # (C, width, e)
+        o2, c2 = out.view(c_out, width * e), change.view(c_in, w * e)
+        for a in range(0, width * e, BL_COLUMNS):
+            b = min(width * e, a + BL_COLUMNS)
+            for t in range(k):
+                off = (shift + (k - 1 - t) * dilation) * e                     # out column of change column 0
+                lo, hi = max(a, off), min(b, off + w * e)
+                if lo < hi:
+                    macs[0] += (hi - lo) * c_in * c_out
+                    o2[:, lo:hi].addmm_(taps[t], c2[:, lo - off:hi - off])
+        outs.append(out)
+    return outs
+
+
 def _best_ms(fn, n: int = 5) -> float:
     best = float("inf")
     for _ in range(n):
@@ -106,8 +142,8 @@ def _rows(L: int, dilations) -> list:
     weight = torch.randn(CHANNELS, CHANNELS, KERNEL, generator=gen) / 8
     rows = []
     for d in dilations:
-        t = {"recompute": 0.0, "shifted": 0.0, "clipped": 0.0}
-        m = {"recompute": 0, "shifted": 0, "clipped": [0]}
+        t = {"recompute": 0.0, "shifted": 0.0, "clipped": 0.0, "batch_last": 0.0}
+        m = {"recompute": 0, "shifted": 0, "clipped": [0], "batch_last": [0]}
         worst = 0.0
         for p0 in (100, L // 2 - POSITIONS // 2, L - 150):
             c = layer_case(L, d, p0, gen)
@@ -116,16 +152,27 @@ def _rows(L: int, dilations) -> list:
             shifted = lambda: gather_window_delta(c["cache"], conv1d_delta(c["change"], weight, d),  # noqa: E731
                                                   *args, 2, (CHANNELS,), 2)
             clipped = lambda: tap_clipped(c["cache"], c["change"], weight, d, *args, [0])  # noqa: E731
-            worst = max(worst, float((shifted() - clipped()).abs().max()))
+            shifts, counts = torch.unique_consecutive(c["shift"], return_counts=True)
+            ends = counts.cumsum(0).tolist()
+            runs_bl = [(r1 - n, r1, t, c["change"][r1 - n:r1].permute(1, 2, 0).contiguous())
+                       for t, n, r1 in zip(shifts.tolist(), counts.tolist(), ends)]
+            last = lambda: batch_last(c["cache"], runs_bl, weight, d, c["start"], c["width"], [0])  # noqa: E731
+            want = shifted()
+            worst = max(worst, float((want - clipped()).abs().max()),
+                        max(float((want[r0:r1] - o.permute(2, 0, 1)).abs().max())
+                            for (r0, r1, _, _), o in zip(runs_bl, last())))
             tap_clipped(c["cache"], c["change"], weight, d, *args, m["clipped"])
+            batch_last(c["cache"], runs_bl, weight, d, c["start"], c["width"], m["batch_last"])
             t["shifted"] += _best_ms(shifted)
             t["clipped"] += _best_ms(clipped)
+            t["batch_last"] += _best_ms(last)
             t["recompute"] += _best_ms(lambda: F.conv1d(c["window_in"], weight, dilation=d))
             m["shifted"] += B * w * KERNEL * CHANNELS ** 2
             m["recompute"] += B * c["width"] * KERNEL * CHANNELS ** 2
-        ps = {f: t[f] * 1e9 / (m[f][0] if f == "clipped" else m[f]) for f in t}
+        ps = {f: t[f] * 1e9 / (m[f][0] if isinstance(m[f], list) else m[f]) for f in t}
         rows.append([threads, d, t["recompute"], ps["recompute"], t["shifted"], ps["shifted"], t["clipped"],
-                     ps["clipped"], m["clipped"][0] / m["recompute"], f"{worst:.1e}"])
+                     ps["clipped"], m["clipped"][0] / m["recompute"], t["batch_last"], ps["batch_last"],
+                     f"{worst:.1e}"])
         print(rows[-1], flush=True)
     return rows
 
@@ -145,7 +192,8 @@ def main(argv=None) -> None:
             f"executed (benchmarks/bench_dilated_delta.py; recompute: the convolution alone, its gather not timed).\n\n")
     body += common.markdown_table(
         ["threads", "dilation", "recompute ms", "ps/MAC", "delta, shifted products ms", "ps/MAC",
-         "delta, tap-clipped ms", "ps/MAC", "clipped MACs / recompute MACs", "max |diff| shifted vs clipped"], rows)
+         "delta, tap-clipped ms", "ps/MAC", "clipped MACs / recompute MACs", "delta, batch-last ms", "ps/MAC",
+         "max |diff| shifted vs the others"], rows)
     if args.out:
         print(common.append_results(args.out, "Dilated delta forms, one layer, CPU", torch.device("cpu"), body))
     else:

@@ -23,8 +23,8 @@ in the mutant-sequence form.  By default the plan decides: with ``m(w)`` the pla
 ``w``-wide window (averaged over positions, :meth:`FastISM.window_macs <fastism_torch.FastISM.window_macs>`)
 and ``F`` those of a full forward pass, an edit runs as a hull where ``m(hull) <= m(run window) + F / k``,
 ``k`` the number of edits that share its copy; an edit whose windows add runs as a sum where that costs least:
-``sum_k m(w_k) / u_k``, ``u_k`` the number of edits holding window ``k``.  An engine without a plan (NaiveISM; a FastISM not built yet,
-unless at least :data:`SHARED_BUILD` edits share one copy) runs every edit as a hull.  An edit of one window is
+``sum_k m(w_k) / u_k``, ``u_k`` the number of edits holding window ``k``.  An engine without a plan (NaiveISM;
+a FastISM not built yet, unless at least :data:`SHARED_BUILD` edits share one copy) runs every edit as a hull.  An edit of one window is
 a hull; an empty edit is the reference.  Hull edits that change nothing in a sequence are its reference.
 """
 from __future__ import annotations
@@ -305,8 +305,8 @@ def _run_hulls(ism, call: _Call, jobs: list, widths: list) -> None:
         _run(ism, call, call.inp, width, tasks)
 
 
-#: raw outputs of the distinct windows of the sum-form edits held at once (bytes, float32): more distinct
-#: windows run in blocks of edits
+#: raw outputs of the sum-form edits held at once (bytes, float32: their distinct windows' and the sums' terms):
+#: more run in blocks of edits
 SUM_BYTES = 256 << 20
 
 
@@ -322,15 +322,16 @@ def _run_sums(ism, call: _Call, jobs: list) -> None:
     n, L = len(own), ism.seq_len
     per_octave = 1 if getattr(ism, "compile", False) else 4
     per_window = 4 * n * sum(math.prod(r.shape[1:]) for r in call.ref)
-    block: list = []
-    index: dict = {}
+    block, index, held = [], {}, 0
     for k, e in enumerate(sums):
         for key, w in zip(_key(jobs[e].run), jobs[e].run):
             index.setdefault(key, (len(index), w))
         block.append(e)
-        if k == len(sums) - 1 or (len(index) + len(jobs[sums[k + 1]].run)) * per_window > SUM_BYTES:
+        held += len(jobs[e].run)
+        ahead = len(jobs[sums[k + 1]].run) if k + 1 < len(sums) else 0
+        if not ahead or (len(index) + held + 2 * ahead) * per_window > SUM_BYTES:
             _sum_block(ism, call, jobs, block, index, own, L, per_octave)
-            block, index = [], {}
+            block, index, held = [], {}, 0
 
 
 def _sum_block(ism, call: _Call, jobs: list, block: list, index: dict, own: torch.Tensor, L: int,
@@ -355,9 +356,9 @@ def _sum_block(ism, call: _Call, jobs: list, block: list, index: dict, own: torc
         by_count.setdefault(len(jobs[e].run), []).append(e)
     for K, edits in by_count.items():
         idx = torch.tensor([[index[key][0] for key in _key(jobs[e].run)] for e in edits])    # (E_K, K)
-        sums = [d[idx].sum(1) - (K - 1) * r for d, r in zip(raw, call.ref)]              # (E_K, n, *out)
+        ys = [d[idx].sum(1) - (K - 1) * r for d, r in zip(raw, call.ref)]                # (E_K, n, *out)
         refs = [r.expand(len(edits), *r.shape) for r in call.ref]
-        selected = call.select([v.flatten(0, 1) for v in sums], [v.flatten(0, 1) for v in refs])
+        selected = call.select([v.flatten(0, 1) for v in ys], [v.flatten(0, 1) for v in refs])
         e_idx = torch.tensor(edits)
         for o, v in zip(call.out, selected):
             o[call.lo:call.lo + n, e_idx] = v.reshape(len(edits), n, *v.shape[1:]).transpose(0, 1)
