@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import fx
 
-from .common import Inputs
+from .common import Inputs, as_output_list
 from .kinds import State
-from .rules.registry import is_linear, varying
+from .rules.registry import count_macs, is_linear, varying
 
 #: largest head outputs kept per sequence for every single mutant (bytes, float32); above it no split
 MAX_HEAD_BYTES = 512 << 20
@@ -30,7 +30,7 @@ MAX_TAIL_ROWS = 4096
 class Split(NamedTuple):
     head: object            # FastISM of the model up to the tail's inputs (a tuple of them)
     tail: fx.GraphModule    # the tail's inputs -> the model's outputs
-    far: np.ndarray         # (P1, P2): the pairs of first and second positions that go through the tail
+    far: np.ndarray | None  # (P1, P2): the pairs of first and second positions that go through the tail
     rows: int               # rows of the tail per call (its activations within the engine's memory budget)
 
 
@@ -73,7 +73,22 @@ def _graphs(gm: fx.GraphModule, infos: dict, post: set):
         if n in post or infos[n].state == State.CONST:     # (constants: copied, unused ones are harmless)
             tenv[n] = tail.node_copy(n, lambda a: tenv[a])
     tail.output(fx.graph.map_arg(out_node.args[0], lambda a: tenv[a]))
-    return head, tail, cut
+    return (head, tail, cut) if _row_per_sequence(gm, infos, cut) else None
+
+
+def _row_per_sequence(gm: fx.GraphModule, infos: dict, cut: list) -> bool:
+    """Whether every value the tail reads has one row per sequence (its recorded batch size is the
+    sequence's): a head that stacks a sequence and its reverse complement along the batch axis cannot be cut,
+    as its rows are not the sequences' (found by the fuzzer)."""
+    seq = next(n for n in gm.graph.nodes if n.op == "placeholder" and infos[n].state == State.WINDOW)
+    shapes = [getattr(n.meta.get("tensor_meta"), "shape", None) for n in [seq, *cut]]
+    return all(s is not None and len(s) > 0 for s in shapes) and all(s[0] == shapes[0][0] for s in shapes)
+
+
+def meeting_nodes(gm: fx.GraphModule, infos: dict) -> list:
+    """Names of the nonlinear ops of the windowed part: where two edits' changes must not meet to add."""
+    return [node.name for node in gm.graph.nodes if infos[node].state == State.WINDOW and node.op != "placeholder"
+            and not is_linear(node, gm, infos)]
 
 
 def far_pairs(gm: fx.GraphModule, infos: dict, nodes: dict, first: np.ndarray) -> np.ndarray:
@@ -81,10 +96,8 @@ def far_pairs(gm: fx.GraphModule, infos: dict, nodes: dict, first: np.ndarray) -
     windows) are disjoint at every nonlinear op of the windowed part (exactly, pair by pair: the plan's
     :func:`~fastism_torch.plan.additive_distance` bounds the same by one distance)."""
     meet = np.zeros((len(first), len(next(iter(nodes.values())).lo)), dtype=bool)
-    for node in gm.graph.nodes:
-        if infos[node].state != State.WINDOW or node.op == "placeholder" or is_linear(node, gm, infos):
-            continue
-        r = nodes[node.name]
+    for name in meeting_nodes(gm, infos):
+        r = nodes[name]
         live = r.hi > r.lo
         lo, hi = r.lo[first, None], r.hi[first, None]
         meet |= live[first, None] & live[None, :] & (r.lo[None, :] < hi) & (lo < r.hi[None, :])
@@ -106,10 +119,29 @@ def split(ism, inp: Inputs, positions: np.ndarray, first: np.ndarray):
     graphs = _graphs(gm, infos, post) if far.any() else None
     if graphs is None:
         return None
-    head_graph, tail_graph, cut = graphs
-    if _bytes_per_row(cut) * len(positions) * ism.num_chars > MAX_HEAD_BYTES:
+    if _bytes_per_row(graphs[2]) * len(positions) * ism.num_chars > MAX_HEAD_BYTES:
         return None
+    return _split_at(ism, post, graphs, far)
+
+
+def head_and_tail(ism) -> tuple[Split, int] | None:
+    """``ism``'s model split at its first nonlinear ops that run in full (a :class:`Split` with ``far`` None) and
+    the multiply-adds of one row of the tail, or None: the tail reads other inputs.  ``(None, 0)`` where no
+    nonlinear op runs in full (changes add up to the outputs).  The caller's engine must be built."""
+    post = _post_nodes(ism.gm, ism.infos)
+    if not post:
+        return None, 0
+    graphs = _graphs(ism.gm, ism.infos, post)
+    if graphs is None:
+        return None
+    return _split_at(ism, post, graphs, None), int(sum(count_macs(n, ism.gm) or 0 for n in post))
+
+
+def _split_at(ism, post: set, graphs: tuple, far) -> Split:
+    """The head engine (built at its first call, no naive probe) and the tail module of ``graphs``."""
     from .fast import FastISM
+    head_graph, tail_graph, cut = graphs
+    gm = ism.gm
     head = FastISM(fx.GraphModule(gm, head_graph), ism.seq_len, test_correctness=False, copy_model=False,
                    batch_size=ism.batch_size, delta=ism.delta, **ism.settings())
     head.naive_when_cheaper = False      # one saturation scan of every position: build at its call, no naive probe
@@ -126,5 +158,5 @@ def tail(sp: Split, ism, hs: list) -> list:
         args = [h[lo:lo + sp.rows].to(ism.device) for h in hs]
         with ism._precision():
             out = sp.tail(*args)
-        parts.append([o.float().cpu() for o in ((out,) if isinstance(out, torch.Tensor) else out)])
+        parts.append([o.float().cpu() for o in as_output_list(out)])             # (a tuple, a dict, ...)
     return [torch.cat(p) for p in zip(*parts)]

@@ -12,18 +12,22 @@ The engine edits one window per edit.  An edit of several disjoint windows runs 
   does).  The copy's reference pass is shared by every edit with the same other windows; the run window is
   the one whose removal leaves the set of windows that the most edits share (the last one on ties).
 
-- *sum form*: where every two windows of the edit lie at least the plan's
-  :attr:`~fastism_torch.plan.Plan.additive_from` apart (counted from the last position of one to the first of
-  the next), their changes never meet at an op that is not affine in the sequence, so the edit's outputs are
-  the sum of its windows' single-window changes, ``y(ref) + sum_k (y(window k) - y(ref))``, exact up to
-  rounding.  Each distinct window runs once per call as a single-window edit, shared by every edit holding it.
+- *sum form*: where the change ranges of every two windows of the edit are disjoint at every op of the
+  windowed part that is not affine in the sequence (the plan's ranges of single positions), the changes add up
+  to the first nonlinear op that runs in full.  Without one (e.g. a global mean + dense head, a linear profile
+  head: the plan's :attr:`~fastism_torch.plan.Plan.additive_from`), the edit's outputs are the sum of its
+  windows' single-window changes, ``y(ref) + sum_k (y(window k) - y(ref))``; with one (a dense head with a
+  ReLU: Basset, DeepSEA), the model splits there (:func:`fastism_torch.far_pairs.head_and_tail`) and the
+  edit is ``tail(h(ref) + sum_k (h(window k) - h(ref)))``, one pass of the tail.  Exact up to rounding.  Each
+  distinct window runs once per call as a single-window edit (of the head), shared by every edit holding it.
 
 Which form: with ``span``, an edit whose hull is at most ``span`` positions wide runs as a hull and the others
 in the mutant-sequence form.  By default the plan decides: with ``m(w)`` the planned MACs per edit of a
 ``w``-wide window (averaged over positions, :meth:`FastISM.window_macs <fastism_torch.FastISM.window_macs>`)
 and ``F`` those of a full forward pass, an edit runs as a hull where ``m(hull) <= m(run window) + F / k``,
 ``k`` the number of edits that share its copy; an edit whose windows add runs as a sum where that costs least:
-``sum_k m(w_k) / u_k``, ``u_k`` the number of edits holding window ``k``.  An engine without a plan (NaiveISM;
+``T + sum_k (m(w_k) - T) / u_k``, ``u_k`` the number of edits holding window ``k`` and ``T`` the tail's MACs
+(0 without one).  An engine without a plan (NaiveISM;
 a FastISM not built yet, unless at least :data:`SHARED_BUILD` edits share one copy) runs every edit as a hull.  An edit of one window is
 a hull; an empty edit is the reference.  Hull edits that change nothing in a sequence are its reference.
 """
@@ -181,24 +185,56 @@ def _costs(ism, build: bool) -> Callable | None:
     return cost
 
 
-def _additive_from(ism) -> int | None:
-    """The distance from which on single-position changes add exactly (the plan of every single-position window:
-    :attr:`fastism_torch.plan.Plan.additive_from`), or None (no plan, or none add)."""
-    plan_for = getattr(ism, "plan_for", None)
-    return None if plan_for is None else plan_for(every_window(1, ism.seq_len)).additive_from
+class Reach(NamedTuple):
+    """Where single positions' changes reach at the nonlinear ops of the windowed part (the plan of every
+    single-position window), and the model's head and tail (:func:`fastism_torch.far_pairs.head_and_tail`)."""
+    lo: np.ndarray          # (ops, L)
+    hi: np.ndarray          # (ops, L)
+    split: object           # far_pairs.Split, or None: no nonlinear op runs in full (changes add to the outputs)
+    tail: int               # MACs of one row of the tail
+
+    def apart(self, ws: list) -> bool:
+        """Whether no two windows of ``ws`` have changes that meet at one of the ops."""
+        for k, a in enumerate(ws):
+            la, ha = self.lo[:, a.start:a.end, None], self.hi[:, a.start:a.end, None]
+            for b in ws[k + 1:]:
+                lb, hb = self.lo[:, None, b.start:b.end], self.hi[:, None, b.start:b.end]
+                if ((ha > la) & (hb > lb) & (lb < ha) & (la < hb)).any():
+                    return False
+        return True
 
 
-def plan_jobs(ism, windows: list, span: int | None, n_seqs: int = 1) -> tuple[list, list]:
+def _reach(ism, split: bool) -> Reach | None:
+    """``ism``'s :class:`Reach` (kept by the engine for its graph), or None: no plan, or a nonlinear op runs in
+    full and the model does not split there (or ``split`` is False: the model takes other inputs)."""
+    from . import far_pairs
+    plan = ism.plan_for(every_window(1, ism.seq_len))           # (builds an engine not built yet)
+    kept = ism.__dict__.get("_multi_reach")
+    if kept is None or kept[0] is not ism.gm:
+        ht = far_pairs.head_and_tail(ism)
+        reach = None
+        if ht is not None:
+            names = far_pairs.meeting_nodes(ism.gm, ism.infos)
+            empty = np.zeros((0, ism.seq_len), dtype=np.int64)
+            lo = np.stack([plan.nodes[n].lo for n in names]) if names else empty
+            hi = np.stack([plan.nodes[n].hi for n in names]) if names else empty
+            reach = Reach(lo, hi, *ht)
+        ism.__dict__["_multi_reach"] = kept = (ism.gm, reach)
+    reach = kept[1]
+    return None if reach is None or (reach.split is not None and not split) else reach
+
+
+def plan_jobs(ism, windows: list, span: int | None, n_seqs: int = 1, split: bool = True) -> tuple[list, list]:
     """The :class:`Job` of every edit (of :class:`Window` lists ``windows``, applied to ``n_seqs`` sequences)
     and the window lists of the copies they run on (``leads``); the form by ``span`` or by the plan's costs
-    (module docstring)."""
+    (module docstring; ``split``: the sum form may run through the model's head and tail)."""
     L, per_octave = ism.seq_len, 1 if getattr(ism, "compile", False) else 4
     others = [[_key(ws[:i] + ws[i + 1:]) for i in range(len(ws))] for ws in windows]
     counts = Counter(k for keys in others if len(keys) > 1 for k in keys)
     shared = max(counts.values(), default=0) * n_seqs >= SHARED_BUILD
     cost = _costs(ism, shared) if span is None else None
-    apart = _additive_from(ism) if cost is not None else None
-    uses = Counter(k for ws in windows if len(ws) > 1 for k in _key(ws)) if apart is not None else Counter()
+    reach = _reach(ism, split) if cost is not None else None
+    uses = Counter(k for ws in windows if len(ws) > 1 for k in _key(ws)) if reach is not None else Counter()
     jobs, leads, lead_of = [], [], {}
     for ws, keys in zip(windows, others):
         if not ws:
@@ -213,8 +249,8 @@ def plan_jobs(ism, windows: list, span: int | None, n_seqs: int = 1) -> tuple[li
                 def m(width: int) -> float:
                     return cost(width_class(width, L, per_octave))[0]
                 as_hull, as_copy = m(hull), m(len(ws[i].rows)) + cost(1)[1] / counts[keys[i]]
-                if apart is not None and all(b.start - (a.end - 1) >= apart for a, b in zip(ws, ws[1:])) and \
-                        sum(m(len(w.rows)) / uses[k] for w, k in zip(ws, _key(ws))) <= min(as_hull, as_copy):
+                if reach is not None and reach.tail + sum((m(len(w.rows)) - reach.tail) / uses[k] for w, k in zip(
+                        ws, _key(ws))) <= min(as_hull, as_copy) and reach.apart(ws):
                     jobs.append(Job(SUM, tuple(ws), 0, 0))
                     continue
                 mutant = as_hull > as_copy
@@ -260,13 +296,14 @@ class _Task(NamedTuple):
     start: int
 
 
-def _outputs(ism, call: _Call, inp: Inputs, width: int, tasks: list, bar) -> tuple:
+def _outputs(ism, inp: Inputs, width: int, tasks: list, shapes: list, bar) -> tuple:
     """Run ``tasks`` (:class:`_Task`) as one engine call over :func:`every_window` of ``width``: ``(rows of the
-    chunk, edits, raw outputs per model output on the CPU)``, one row per task row."""
+    chunk, edits, raw outputs per model output on the CPU)``, one row per task row (``shapes``: of one row of
+    each output)."""
     seq, rows, e_idx = (np.concatenate([getattr(t, f) for t in tasks]) for f in ("seq", "row", "edit"))
     starts = np.concatenate([np.full(len(t.seq), t.start) for t in tasks])
     values = torch.cat([t.values for t in tasks]).to(ism.device)
-    sinks = [torch.empty((len(seq), *r.shape[1:]), device=ism.device) for r in call.ref]
+    sinks = [torch.empty((len(seq), *shape), device=ism.device) for shape in shapes]
     ism._run_edits(inp, every_window(width, ism.seq_len), Edits(seq, starts, values, np.arange(len(seq))), sinks,
                    bar)
     return torch.from_numpy(rows), torch.from_numpy(e_idx), [s.cpu() for s in sinks]
@@ -277,7 +314,7 @@ def _run(ism, call: _Call, inp: Inputs, width: int, tasks: list) -> None:
     selected outputs to the results."""
     if not tasks:
         return
-    r, e_idx, raw = _outputs(ism, call, inp, width, tasks, call.bar)
+    r, e_idx, raw = _outputs(ism, inp, width, tasks, [f.shape[1:] for f in call.ref], call.bar)
     selected = call.select(raw, [f.index_select(0, r) for f in call.ref])
     for o, v in zip(call.out, selected):
         o[call.lo + r, e_idx] = v
@@ -312,16 +349,16 @@ SUM_BYTES = 256 << 20
 
 def _run_sums(ism, call: _Call, jobs: list) -> None:
     """The sum-form edits of the chunk: each distinct window of a block of them runs once as a single-window
-    edit (one engine call per width class; a window that equals a sequence's own bases keeps its reference),
-    then every edit of the block is ``ref + sum_k (y_k - ref)`` of its windows' raw outputs, selected after the
+    edit of the model, or of its head where a nonlinear op runs in full (one engine call per width class; a
+    window that equals a sequence's own bases keeps its reference), then every edit of the block is ``ref +
+    sum_k (y_k - ref)`` of its windows' raw outputs (of the head, then through the tail), selected after the
     sum (a ``reduce`` need not be linear)."""
     sums = [e for e, j in enumerate(jobs) if j.lead == SUM]
     if not sums:
         return
-    own = ism.rows(call.inp.seq).cpu()                                           # (n, L, C)
-    n, L = len(own), ism.seq_len
-    per_octave = 1 if getattr(ism, "compile", False) else 4
-    per_window = 4 * n * sum(math.prod(r.shape[1:]) for r in call.ref)
+    sp = _reach(ism, True).split
+    base = call.ref if sp is None else [h.float().cpu() for h in sp.head._reference(call.inp)]
+    per_window = 4 * sum(math.prod(r.shape) for r in base)
     block, index, held = [], {}, 0
     for k, e in enumerate(sums):
         for key, w in zip(_key(jobs[e].run), jobs[e].run):
@@ -330,15 +367,19 @@ def _run_sums(ism, call: _Call, jobs: list) -> None:
         held += len(jobs[e].run)
         ahead = len(jobs[sums[k + 1]].run) if k + 1 < len(sums) else 0
         if not ahead or (len(index) + held + 2 * ahead) * per_window > SUM_BYTES:
-            _sum_block(ism, call, jobs, block, index, own, L, per_octave)
+            _sum_block(ism, call, jobs, block, index, sp, base)
             block, index, held = [], {}, 0
 
 
-def _sum_block(ism, call: _Call, jobs: list, block: list, index: dict, own: torch.Tensor, L: int,
-               per_octave: int) -> None:
-    """:func:`_run_sums` for one block of edits whose distinct windows are ``index`` (key -> (row, window))."""
-    n = len(own)
-    raw = [r[None].repeat(len(index), *[1] * r.dim()) for r in call.ref]         # (U, n, *out): the reference
+def _sum_block(ism, call: _Call, jobs: list, block: list, index: dict, sp, base: list) -> None:
+    """:func:`_run_sums` for one block of edits whose distinct windows are ``index`` (key -> (row, window)),
+    through ``sp``'s head and tail (a :class:`fastism_torch.far_pairs.Split`, or None: the model), whose raw
+    reference outputs are ``base``."""
+    from . import far_pairs
+    engine = ism if sp is None else sp.head
+    own = ism.rows(call.inp.seq).cpu()                                           # (n, L, C)
+    n, L, per_octave = len(own), ism.seq_len, 1 if getattr(ism, "compile", False) else 4
+    raw = [r[None].repeat(len(index), *[1] * r.dim()) for r in base]             # (U, n, ...): the reference
     by_width: dict = {}
     for u, w in index.values():
         j = _job(-1, (w,), L, per_octave)
@@ -348,7 +389,7 @@ def _sum_block(ism, call: _Call, jobs: list, block: list, index: dict, own: torc
         if len(real):
             by_width.setdefault(j.width, []).append(_Task(real, real, np.full(len(real), u), v[real], j.start))
     for width, tasks in sorted(by_width.items()):
-        r, u_idx, outs = _outputs(ism, call, call.inp, width, tasks, None)
+        r, u_idx, outs = _outputs(engine, call.inp, width, tasks, [b.shape[1:] for b in base], None)
         for dst, o in zip(raw, outs):
             dst[u_idx, r] = o
     by_count: dict = {}
@@ -356,9 +397,11 @@ def _sum_block(ism, call: _Call, jobs: list, block: list, index: dict, own: torc
         by_count.setdefault(len(jobs[e].run), []).append(e)
     for K, edits in by_count.items():
         idx = torch.tensor([[index[key][0] for key in _key(jobs[e].run)] for e in edits])    # (E_K, K)
-        ys = [d[idx].sum(1) - (K - 1) * r for d, r in zip(raw, call.ref)]                # (E_K, n, *out)
-        refs = [r.expand(len(edits), *r.shape) for r in call.ref]
-        selected = call.select([v.flatten(0, 1) for v in ys], [v.flatten(0, 1) for v in refs])
+        ys = [(d[idx].sum(1) - (K - 1) * r).flatten(0, 1) for d, r in zip(raw, base)]   # (E_K * n, ...)
+        if sp is not None:
+            ys = far_pairs.tail(sp, ism, ys)
+        refs = [r.expand(len(edits), *r.shape).flatten(0, 1) for r in call.ref]
+        selected = call.select(ys, refs)
         e_idx = torch.tensor(edits)
         for o, v in zip(call.out, selected):
             o[call.lo:call.lo + n, e_idx] = v.reshape(len(edits), n, *v.shape[1:]).transpose(0, 1)
@@ -464,7 +507,7 @@ def multi_edits(ism, seqs, edits, *, span: int | None = None, target=None, reduc
     select = make_select(target, reduce)
     windows = parse_edits(edits, ism.num_chars, ism.seq_len, alphabet or getattr(ism, "alphabet", None))
     inp = ism.inputs(seqs)
-    jobs, leads = plan_jobs(ism, windows, span, len(inp.seq))
+    jobs, leads = plan_jobs(ism, windows, span, len(inp.seq), split=len(inp.args) == 1)
     hulls = sorted({j.width for j in jobs if j.lead == -1 and j.run})
     first = hulls[0] if hulls else min((j.width for j in jobs if j.lead >= 0), default=None)
     ranges = None if first is None else every_window(first, ism.seq_len)

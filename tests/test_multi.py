@@ -154,7 +154,7 @@ def test_plan_costs_choose_the_form(monkeypatch):
     reference pass: close pairs run as hulls, many far pairs sharing one window run on that window's copy.  With
     the sum form allowed (this tower adds from 25 positions apart) the far pairs run as sums instead."""
     import fastism_torch.multi as multi
-    monkeypatch.setattr(multi, "_additive_from", lambda ism: None)         # hulls and copies alone first
+    monkeypatch.setattr(multi, "_reach", lambda ism, split: None)          # hulls and copies alone first
     model = _model("dilated_residual")
     ism = ft.FastISM(model, L, test_correctness=False)
     shared = [[(2, 1), (p, 0)] for p in range(30, 60)]
@@ -246,7 +246,7 @@ def test_other_model_inputs_follow_their_sequence():
     edits = _edits(x)
     ism = ft.FastISM(model, L, test_correctness=False)
     want = naive_multi(lambda y: model(y, s.repeat_interleave(len(edits))), x, edits)
-    for span in (0, L):
+    for span in (None, 0, L):
         assert_close(ism.multi_edits([x, s], edits, span=span, alphabet=ACGT), want)
 
 
@@ -407,20 +407,49 @@ def flat_target(want, t: int) -> torch.Tensor:
     return torch.cat([w.flatten(2) for w in _tuple(want)], 2)[..., t]
 
 
-def test_sum_form_in_blocks_and_not_after_a_nonlinear_head(monkeypatch):
-    """Distinct windows beyond the block budget run in several blocks (same results, every edit counted once by
-    the progress bar); a model with a nonlinear op after the global pooling adds nothing: no sums."""
+@pytest.mark.parametrize("make", [profile_head, lambda: short_field(head_relu=True), lambda: _model("pooling_dense")],
+                         ids=["outputs", "relu_head", "basset_like"])
+def test_sum_form_in_blocks_and_through_a_nonlinear_tail(make, monkeypatch):
+    """Where a nonlinear op runs in full (a dense head with a ReLU, Basset-style flatten + dense layers) the sums
+    run through the model's head and its tail, ``tail(h(ref) + sum_k dh_k)``; distinct windows beyond the block
+    budget run in several blocks (same results, every edit counted once by the progress bar)."""
     import fastism_torch.multi as multi
-    model, x = profile_head(), random_onehot(2, L, seed=4)
+    model, x = make(), random_onehot(2, L, seed=4)
     ism = ft.FastISM(model, L, test_correctness=False)
+    edits = FAR_EDITS + [[(2, 0), (34, 3)], [(2, 0), (34, 3), (62, 1)]]       # wider apart (pooling_dense)
+    jobs, _ = plan_jobs(ism, parse_edits(edits, 4, L, ACGT), None, n_seqs=2)
+    assert [j.lead for j in jobs][-2:] == [SUM, SUM] and jobs[5].lead == -1
     monkeypatch.setattr(multi, "SUM_BYTES", 1)                    # one edit per block
     bars = []
     real_progress = multi.progress
     monkeypatch.setattr(multi, "progress", lambda *a: bars.append(real_progress(a[0], a[1], True, a[3])) or bars[-1])
-    assert_close(ism.multi_edits(x, FAR_EDITS, alphabet=ACGT), naive_multi(model, x, FAR_EDITS))
-    assert bars[-1].n == bars[-1].total == 2 * len(FAR_EDITS)
-    relu_head = short_field(head_relu=True)
-    nonlinear = ft.FastISM(relu_head, L, test_correctness=False)
-    jobs, _ = plan_jobs(nonlinear, parse_edits(FAR_EDITS, 4, L, ACGT), None, n_seqs=2)
-    assert SUM not in [j.lead for j in jobs]
-    assert_close(nonlinear.multi_edits(x, FAR_EDITS, alphabet=ACGT), naive_multi(relu_head, x, FAR_EDITS))
+    want = naive_multi(model, x, edits)
+    assert_close(ism.multi_edits(x, edits, alphabet=ACGT), want)
+    assert bars[-1].n == bars[-1].total == 2 * len(edits)
+    assert_close(ism.multi_edits(x, edits, alphabet=ACGT, span=L), want)         # (hulls: the same values)
+    spread = max(float((w[:, -1] - w[:, 6]).abs().max()) for w in _tuple(want))     # (edit 6: the reference)
+    assert spread > 1e-3, "the far edit barely moves the outputs: the test checks nothing"
+
+
+def test_no_sum_through_a_head_that_stacks_the_reverse_complement_on_the_batch():
+    """A head that stacks each sequence and its flip along the batch axis has two rows per sequence where the
+    model would split: no head and tail there, edits run whole (the fuzzer's seeds 549 and 1317 summed them)."""
+    from fastism_torch import far_pairs
+
+    class Stacked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2, self.out = nn.Conv1d(4, 4, 3, padding=1), nn.Conv1d(4, 4, 1), nn.Linear(4, 2)
+
+        def forward(self, x):
+            h = self.c1(x)
+            h = torch.nn.functional.elu(self.c2(torch.cat([h, h.flip(-1)], 0)))
+            a, b = h.chunk(2, 0)
+            return self.out((a + b.flip(-1)).mean(-1))
+    torch.manual_seed(0)
+    model, x = scale_weights(Stacked()).eval(), random_onehot(2, L, seed=5)
+    ism = ft.FastISM(model, L, test_correctness=False)
+    ism(x)
+    assert far_pairs.head_and_tail(ism) is None
+    edits = [[(0, 2), (L - 1, 0)], [(3, 1), (40, 2)]]
+    assert_close(ism.multi_edits(x, edits), naive_multi(model, x, edits))
