@@ -27,9 +27,10 @@ in the mutant-sequence form.  By default the plan decides: with ``m(w)`` the pla
 and ``F`` those of a full forward pass, an edit runs as a hull where ``m(hull) <= m(run window) + F / k``,
 ``k`` the number of edits that share its copy; an edit whose windows add runs as a sum where that costs least:
 ``T + sum_k (m(w_k) - T) / u_k``, ``u_k`` the number of edits holding window ``k`` and ``T`` the tail's MACs
-(0 without one).  An engine without a plan (NaiveISM;
-a FastISM not built yet, unless at least :data:`SHARED_BUILD` edits share one copy) runs every edit as a hull.  An edit of one window is
-a hull; an empty edit is the reference.  Hull edits that change nothing in a sequence are its reference.
+(0 without one).  An engine without a plan (NaiveISM; a FastISM not built yet, unless at least
+:data:`SHARED_BUILD` edits share one copy or :data:`MULTI_BUILD` edits have several windows) runs every edit as
+a hull.  An edit of one window is a hull; an empty edit is the reference.  Hull edits that change nothing in a
+sequence are its reference.
 """
 from __future__ import annotations
 
@@ -161,9 +162,12 @@ def _key(wins) -> tuple:
 
 
 #: a FastISM not built yet (lazy) is built for the form choice when this many edits (over all sequences) share
-#: one mutant copy (a lazy engine's first probe, :data:`fastism_torch.costs.LAZY_PROBE`); otherwise every edit
-#: runs as a hull, as cheap as a copy where no edits share one
+#: one mutant copy (a lazy engine's first probe, :data:`fastism_torch.costs.LAZY_PROBE`) ...
 SHARED_BUILD = 64
+#: ... or the call holds this many edits of several windows (over all sequences: their naive ISM, ~1-3 ms an edit
+#: on Basset or BPNet at 2 threads, outweighs a build, and far windows may run as sums); otherwise every edit
+#: runs as a hull, as cheap as a copy where no edits share one
+MULTI_BUILD = 512
 
 
 def _costs(ism, build: bool) -> Callable | None:
@@ -231,7 +235,8 @@ def plan_jobs(ism, windows: list, span: int | None, n_seqs: int = 1, split: bool
     L, per_octave = ism.seq_len, 1 if getattr(ism, "compile", False) else 4
     others = [[_key(ws[:i] + ws[i + 1:]) for i in range(len(ws))] for ws in windows]
     counts = Counter(k for keys in others if len(keys) > 1 for k in keys)
-    shared = max(counts.values(), default=0) * n_seqs >= SHARED_BUILD
+    shared = max(counts.values(), default=0) * n_seqs >= SHARED_BUILD or \
+        sum(len(ws) > 1 for ws in windows) * n_seqs >= MULTI_BUILD
     cost = _costs(ism, shared) if span is None else None
     reach = _reach(ism, split) if cost is not None else None
     uses = Counter(k for ws in windows if len(ws) > 1 for k in _key(ws)) if reach is not None else Counter()

@@ -453,3 +453,21 @@ def test_no_sum_through_a_head_that_stacks_the_reverse_complement_on_the_batch()
     assert far_pairs.head_and_tail(ism) is None
     edits = [[(0, 2), (L - 1, 0)], [(3, 1), (40, 2)]]
     assert_close(ism.multi_edits(x, edits), naive_multi(model, x, edits))
+
+
+def test_a_lazy_engine_builds_for_many_edits_of_several_windows(monkeypatch):
+    """Many edits of several windows (MULTI_BUILD over all sequences) build a lazy engine for the form choice even
+    where none share a copy, so that far windows can run as sums; fewer run as hulls, unbuilt."""
+    import fastism_torch.multi as multi
+    monkeypatch.setattr(ft.FastISM, "naive_when_cheaper", True)
+    monkeypatch.setattr(multi, "MULTI_BUILD", 40)
+    model = _model("dilated_residual")
+    pairs = [[(p, 1), (p + 30, 2)] for p in range(0, 30)]                      # 30 far pairs, none shared
+    windows = parse_edits(pairs, 4, L, ACGT)
+    few = ft.FastISM(model, L, test_correctness=False)
+    assert all(j.lead == -1 for j in plan_jobs(few, windows, None, n_seqs=1)[0]) and few.gm is None
+    many = ft.FastISM(model, L, test_correctness=False)
+    jobs, _ = plan_jobs(many, windows, None, n_seqs=2)
+    assert many.gm is not None and all(j.lead == SUM for j in jobs)
+    x = random_onehot(2, L, seed=11)
+    assert_close(many.multi_edits(x, pairs), naive_multi(model, x, pairs))
