@@ -6,8 +6,9 @@ runs in full (after a flatten + dense layer, a global mean) is the reference plu
 changes.  The model splits there into a *head* (sequence -> the values the nonlinear tail reads) and a
 *tail* (those values -> outputs): the double mutant is ``tail(h(ref) + dh(i) + dh(j))``, exact up to
 rounding, and costs one pass of the tail (Basset: 1 M multiply-adds, against ~17 M for a fast edit of the
-whole model).  :func:`split` builds the two parts from a FastISM engine's graph; the single mutants come from
-one saturation scan of the head (:func:`fastism_torch.dependency._head_singles`).
+whole model).  :func:`split` builds the two parts from a FastISM engine's graph for a dependency map, whose
+single mutants come from one saturation scan of the head (:func:`fastism_torch.dependency._head_singles`);
+:func:`head_and_tail` builds them for :func:`fastism_torch.multi_edits`' sum form (edits of far windows).
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ MAX_TAIL_ROWS = 4096
 class Split(NamedTuple):
     head: object            # FastISM of the model up to the tail's inputs (a tuple of them)
     tail: fx.GraphModule    # the tail's inputs -> the model's outputs
-    far: np.ndarray | None  # (P1, P2): the pairs of first and second positions that go through the tail
+    far: np.ndarray | None  # (P1, P2): the pairs of first and second positions that go through the tail (None:
+    #                         the caller checks its edits itself, as multi_edits does)
     rows: int               # rows of the tail per call (its activations within the engine's memory budget)
 
 
@@ -124,7 +126,7 @@ def split(ism, inp: Inputs, positions: np.ndarray, first: np.ndarray):
     return _split_at(ism, post, graphs, far)
 
 
-def head_and_tail(ism) -> tuple[Split, int] | None:
+def head_and_tail(ism) -> tuple[Split | None, int] | None:
     """``ism``'s model split at its first nonlinear ops that run in full (a :class:`Split` with ``far`` None) and
     the multiply-adds of one row of the tail, or None: the tail reads other inputs.  ``(None, 0)`` where no
     nonlinear op runs in full (changes add up to the outputs).  The caller's engine must be built."""
@@ -144,7 +146,7 @@ def _split_at(ism, post: set, graphs: tuple, far) -> Split:
     gm = ism.gm
     head = FastISM(fx.GraphModule(gm, head_graph), ism.seq_len, test_correctness=False, copy_model=False,
                    batch_size=ism.batch_size, delta=ism.delta, **ism.settings())
-    head.naive_when_cheaper = False      # one saturation scan of every position: build at its call, no naive probe
+    head.naive_when_cheaper = False      # a scan of many windows: build at its call, no naive probe
     rows = int(np.clip(ism.memory_budget // max(1, _bytes_per_row(list(post) + cut)), 1, MAX_TAIL_ROWS))
     return Split(head, fx.GraphModule(gm, tail_graph), far, rows)
 

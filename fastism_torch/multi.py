@@ -209,7 +209,7 @@ class Reach(NamedTuple):
 
 
 def _reach(ism, split: bool) -> Reach | None:
-    """``ism``'s :class:`Reach` (kept by the engine for its graph), or None: no plan, or a nonlinear op runs in
+    """``ism``'s :class:`Reach` (a FastISM; kept by the engine for its graph), or None: a nonlinear op runs in
     full and the model does not split there (or ``split`` is False: the model takes other inputs)."""
     from . import far_pairs
     plan = ism.plan_for(every_window(1, ism.seq_len))           # (builds an engine not built yet)
@@ -458,6 +458,17 @@ def _chunk_inputs(ism, inp: Inputs, lo: int, hi: int) -> Inputs:
     return Inputs(args[ism.seq_input_idx], args, inp.was_numpy, inp.out_device)
 
 
+def _first_ranges(ism, jobs: list) -> tuple[list, tuple | None]:
+    """The hull width classes of ``jobs`` in order, and the change ranges of the engine's first call, whose
+    reference pass (a FastISM's first one compares its trace with the model) starts each chunk: of the narrowest
+    hull, else of a copy's run window, else of single positions (sums), else None (only references)."""
+    hulls = sorted({j.width for j in jobs if j.lead == -1 and j.run})
+    first = hulls[0] if hulls else min((j.width for j in jobs if j.lead >= 0), default=None)
+    if first is None and any(j.lead == SUM for j in jobs):
+        first = 1
+    return hulls, None if first is None else every_window(first, ism.seq_len)
+
+
 # --------------------------------------------------------------------------------------------- API
 def multi_edits(ism, seqs, edits, *, span: int | None = None, target=None, reduce: Callable | None = None,
                 alphabet: str | None = None, max_bytes: int | None = None, verbose: bool | None = None):
@@ -513,9 +524,8 @@ def multi_edits(ism, seqs, edits, *, span: int | None = None, target=None, reduc
     windows = parse_edits(edits, ism.num_chars, ism.seq_len, alphabet or getattr(ism, "alphabet", None))
     inp = ism.inputs(seqs)
     jobs, leads = plan_jobs(ism, windows, span, len(inp.seq), split=len(inp.args) == 1)
-    hulls = sorted({j.width for j in jobs if j.lead == -1 and j.run})
-    first = hulls[0] if hulls else min((j.width for j in jobs if j.lead >= 0), default=None)
-    ranges = None if first is None else every_window(first, ism.seq_len)
+    planned = getattr(ism, "gm", None)
+    hulls, ranges = _first_ranges(ism, jobs)
     N, E, out = len(inp.seq), len(jobs), None
     wide = ism.num_chars * float(np.mean([j.width for j in jobs]))
     with progress(ism, N * E, verbose, "multi_edits") as bar:
@@ -525,6 +535,9 @@ def multi_edits(ism, seqs, edits, *, span: int | None = None, target=None, reduc
             hi = min(N, lo + step)
             chunk = _chunk_inputs(ism, inp, lo, hi)
             ref = [r.cpu() for r in ism._reference(chunk, ranges)]      # (FastISM: the pass of the first call)
+            if getattr(ism, "gm", None) is not planned:     # its first pass found the trace wrong: one op now
+                jobs, leads = plan_jobs(ism, windows, span, len(inp.seq), split=len(inp.args) == 1)
+                planned, (hulls, ranges) = ism.gm, _first_ranges(ism, jobs)
             ref_values = select(ref, ref)
             if out is None:
                 shapes = [(N, E, *v.shape[1:]) for v in ref_values]

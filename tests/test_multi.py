@@ -471,3 +471,16 @@ def test_a_lazy_engine_builds_for_many_edits_of_several_windows(monkeypatch):
     assert many.gm is not None and all(j.lead == SUM for j in jobs)
     x = random_onehot(2, L, seed=11)
     assert_close(many.multi_edits(x, pairs), naive_multi(model, x, pairs))
+
+
+def test_sums_are_planned_again_when_the_first_pass_finds_the_trace_wrong():
+    """A trace that differs from the model is found on the first reference pass and the model becomes one op:
+    edits planned as sums on the wrong trace must be planned again (they summed changes that interact)."""
+    from test_setup import ViewAliasedInPlace
+    model, x = scale_weights(ViewAliasedInPlace()), random_onehot(2, 20)
+    ism = ft.FastISM(model, 20, test_correctness=False)
+    edits = [[(0, 1), (19, 2)], [(1, 3), (18, 0)]]
+    assert {j.lead for j in plan_jobs(ism, parse_edits(edits, 4, 20), None, 2)[0]} == {SUM}     # on the trace
+    with pytest.warns(UserWarning, match="outputs differ from the model's"):
+        got = ism.multi_edits(x, edits)
+    assert_close(got, naive_multi(model, x, edits))
