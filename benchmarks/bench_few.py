@@ -71,23 +71,29 @@ def _call(engine: str, name: str, kind: str, n_windows: int, out_path: str) -> d
     return {"first": first, "second": second, "path": path, "L": L, "edits": len(pos)}
 
 
-def bench(name: str, n_windows: int, threads: int | None) -> list:
+def bench(name: str, n_windows: int, threads: int | None, rounds: int = 3) -> list:
     """Naive and FastISM each in a fresh process (cold: their first calls pay for oneDNN's kernel set-up of the
-    model's shapes, as a user's would), windows then full saturation."""
+    model's shapes, as a user's would), windows then full saturation; ``rounds`` pairs of processes (the order
+    alternating), each time the median (calls of 10-200 ms at 2 threads move by +-20% from one process to the
+    next: single rounds put the same cell at 0.6x and 1.1x)."""
     import json
+    import statistics
     import subprocess
     import tempfile
     rows = []
     for kind in ("windows", "saturation"):
-        res = {}
+        runs: dict = {"naive": [], "fast": []}
         with tempfile.TemporaryDirectory() as tmp:
-            for engine in ("naive", "fast"):
-                cmd = [sys.executable, "-m", "benchmarks.bench_few", "--one", engine, name, kind,
-                       "--windows", str(n_windows), "--npz", os.path.join(tmp, engine + ".npz")]
-                if threads:
-                    cmd += ["--threads", str(threads)]
-                done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-                res[engine] = json.loads(done.stdout.strip().splitlines()[-1])
+            for r in range(rounds):
+                for engine in ("naive", "fast") if r % 2 == 0 else ("fast", "naive"):
+                    cmd = [sys.executable, "-m", "benchmarks.bench_few", "--one", engine, name, kind,
+                           "--windows", str(n_windows), "--npz", os.path.join(tmp, engine + ".npz")]
+                    if threads:
+                        cmd += ["--threads", str(threads)]
+                    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                    runs[engine].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            res = {e: {**v[-1], **{k: statistics.median(x[k] for x in v) for k in ("first", "second")}}
+                   for e, v in runs.items()}
             outs = {e: np.load(os.path.join(tmp, e + ".npz")) for e in res}
             diff = max(common.max_rel_diff(torch.from_numpy(outs["fast"][k]), torch.from_numpy(outs["naive"][k]))
                        for k in outs["fast"].files)
@@ -104,6 +110,7 @@ def main(argv=None):
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--windows", type=int, default=24)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--rounds", type=int, default=3, help="fresh process pairs per cell (the median is reported)")
     p.add_argument("--out", default="", help="markdown file to append to ('' = don't)")
     p.add_argument("--one", nargs=3, metavar=("ENGINE", "MODEL", "KIND"), help=argparse.SUPPRESS)
     p.add_argument("--npz", help=argparse.SUPPRESS)
@@ -123,9 +130,10 @@ def main(argv=None):
         import json
         print(json.dumps(_call(*args.one, args.windows, args.npz)))
         return
-    rows = [r for name in args.models.split(",") for r in bench(name, args.windows, args.threads)]
+    rows = [r for name in args.models.split(",") for r in bench(name, args.windows, args.threads, args.rounds)]
     body = (f"One random sequence, {torch.get_num_threads()} thread(s), load average at the end "
-            f"{os.getloadavg()[0]:.2f}. Each engine in a fresh process, where a tiny model was built and called "
+            f"{os.getloadavg()[0]:.2f}. Each engine in a fresh process ({args.rounds} rounds, the order alternating: "
+            "the medians), where a tiny model was built and called "
             f"first ({warm:.2f} s: imports and first uses of fx, meta kernels, oneDNN, paid once per process and not in "
             "the rows). First call: construction (FastISM: self-check off) + the first call, cold for the model's "
             "shapes as a user's first call is; second call: the same call again. Naive: NaiveISM, batch size measured "
