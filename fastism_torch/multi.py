@@ -335,16 +335,18 @@ def _run_hulls(ism, call: _Call, jobs: list, widths: list) -> None:
         if j.lead == -1 and j.run:
             by_width.setdefault(j.width, []).append(e)
     for width in widths:
-        tasks, same = [], 0
-        for e in by_width[width]:
-            j = jobs[e]
-            old = own[:, j.start:j.start + width]
-            v = _written(old, j.run, j.start)
-            real = np.flatnonzero(~(v == old).flatten(1).all(1).numpy())
-            same += n - len(real)
-            tasks.append(_Task(real, real, np.full(len(real), e), v[real], j.start))
-        call.bar.update(same)
+        tasks = [_hull_task(own, jobs[e], e) for e in by_width[width]]
+        call.bar.update(sum(n - len(t.seq) for t in tasks))
         _run(ism, call, call.inp, width, tasks)
+
+
+def _hull_task(own: torch.Tensor, j: Job, edit: int) -> _Task:
+    """The rows of ``own`` ``(n, L, C)`` that hull job ``j`` changes, as a :class:`_Task` of edit ``edit`` (the
+    others keep their reference)."""
+    old = own[:, j.start:j.start + j.width]
+    v = _written(old, j.run, j.start)
+    real = np.flatnonzero(~(v == old).flatten(1).all(1).numpy())
+    return _Task(real, real, np.full(len(real), edit), v[real], j.start)
 
 
 #: raw outputs of the sum-form edits held at once (bytes, float32: their distinct windows' and the sums' terms):
@@ -388,11 +390,9 @@ def _sum_block(ism, call: _Call, jobs: list, block: list, index: dict, sp, base:
     by_width: dict = {}
     for u, w in index.values():
         j = _job(-1, (w,), L, per_octave)
-        old = own[:, j.start:j.start + j.width]
-        v = _written(old, j.run, j.start)
-        real = np.flatnonzero(~(v == old).flatten(1).all(1).numpy())
-        if len(real):
-            by_width.setdefault(j.width, []).append(_Task(real, real, np.full(len(real), u), v[real], j.start))
+        task = _hull_task(own, j, u)
+        if len(task.seq):
+            by_width.setdefault(j.width, []).append(task)
     for width, tasks in sorted(by_width.items()):
         r, u_idx, outs = _outputs(engine, call.inp, width, tasks, [b.shape[1:] for b in base], None)
         for dst, o in zip(raw, outs):
