@@ -8,7 +8,7 @@ changes.  The model splits there into a *head* (sequence -> the values the nonli
 rounding, and costs one pass of the tail (Basset: 1 M multiply-adds, against ~17 M for a fast edit of the
 whole model).  :func:`split` builds the two parts from a FastISM engine's graph for a dependency map, whose
 single mutants come from one saturation scan of the head (:func:`fastism_torch.dependency._head_singles`);
-:func:`head_and_tail` builds them for :func:`fastism_torch.multi_edits`' sum form (edits of far windows).
+:func:`reach` builds them for :func:`fastism_torch.multi_edits`' sum form (edits of far windows).
 """
 from __future__ import annotations
 
@@ -140,15 +140,53 @@ def head_and_tail(ism) -> tuple[Split | None, int] | None:
 
 
 def _split_at(ism, post: set, graphs: tuple, far) -> Split:
-    """The head engine (built at its first call, no naive probe) and the tail module of ``graphs``."""
-    from .fast import FastISM
+    """The head engine (``ism``'s class, built at its first call, no naive probe) and the tail module of
+    ``graphs``."""
     head_graph, tail_graph, cut = graphs
     gm = ism.gm
-    head = FastISM(fx.GraphModule(gm, head_graph), ism.seq_len, test_correctness=False, copy_model=False,
-                   batch_size=ism.batch_size, delta=ism.delta, **ism.settings())
+    head = type(ism)(fx.GraphModule(gm, head_graph), ism.seq_len, test_correctness=False, copy_model=False,
+                     batch_size=ism.batch_size, delta=ism.delta, **ism.settings())
     head.naive_when_cheaper = False      # a scan of many windows: build at its call, no naive probe
     rows = int(np.clip(ism.memory_budget // max(1, _bytes_per_row(list(post) + cut)), 1, MAX_TAIL_ROWS))
     return Split(head, fx.GraphModule(gm, tail_graph), far, rows)
+
+
+class Reach(NamedTuple):
+    """What :func:`fastism_torch.multi_edits`' sum form needs of an engine: where single positions' changes
+    reach at the nonlinear ops of the windowed part (the plan of every single-position window), and the
+    model's head and tail (:func:`head_and_tail`)."""
+    lo: np.ndarray          # (ops, L)
+    hi: np.ndarray          # (ops, L)
+    split: Split | None     # None: no nonlinear op runs in full (changes add up to the outputs)
+    tail: int               # multiply-adds of one row of the tail
+
+    def apart(self, ws: list) -> bool:
+        """Whether no two windows of ``ws`` (``.start``, ``.end``) have changes that meet at one of the ops."""
+        for k, a in enumerate(ws):
+            la, ha = self.lo[:, a.start:a.end, None], self.hi[:, a.start:a.end, None]
+            for b in ws[k + 1:]:
+                lb, hb = self.lo[:, None, b.start:b.end], self.hi[:, None, b.start:b.end]
+                if ((ha > la) & (hb > lb) & (lb < ha) & (la < hb)).any():
+                    return False
+        return True
+
+    def outputs(self, ism, hs: list) -> list:
+        """The model's outputs from summed values ``hs`` of the head (through the tail), or ``hs`` themselves."""
+        return hs if self.split is None else tail(self.split, ism, hs)
+
+
+def reach(ism) -> Reach | None:
+    """``ism``'s :class:`Reach` (a built engine), or None: the model does not split at its first nonlinear op
+    that runs in full."""
+    ht = head_and_tail(ism)
+    if ht is None:
+        return None
+    plan = ism.plan_for(tuple((p, p + 1) for p in range(ism.seq_len)))
+    names = meeting_nodes(ism.gm, ism.infos)
+    empty = np.zeros((0, ism.seq_len), dtype=np.int64)
+    lo = np.stack([plan.nodes[n].lo for n in names]) if names else empty
+    hi = np.stack([plan.nodes[n].hi for n in names]) if names else empty
+    return Reach(lo, hi, *ht)
 
 
 @torch.no_grad()

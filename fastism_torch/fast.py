@@ -142,6 +142,7 @@ class FastISM(NaiveRouting, ISMBase):
         self._test_correctness = test_correctness
         self._engines: dict = {}
         self._window_macs: dict = {}      # executor -> its MAC summary (:meth:`window_macs`)
+        self._sum_reach = None            # (graph, far_pairs.Reach) of :meth:`sum_reach`
         self._pattern = None
         self.gm = None
         self._example = None              # the inputs the graph was captured for (two sequences)
@@ -426,6 +427,18 @@ class FastISM(NaiveRouting, ISMBase):
             self._window_macs[ex] = mac_summary(self.gm, self.infos, ex.plan)
         s = self._window_macs[ex]
         return float(s["planned_macs_per_mutation"]), float(s["full_macs"])
+
+    def sum_reach(self, split: bool = True):
+        """What :func:`fastism_torch.multi_edits`' sum form needs (:class:`fastism_torch.far_pairs.Reach`: where
+        single positions' changes reach at nonlinear ops, the model's head and tail), kept for the engine's
+        graph (a rebuild as one op replaces it); None where the model does not split, or where it has a nonlinear
+        tail and ``split`` is False (other model inputs)."""
+        from .far_pairs import reach
+        self._engine(tuple((p, p + 1) for p in range(self.seq_len)))          # (builds a lazy engine)
+        if self._sum_reach is None or self._sum_reach[0] is not self.gm:
+            self._sum_reach = (self.gm, reach(self))
+        r = self._sum_reach[1]
+        return None if r is None or (r.split is not None and not split) else r
 
     def mac_summary(self) -> dict:
         """MACs of one full forward pass vs the MACs the plan recomputes per mutation (averaged)."""

@@ -17,7 +17,7 @@ The engine edits one window per edit.  An edit of several disjoint windows runs 
   to the first nonlinear op that runs in full.  Without one (e.g. a global mean + dense head, a linear profile
   head: the plan's :attr:`~fastism_torch.plan.Plan.additive_from`), the edit's outputs are the sum of its
   windows' single-window changes, ``y(ref) + sum_k (y(window k) - y(ref))``; with one (a dense head with a
-  ReLU: Basset, DeepSEA), the model splits there (:func:`fastism_torch.far_pairs.head_and_tail`) and the
+  ReLU: Basset, DeepSEA), the model splits there (:meth:`FastISM.sum_reach <fastism_torch.FastISM.sum_reach>`) and the
   edit is ``tail(h(ref) + sum_k (h(window k) - h(ref)))``, one pass of the tail.  Exact up to rounding.  Each
   distinct window runs once per call as a single-window edit (of the head), shared by every edit holding it.
 
@@ -189,43 +189,11 @@ def _costs(ism, build: bool) -> Callable | None:
     return cost
 
 
-class Reach(NamedTuple):
-    """Where single positions' changes reach at the nonlinear ops of the windowed part (the plan of every
-    single-position window), and the model's head and tail (:func:`fastism_torch.far_pairs.head_and_tail`)."""
-    lo: np.ndarray          # (ops, L)
-    hi: np.ndarray          # (ops, L)
-    split: object           # far_pairs.Split, or None: no nonlinear op runs in full (changes add to the outputs)
-    tail: int               # MACs of one row of the tail
-
-    def apart(self, ws: list) -> bool:
-        """Whether no two windows of ``ws`` have changes that meet at one of the ops."""
-        for k, a in enumerate(ws):
-            la, ha = self.lo[:, a.start:a.end, None], self.hi[:, a.start:a.end, None]
-            for b in ws[k + 1:]:
-                lb, hb = self.lo[:, None, b.start:b.end], self.hi[:, None, b.start:b.end]
-                if ((ha > la) & (hb > lb) & (lb < ha) & (la < hb)).any():
-                    return False
-        return True
-
-
-def _reach(ism, split: bool) -> Reach | None:
-    """``ism``'s :class:`Reach` (a FastISM; kept by the engine for its graph), or None: a nonlinear op runs in
-    full and the model does not split there (or ``split`` is False: the model takes other inputs)."""
-    from . import far_pairs
-    plan = ism.plan_for(every_window(1, ism.seq_len))           # (builds an engine not built yet)
-    kept = ism.__dict__.get("_multi_reach")
-    if kept is None or kept[0] is not ism.gm:
-        ht = far_pairs.head_and_tail(ism)
-        reach = None
-        if ht is not None:
-            names = far_pairs.meeting_nodes(ism.gm, ism.infos)
-            empty = np.zeros((0, ism.seq_len), dtype=np.int64)
-            lo = np.stack([plan.nodes[n].lo for n in names]) if names else empty
-            hi = np.stack([plan.nodes[n].hi for n in names]) if names else empty
-            reach = Reach(lo, hi, *ht)
-        ism.__dict__["_multi_reach"] = kept = (ism.gm, reach)
-    reach = kept[1]
-    return None if reach is None or (reach.split is not None and not split) else reach
+def _reach(ism, split: bool):
+    """``ism.sum_reach(split)`` (a FastISM: :class:`fastism_torch.far_pairs.Reach`, what decides and runs the sum
+    form), or None (an engine without a plan, or a model whose changes do not add anywhere usable)."""
+    sum_reach = getattr(ism, "sum_reach", None)
+    return None if sum_reach is None else sum_reach(split)
 
 
 def plan_jobs(ism, windows: list, span: int | None, n_seqs: int = 1, split: bool = True) -> tuple[list, list]:
@@ -363,8 +331,8 @@ def _run_sums(ism, call: _Call, jobs: list) -> None:
     sums = [e for e, j in enumerate(jobs) if j.lead == SUM]
     if not sums:
         return
-    sp = _reach(ism, True).split
-    base = call.ref if sp is None else [h.float().cpu() for h in sp.head._reference(call.inp)]
+    reach = _reach(ism, True)
+    base = call.ref if reach.split is None else [h.float().cpu() for h in reach.split.head._reference(call.inp)]
     per_window = 4 * sum(math.prod(r.shape) for r in base)
     block, index, held = [], {}, 0
     for k, e in enumerate(sums):
@@ -374,16 +342,15 @@ def _run_sums(ism, call: _Call, jobs: list) -> None:
         held += len(jobs[e].run)
         ahead = len(jobs[sums[k + 1]].run) if k + 1 < len(sums) else 0
         if not ahead or (len(index) + held + 2 * ahead) * per_window > SUM_BYTES:
-            _sum_block(ism, call, jobs, block, index, sp, base)
+            _sum_block(ism, call, jobs, block, index, reach, base)
             block, index, held = [], {}, 0
 
 
-def _sum_block(ism, call: _Call, jobs: list, block: list, index: dict, sp, base: list) -> None:
+def _sum_block(ism, call: _Call, jobs: list, block: list, index: dict, reach, base: list) -> None:
     """:func:`_run_sums` for one block of edits whose distinct windows are ``index`` (key -> (row, window)),
-    through ``sp``'s head and tail (a :class:`fastism_torch.far_pairs.Split`, or None: the model), whose raw
-    reference outputs are ``base``."""
-    from . import far_pairs
-    engine = ism if sp is None else sp.head
+    through ``reach``'s head and tail where it has them (else the model), whose raw reference outputs are
+    ``base``."""
+    engine = ism if reach.split is None else reach.split.head
     own = ism.rows(call.inp.seq).cpu()                                           # (n, L, C)
     n, L, per_octave = len(own), ism.seq_len, 1 if getattr(ism, "compile", False) else 4
     raw = [r[None].repeat(len(index), *[1] * r.dim()) for r in base]             # (U, n, ...): the reference
@@ -403,8 +370,7 @@ def _sum_block(ism, call: _Call, jobs: list, block: list, index: dict, sp, base:
     for K, edits in by_count.items():
         idx = torch.tensor([[index[key][0] for key in _key(jobs[e].run)] for e in edits])    # (E_K, K)
         ys = [(d[idx].sum(1) - (K - 1) * r).flatten(0, 1) for d, r in zip(raw, base)]   # (E_K * n, ...)
-        if sp is not None:
-            ys = far_pairs.tail(sp, ism, ys)
+        ys = reach.outputs(ism, ys)
         refs = [r.expand(len(edits), *r.shape).flatten(0, 1) for r in call.ref]
         selected = call.select(ys, refs)
         e_idx = torch.tensor(edits)
