@@ -152,6 +152,11 @@ def every_window(width: int, seq_len: int) -> tuple:
     return tuple((p, p + width) for p in range(seq_len - width + 1))
 
 
+def _per_octave(ism) -> int:
+    """Width classes per power of two (:func:`width_class`): 1 for an engine built with ``compile``, else 4."""
+    return 1 if getattr(ism, "compile", False) else 4
+
+
 def _job(lead: int, run: tuple, seq_len: int, per_octave: int) -> Job:
     width = width_class(run[-1].end - run[0].start, seq_len, per_octave)
     return Job(lead, run, min(run[0].start, seq_len - width), width)
@@ -200,7 +205,7 @@ def plan_jobs(ism, windows: list, span: int | None, n_seqs: int = 1, split: bool
     """The :class:`Job` of every edit (of :class:`Window` lists ``windows``, applied to ``n_seqs`` sequences)
     and the window lists of the copies they run on (``leads``); the form by ``span`` or by the plan's costs
     (module docstring; ``split``: the sum form may run through the model's head and tail)."""
-    L, per_octave = ism.seq_len, 1 if getattr(ism, "compile", False) else 4
+    L, per_octave = ism.seq_len, _per_octave(ism)
     others = [[_key(ws[:i] + ws[i + 1:]) for i in range(len(ws))] for ws in windows]
     counts = Counter(k for keys in others if len(keys) > 1 for k in keys)
     shared = max(counts.values(), default=0) * n_seqs >= SHARED_BUILD or \
@@ -208,6 +213,9 @@ def plan_jobs(ism, windows: list, span: int | None, n_seqs: int = 1, split: bool
     cost = _costs(ism, shared) if span is None else None
     reach = _reach(ism, split) if cost is not None else None
     uses = Counter(k for ws in windows if len(ws) > 1 for k in _key(ws)) if reach is not None else Counter()
+
+    def m(width: int) -> float:
+        return cost(width_class(width, L, per_octave))[0]
     jobs, leads, lead_of = [], [], {}
     for ws, keys in zip(windows, others):
         if not ws:
@@ -219,8 +227,6 @@ def plan_jobs(ism, windows: list, span: int | None, n_seqs: int = 1, split: bool
             if span is not None:
                 mutant = hull > span
             elif cost is not None:
-                def m(width: int) -> float:
-                    return cost(width_class(width, L, per_octave))[0]
                 as_hull, as_copy = m(hull), m(len(ws[i].rows)) + cost(1)[1] / counts[keys[i]]
                 if reach is not None and reach.tail + sum((m(len(w.rows)) - reach.tail) / uses[k] for w, k in zip(
                         ws, _key(ws))) <= min(as_hull, as_copy) and reach.apart(ws):
@@ -333,6 +339,7 @@ def _run_sums(ism, call: _Call, jobs: list) -> None:
         return
     reach = _reach(ism, True)
     base = call.ref if reach.split is None else [h.float().cpu() for h in reach.split.head._reference(call.inp)]
+    own = ism.rows(call.inp.seq).cpu()                                           # (n, L, C)
     per_window = 4 * sum(math.prod(r.shape) for r in base)
     block, index, held = [], {}, 0
     for k, e in enumerate(sums):
@@ -342,17 +349,17 @@ def _run_sums(ism, call: _Call, jobs: list) -> None:
         held += len(jobs[e].run)
         ahead = len(jobs[sums[k + 1]].run) if k + 1 < len(sums) else 0
         if not ahead or (len(index) + held + 2 * ahead) * per_window > SUM_BYTES:
-            _sum_block(ism, call, jobs, block, index, reach, base)
+            _sum_block(ism, call, jobs, block, index, reach, base, own)
             block, index, held = [], {}, 0
 
 
-def _sum_block(ism, call: _Call, jobs: list, block: list, index: dict, reach, base: list) -> None:
+def _sum_block(ism, call: _Call, jobs: list, block: list, index: dict, reach, base: list,
+               own: torch.Tensor) -> None:
     """:func:`_run_sums` for one block of edits whose distinct windows are ``index`` (key -> (row, window)),
     through ``reach``'s head and tail where it has them (else the model), whose raw reference outputs are
-    ``base``."""
+    ``base``; ``own``: the chunk's sequences ``(n, L, C)``."""
     engine = ism if reach.split is None else reach.split.head
-    own = ism.rows(call.inp.seq).cpu()                                           # (n, L, C)
-    n, L, per_octave = len(own), ism.seq_len, 1 if getattr(ism, "compile", False) else 4
+    n, L, per_octave = len(own), ism.seq_len, _per_octave(ism)
     raw = [r[None].repeat(len(index), *[1] * r.dim()) for r in base]             # (U, n, ...): the reference
     by_width: dict = {}
     for u, w in index.values():
