@@ -128,12 +128,8 @@ def layer_case(L: int, d: int, p0: int, gen: torch.Generator):
 
 def run(L: int, dilations, threads: int) -> list:
     """The table's rows at ``threads`` torch threads (the caller's setting is restored)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with common.torch_threads(threads):
         return _rows(L, dilations)
-    finally:
-        torch.set_num_threads(before)
 
 
 def _rows(L: int, dilations) -> list:

@@ -128,13 +128,9 @@ def main(argv=None) -> list:
     if argv is None:                                    # (from the command line, not from a test)
         common.reexec_with_malloc_env("benchmarks.bench_multi")
     args = parse_args(argv)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    with common.torch_threads(args.threads):
         rows = [bench_model(name, args) for name in args.models.split(",")]
         report(args, rows)
-    finally:
-        torch.set_num_threads(threads)                  # (a caller's setting: a test's process goes on)
     return rows
 
 

@@ -202,12 +202,8 @@ def main(argv=None) -> tuple[list, list]:
     if argv is None:                                    # (from the command line, not from a test)
         common.reexec_with_malloc_env("benchmarks.bench_pairwise")
     args = parse_args(argv)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    with common.torch_threads(args.threads):
         return _main(args)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _main(args) -> tuple[list, list]:

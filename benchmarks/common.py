@@ -25,6 +25,7 @@ import shlex
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -398,3 +399,15 @@ def _versions() -> str:
         except ImportError:
             pass
     return (", " + ", ".join(out)) if out else ""
+
+
+@contextmanager
+def torch_threads(n: int):
+    """``torch.set_num_threads(n)`` inside the block, the caller's setting restored after it (a test's process
+    goes on)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
