@@ -18,6 +18,17 @@ class Lambda(nn.Module):
         return self.fn(x)
 
 
+class NLC(nn.Module):
+    """``model`` (NCL) taking ``(N, L, C)`` input: transposed to NCL first."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.m = model
+
+    def forward(self, x):
+        return self.m(x.transpose(1, 2))
+
+
 class Attention(nn.Module):
     """Conv, then single-head self-attention over the length (a stop), mean, dense."""
 

@@ -11,7 +11,7 @@ import fastism_torch as ft
 from fastism_torch import models
 from fastism_torch.multi import SUM, Job, plan_jobs, parse_edits, width_class
 
-from helpers import Attention, profile_head, random_onehot, scale_weights, short_field
+from helpers import NLC, Attention, profile_head, random_onehot, scale_weights, short_field
 
 L = 64
 ACGT = "ACGT"
@@ -192,17 +192,9 @@ def test_hull_keeps_the_bases_between_windows():
 
 def test_nlc_layout_static_kernels_and_tensor_output(kernel_form):
     base = _model("pooling_dense")
-
-    class NLC(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.m = base
-
-        def forward(self, x):
-            return self.m(x.transpose(1, 2))
     x = random_onehot(2, L, seed=6)
     edits = _edits(x)
-    ism = ft.FastISM(NLC(), L, layout="NLC", test_correctness=False)
+    ism = ft.FastISM(NLC(base), L, layout="NLC", test_correctness=False)
     for span in (0, L):
         got = ism.multi_edits(x.transpose(1, 2).contiguous(), edits, span=span, alphabet=ACGT)
         assert isinstance(got, torch.Tensor) and got.shape == (2, len(edits), 3)

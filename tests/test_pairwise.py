@@ -10,7 +10,7 @@ from torch import nn
 import fastism_torch as ft
 from fastism_torch.pairwise import diagonal
 
-from helpers import Attention, profile_head, random_onehot, scale_weights, short_field
+from helpers import NLC, Attention, profile_head, random_onehot, scale_weights, short_field
 
 L, START, END = 32, 12, 18
 W, C = END - START, 4
@@ -120,16 +120,8 @@ def test_pairwise_matches_naive_double_mutants(family):
 def test_pairwise_static_kernels_and_nlc(kernel_form):
     """Both kernel forms of the edit graph; NLC layout (the result is (N, W, C, W, C, ...) all the same)."""
     model = _model("conv")
-
-    class NLC(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.m = model
-
-        def forward(self, x):
-            return self.m(x.transpose(1, 2))
     x = _seqs()
-    ism = ft.FastISM(NLC(), L, layout="NLC", test_correctness=False)
+    ism = ft.FastISM(NLC(model), L, layout="NLC", test_correctness=False)
     got = ism.pairwise(x.transpose(1, 2).contiguous(), START, END)
     assert isinstance(got, torch.Tensor)
     assert_close(got, naive_pairwise(model, x, START, END))
