@@ -30,7 +30,9 @@ scale).
 
 The process re-executes itself with ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000`` (glibc then
 keeps freed large blocks instead of mapping and unmapping them every batch, which otherwise slows naive ISM
-1.3-2.3x on this kind of machine); ``--no-malloc-env`` measures with the default allocator instead.
+1.3-2.3x on this kind of machine) and its OpenMP threads pinned to cores (``OMP_PROC_BIND=true OMP_PLACES=cores``
+unless set: unpinned, a process's speed settles at a level of its own, see ``common.THREAD_ENV``);
+``--no-malloc-env`` measures with neither.
 """
 from __future__ import annotations
 
