@@ -90,7 +90,8 @@ def bench(name: str, n_windows: int, threads: int | None, rounds: int = 3) -> li
                            "--windows", str(n_windows), "--npz", os.path.join(tmp, engine + ".npz")]
                     if threads:
                         cmd += ["--threads", str(threads)]
-                    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                    done = subprocess.run(cmd, capture_output=True, text=True, check=True,
+                                          preexec_fn=common.unpinned)
                     runs[engine].append(json.loads(done.stdout.strip().splitlines()[-1]))
             res = {e: {**v[-1], **{k: statistics.median(x[k] for x in v) for k in ("first", "second")}}
                    for e, v in runs.items()}

@@ -63,7 +63,8 @@ def bench(trees: dict, name: str, L: int, args) -> list:
         for label in labels if r % 2 == 0 else labels[::-1]:
             cmd = [sys.executable, "-m", "benchmarks.bench_versus", "--one", trees[label], name, str(L),
                    "--n-seqs", str(args.n_seqs), "--threads", str(args.threads)]
-            done = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=os.path.dirname(common.HERE))
+            done = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=os.path.dirname(common.HERE),
+                                  preexec_fn=common.unpinned)
             runs[label].append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(label, name, runs[label][-1], flush=True)
     med = {label: {k: statistics.median(x[k] for x in v) for k in ("first", "steady")} for label, v in runs.items()}

@@ -36,6 +36,8 @@ MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
 #: 9.9-17.9 ms in eight fresh processes, and the same in one process all along; pinned, 9.7-10.4 ms (naive ISM and
 #: FastISM alike; 2026-12-06).  A value the user set is kept (``OMP_PROC_BIND=false`` turns it off).
 THREAD_ENV = {"OMP_PROC_BIND": "true", "OMP_PLACES": "cores"}
+#: the CPUs the run started with, for its subprocesses (:func:`unpinned`)
+CPUS_ENV = "FASTISM_BENCH_CPUS"
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_RESULTS = os.path.join(HERE, "RESULTS.md")
 
@@ -49,11 +51,22 @@ def reexec_with_malloc_env(module: str) -> None:
     long in the kernel as in compute.  ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000`` keeps freed
     memory in the heap, so naive ISM (and every other method in the run) is measured at its best.
     """
+    # (the shell's CPUs: once pinned, this process's main thread holds one core, and so would its subprocesses)
+    os.environ.setdefault(CPUS_ENV, ",".join(str(c) for c in sorted(os.sched_getaffinity(os.getppid()))))
     if all(os.environ.get(k) == v for k, v in MALLOC_ENV.items()) and all(k in os.environ for k in THREAD_ENV):
         return
     env = {**THREAD_ENV, **os.environ, **MALLOC_ENV}
     sys.stdout.flush()
     os.execve(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]], env)
+
+
+def unpinned() -> None:
+    """``preexec_fn`` of a benchmark's subprocess: the CPUs the run started with.  The parent's OpenMP runtime
+    pinned its main thread to one core (:data:`THREAD_ENV`), and a child inherits that mask: its threads would
+    then share that core (measured: half the speed)."""
+    cpus = os.environ.get(CPUS_ENV)
+    if cpus:
+        os.sched_setaffinity(0, [int(c) for c in cpus.split(",")])
 
 
 def machine(device: torch.device) -> str:
