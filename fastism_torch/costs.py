@@ -22,6 +22,14 @@ NAIVE_OP_S = 15e-6
 LAZY_MARGIN = 3.0
 #: edits of the first, timed naive batch of a lazy engine's call (the naive cost estimate)
 LAZY_PROBE = 64
+#: a lazy engine builds without probing when its call's naive ISM, at :data:`NAIVE_BATCH_GAIN`, would cost this many
+#: times its budget.  The probe's naive edits then are a loss, and a call that starts after them cuts its batches
+#: where later calls do not, so the second call paid its shapes' first uses again: bpnet-lite ChromBPNet (L=2114,
+#: 2 sequences) took 10.0 s for its first call against 8.0 s for the engine before the lazy one (e0f64e5), of which
+#: 0.6 s the probe's 64 edits.  Measured (AMD EPYC, 2 threads, 2026-12-06), a full saturation's estimate is
+#: 4.6-17x its budget for Basset, Factorized Basset, BPNet and bpnet-lite ChromBPNet (L=1000-2114), 0.17-0.44x for
+#: the third-party models of ``benchmarks/bench_few.py`` (L=200-512), which stay naive or build after the probe
+LAZY_SURE = 2.0
 #: naive ISM's time per edit is taken to be at least this share of a lone sequence's first forward pass (batching
 #: and warm caches gain at most 50x): a lazy engine whose probe batches alone would not fit its budget even so builds
 #: without them (64 forward passes of a large model would cost more than the build; gReLU's ConvGRU's cold first

@@ -50,7 +50,8 @@ class NaiveRouting:
         """A call before the graph is built.  Where even the naive probe batches cannot fit the budget
         (:data:`.costs.LAZY_MARGIN` times the estimated set-up, :func:`.costs.setup_estimate`, less the naive ISM
         run so far) at :data:`.costs.NAIVE_BATCH_GAIN` of the reference pass's time per sequence per edit, build
-        at once (a large model).
+        at once (a large model); so too where the whole call would cost :data:`.costs.LAZY_SURE` budgets even at
+        that rate (a saturation of a large model).
         Until naive ISM has been timed warm, a call runs two batches of half :data:`.costs.LAZY_PROBE` edits by
         naive ISM, the second timed (the first pays the shapes' first-use costs, which a build would pay too), and
         the rest by naive ISM too if it fits; once timed, a call that fits runs by naive ISM whole, in naive ISM's
@@ -59,10 +60,13 @@ class NaiveRouting:
         if self._setup_s is None:
             self._setup_s = costs.setup_estimate(self.model)
         budget = costs.LAZY_MARGIN * self._setup_s
+        at_best = self._ref_s_per_seq * costs.NAIVE_BATCH_GAIN      # naive ISM's time per edit, at best
         if self._naive_edits:
             fits = self._naive_spent * (1 + n / self._naive_edits) < budget
             parts = [(0, n)] if fits else []
-        elif self._naive_spent + self._ref_s_per_seq * costs.NAIVE_BATCH_GAIN * min(n, costs.LAZY_PROBE) < budget:
+        elif self._naive_spent + at_best * n >= costs.LAZY_SURE * budget:
+            parts = []                            # sure not to fit: build without probing
+        elif self._naive_spent + at_best * min(n, costs.LAZY_PROBE) < budget:
             half = costs.LAZY_PROBE // 2
             parts = [(0, min(n, half)), (min(n, half), min(n, 2 * half)), (min(n, 2 * half), n)]
         else:

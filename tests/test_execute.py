@@ -311,6 +311,32 @@ def test_lazy_engine_runs_small_calls_naive_and_builds_when_it_pays(monkeypatch)
     assert ft.FastISM(m, 60, test_correctness=False).plan is not None          # reading the plan builds
 
 
+def test_lazy_engine_builds_without_probing_a_call_sure_to_pay(monkeypatch):
+    """A call whose naive ISM would cost :data:`costs.LAZY_SURE` budgets even at the best batching gain (a large
+    model's saturation) builds at once: no naive probe (64 edits of bpnet-lite ChromBPNet cost 0.6 s), and its
+    batches are cut as every later call's are, so the second call meets no new shapes.  The result equals naive ISM;
+    a call just under that line still probes."""
+    from fastism_torch import costs, models
+    monkeypatch.setattr(ft.FastISM, "naive_when_cheaper", True)
+    monkeypatch.setattr(ft.FastISM, "_naive_is_cheaper", lambda self, ex, n: False)
+    m, x = models.tiny(seq_len=60), models.random_onehot(2, 60)
+    want = ft.NaiveISM(m, 60).saturation_mutagenesis(x)
+    runs = []
+    real = ft.FastISM._run_naive
+    monkeypatch.setattr(ft.FastISM, "_run_naive", lambda self, *a: runs.append(len(a[2].seq)) or real(self, *a))
+    budgets = {}
+
+    def setup(model):              # the budget: a set share of this call's cost at the best batching gain
+        return budgets["share"] * 2 * 60 * 3 * costs.NAIVE_BATCH_GAIN * sure._ref_s_per_seq / costs.LAZY_MARGIN
+    monkeypatch.setattr(costs, "setup_estimate", setup)
+    for share, probes in ((0.95 / costs.LAZY_SURE, False), (1.05 / costs.LAZY_SURE, True)):
+        budgets["share"] = share
+        runs.clear()
+        sure = ft.FastISM(m, 60, test_correctness=False)
+        torch.testing.assert_close(sure.saturation_mutagenesis(x), want, rtol=1e-5, atol=1e-5)
+        assert sure.gm is not None and bool(runs) == probes, (share, runs)
+
+
 def test_warm_lazy_engine_runs_a_call_as_one_naive_call(monkeypatch):
     """Once a lazy engine has timed naive ISM, a later call that fits its budget runs as one naive call (naive
     ISM's own batches), not split into probe batches again: three batches cost 1.5-2x one on a small model."""
