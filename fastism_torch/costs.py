@@ -27,7 +27,7 @@ LAZY_PROBE = 64
 #: where later calls do not, so the second call paid its shapes' first uses again: bpnet-lite ChromBPNet (L=2114,
 #: 2 sequences) took 10.0 s for its first call against 8.0 s for the engine before the lazy one (e0f64e5), of which
 #: 0.6 s the probe's 64 edits.  Measured (AMD EPYC, 2 threads, 2026-12-06), a full saturation's estimate is
-#: 4.6-17x its budget for Basset, Factorized Basset, BPNet and bpnet-lite ChromBPNet (L=1000-2114), 0.17-0.44x for
+#: 4.6-22x its budget for Basset, Factorized Basset, BPNet and bpnet-lite ChromBPNet (L=1000-2114), 0.17-0.44x for
 #: the third-party models of ``benchmarks/bench_few.py`` (L=200-512), which stay naive or build after the probe
 LAZY_SURE = 2.0
 #: naive ISM's time per edit is taken to be at least this share of a lone sequence's first forward pass (batching

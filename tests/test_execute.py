@@ -313,9 +313,9 @@ def test_lazy_engine_runs_small_calls_naive_and_builds_when_it_pays(monkeypatch)
 
 def test_lazy_engine_builds_without_probing_a_call_sure_to_pay(monkeypatch):
     """A call whose naive ISM would cost :data:`costs.LAZY_SURE` budgets even at the best batching gain (a large
-    model's saturation) builds at once: no naive probe (64 edits of bpnet-lite ChromBPNet cost 0.6 s), and its
-    batches are cut as every later call's are, so the second call meets no new shapes.  The result equals naive ISM;
-    a call just under that line still probes."""
+    model's saturation) builds at once, without the naive probe (64 edits of bpnet-lite ChromBPNet cost 0.6 s, and
+    the batches after them were cut where later calls' are not).  The result equals naive ISM; a call just under
+    that line still probes."""
     from fastism_torch import costs, models
     monkeypatch.setattr(ft.FastISM, "naive_when_cheaper", True)
     monkeypatch.setattr(ft.FastISM, "_naive_is_cheaper", lambda self, ex, n: False)
