@@ -51,8 +51,13 @@ def reexec_with_malloc_env(module: str) -> None:
     long in the kernel as in compute.  ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000`` keeps freed
     memory in the heap, so naive ISM (and every other method in the run) is measured at its best.
     """
-    # (the shell's CPUs: once pinned, this process's main thread holds one core, and so would its subprocesses)
-    os.environ.setdefault(CPUS_ENV, ",".join(str(c) for c in sorted(os.sched_getaffinity(os.getppid()))))
+    if CPUS_ENV not in os.environ and hasattr(os, "sched_getaffinity"):        # (Linux)
+        # the shell's CPUs: once pinned, this process's main thread holds one core, and so would its subprocesses
+        try:
+            cpus = os.sched_getaffinity(os.getppid())
+        except OSError:
+            cpus = os.sched_getaffinity(0)
+        os.environ[CPUS_ENV] = ",".join(str(c) for c in sorted(cpus))
     if all(os.environ.get(k) == v for k, v in MALLOC_ENV.items()) and all(k in os.environ for k in THREAD_ENV):
         return
     env = {**THREAD_ENV, **os.environ, **MALLOC_ENV}
@@ -65,7 +70,7 @@ def unpinned() -> None:
     pinned its main thread to one core (:data:`THREAD_ENV`), and a child inherits that mask: its threads would
     then share that core (measured: half the speed)."""
     cpus = os.environ.get(CPUS_ENV)
-    if cpus:
+    if cpus and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, [int(c) for c in cpus.split(",")])
 
 
