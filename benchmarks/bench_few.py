@@ -36,7 +36,8 @@ def _zoo(name):
 
 
 def _task(name: str, kind: str, n_windows: int):
-    """``(model, L, make_engine(engine), run(engine), edits)`` of one cell."""
+    """``(L, make(engine), run(engine), edits)`` of one cell: the sequence length, a new engine (``"fast"`` or
+    ``"naive"``), one call of an engine, and the number of windows."""
     import fastism_torch as ft
     model, L, layout, _ = _zoo(name)
     x = common.random_seqs(1, L)

@@ -27,6 +27,9 @@ import torch
 
 from benchmarks import common
 
+ROOT = os.path.dirname(common.HERE)     # this tree
+
+
 
 def _one(tree: str, name: str, L: int, n_seqs: int, threads: int, construct: bool = False) -> dict:
     """In this (fresh) process: FastISM imported from ``tree``, one model, first and steady calls (or, with
@@ -56,9 +59,8 @@ def _one(tree: str, name: str, L: int, n_seqs: int, threads: int, construct: boo
 
 
 def _worktree(commit: str, where: str) -> str:
-    root = os.path.dirname(common.HERE)
     path = os.path.join(where, "tree")
-    subprocess.run(["git", "-C", root, "worktree", "add", "--detach", "-q", path, commit], check=True)
+    subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", "-q", path, commit], check=True)
     return path
 
 
@@ -72,7 +74,7 @@ def bench(trees: dict, name: str, L: int, args) -> list:
                 cmd = [sys.executable, "-m", "benchmarks.bench_versus", "--one", trees[label], name, str(L),
                        "--n-seqs", str(args.n_seqs), "--threads", str(args.threads), *extra]
                 done = subprocess.run(cmd, capture_output=True, text=True, check=True,
-                                      cwd=os.path.dirname(common.HERE), preexec_fn=common.unpinned)
+                                      cwd=ROOT, preexec_fn=common.unpinned)
                 res.update(json.loads(done.stdout.strip().splitlines()[-1]))
             runs[label].append(res)
             print(label, name, res, flush=True)
@@ -105,17 +107,15 @@ def main(argv=None):
         print(json.dumps(_one(tree, name, int(L), args.n_seqs, args.threads, args.construct)))
         return
     from benchmarks import bench_zoo
-    here = os.path.dirname(common.HERE)
-    commit = subprocess.run(["git", "-C", here, "rev-parse", "--short", args.commit], capture_output=True, text=True,
+    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", args.commit], capture_output=True, text=True,
                             check=True).stdout.strip()
     with tempfile.TemporaryDirectory() as tmp:
-        trees = {commit: _worktree(commit, tmp), "this tree": here}
+        trees = {commit: _worktree(commit, tmp), "this tree": ROOT}
         try:
             rows = [bench(trees, name, bench_zoo.LENGTHS.get(name, args.length), args)
                     for name in args.models.split(",")]
         finally:
-            subprocess.run(["git", "-C", here, "worktree", "remove", "--force", trees[commit]], check=False)
-    torch.set_num_threads(args.threads)
+            subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", trees[commit]], check=False)
     body = (f"FastISM at commit {commit} against FastISM of this tree, full saturation of {args.n_seqs} random "
             f"sequence(s), {args.threads} thread(s), self-check off; each engine in a fresh process, {args.rounds} "
             "rounds with the order alternating, medians. Steady: best of two calls after the first, seconds per "
@@ -128,7 +128,8 @@ def main(argv=None):
                                      "outputs' sums, rel diff"], rows))
     print(body)
     if args.out:
-        common.append_results(args.out, f"CPU, FastISM against commit {commit}", torch.device("cpu"), body)
+        with common.torch_threads(args.threads):       # (the machine line reports the children's threads)
+            common.append_results(args.out, f"CPU, FastISM against commit {commit}", torch.device("cpu"), body)
 
 
 if __name__ == "__main__":
